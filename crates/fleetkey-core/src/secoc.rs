@@ -1,0 +1,1 @@
+//! AUTOSAR SecOC-style frame authentication (placeholder, being written).

@@ -1,0 +1,1 @@
+//! SHE memory update protocol M1-M5 (placeholder, being written).

@@ -1,0 +1,1 @@
+//! candump log format (placeholder, being written).
