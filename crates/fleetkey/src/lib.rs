@@ -1,5 +1,21 @@
-//! fleetkey's key manager library. For now: the candump log format ([`canlog`]).
+//! fleetkey's key manager library.
+//!
+//! - [`module`]: the [`KeyModule`](module::KeyModule) trait, where masters, the stored scheme's
+//!   key-encryption key and the governance root live (soft: a passphrase-encrypted file).
+//! - [`store`]: the [`Store`](store::Store) trait, the registry of fleets, generations, devices and
+//!   the audit chain (SQLite by default).
+//! - [`model`]: the records both traits speak in; [`lifecycle`]: NIST SP 800-57 / KMIP states;
+//!   [`audit`]: the SHA-256 hash chain.
+//! - [`canlog`]: the candump log format.
 
 pub use fleetkey_core as core;
 
+pub mod audit;
 pub mod canlog;
+pub mod error;
+pub mod lifecycle;
+pub mod model;
+pub mod module;
+pub mod store;
+
+pub use error::{Error, ModuleError, StoreError};

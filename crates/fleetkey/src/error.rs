@@ -1,0 +1,174 @@
+//! Errors: one per layer. Key module and store errors name the operation; the manager's
+//! [`Error`] says what was wrong and [`Error::hint`] what to do next. None carries key material.
+
+use crate::audit::ChainBreak;
+use crate::lifecycle::IllegalTransition;
+
+/// A key module failed or refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModuleError {
+    /// The generation has no master in this module.
+    #[error("no master for generation {0} in the key module")]
+    NoMaster(u32),
+    /// The generation already has a master.
+    #[error("generation {0} already has a master in the key module")]
+    MasterExists(u32),
+    /// The module has no key-encryption key (stored scheme).
+    #[error("the key module has no key-encryption key")]
+    NoKek,
+    /// The module has no governance signing key.
+    #[error("the key module has no governance root key")]
+    NoSigningKey,
+    /// The passphrase or PIN was refused, or the key file does not decrypt.
+    #[error("the key module refused the passphrase or PIN")]
+    Authentication,
+    /// A wrapped key failed its integrity check (wrong KEK or damaged blob).
+    #[error("a wrapped key failed its integrity check (wrong key-encryption key or damaged data)")]
+    Unwrap,
+    /// The module's own storage could not be read or written.
+    #[error("key module storage {path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The module's storage is malformed.
+    #[error("key module storage is damaged: {0}")]
+    Corrupt(String),
+    /// A backend call failed (for PKCS#11: the function and return value).
+    #[error("key module: {operation} failed: {detail}")]
+    Backend {
+        /// The operation or C function.
+        operation: &'static str,
+        /// What the backend said.
+        detail: String,
+    },
+    /// The module cannot do this.
+    #[error("the key module does not support {0}")]
+    Unsupported(&'static str),
+}
+
+/// A store failed or refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A record that must be unique exists already.
+    #[error("{0} already exists")]
+    Duplicate(String),
+    /// A record to update does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Another writer holds the store, or a serialization conflict; retrying may succeed.
+    #[error("the store is busy ({0}); retry")]
+    Busy(String),
+    /// The schema is of another version.
+    #[error("store schema version {found}, this fleetkey expects {expected}")]
+    Schema {
+        /// Version found.
+        found: i64,
+        /// Version expected.
+        expected: i64,
+    },
+    /// Stored data does not decode.
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    /// A backend call failed.
+    #[error("store: {operation} failed: {detail}")]
+    Backend {
+        /// The operation.
+        operation: &'static str,
+        /// What the backend said.
+        detail: String,
+    },
+}
+
+/// A fleet operation failed or was refused. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key module failed.
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A lifecycle transition the state machine forbids.
+    #[error("{subject}: {source}")]
+    Transition {
+        /// The device or generation.
+        subject: String,
+        /// The refused transition.
+        #[source]
+        source: IllegalTransition,
+    },
+    /// Something named does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Something to create exists already.
+    #[error("{0} already exists")]
+    Duplicate(String),
+    /// An input was malformed or out of range.
+    #[error("{field}: {problem}")]
+    Invalid {
+        /// The field, argument, or `file:line`.
+        field: String,
+        /// What was wrong with it.
+        problem: String,
+    },
+    /// The operation is refused in the fleet's current situation.
+    #[error("{what}")]
+    Refused {
+        /// What was refused and why.
+        what: String,
+        /// What to do instead.
+        hint: String,
+    },
+    /// The audit chain is broken.
+    #[error("audit chain broken: {0}")]
+    Chain(#[from] ChainBreak),
+    /// A file of the fleet home could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// An invalid input.
+    pub fn invalid(field: impl Into<String>, problem: impl std::fmt::Display) -> Self {
+        Error::Invalid { field: field.into(), problem: problem.to_string() }
+    }
+
+    /// What the user can do next, when there is something to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Module(ModuleError::Authentication) => {
+                Some("check FLEETKEY_PASSPHRASE (or the PIN); the key file itself is unchanged".into())
+            }
+            Error::Module(ModuleError::NoMaster(g)) => Some(format!(
+                "restore generation {g}'s master from its backup shares (`fleetkey master restore`), or rotate"
+            )),
+            Error::Store(StoreError::Busy(_)) => Some("another fleetkey process holds the store; retry".into()),
+            Error::Transition { source, .. } => Some(format!(
+                "from {} the allowed next states are: {}",
+                source.from,
+                crate::lifecycle::State::ALL
+                    .into_iter()
+                    .filter(|s| source.from.can_become(*s))
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Error::Refused { hint, .. } => Some(hint.clone()),
+            Error::Chain(_) => Some("restore the store from a backup and investigate who changed it".into()),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The software key module (placeholder, being written).

@@ -1,0 +1,103 @@
+//! The store: the registry of the fleet, its generations, its devices and the audit chain.
+//!
+//! Every change goes through [`Store::transaction`]: the closure's writes commit together or not
+//! at all, and transactions are serializable (SQLite: `BEGIN IMMEDIATE`; PostgreSQL:
+//! `SERIALIZABLE`, retried on conflict). A store may run the closure more than once when it retries
+//! a conflict, so the closure must have no effect outside the transaction it is given.
+//!
+//! Implementations: [`sqlite`] (the embedded default) and, later, PostgreSQL. Both pass the same
+//! conformance suite (`crates/fleetkey/tests/conformance/store.rs`).
+
+use std::path::PathBuf;
+
+use crate::audit::{AuditDraft, AuditEvent, AuditFilter};
+use crate::error::{Error, StoreError};
+use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord};
+
+pub mod sqlite;
+
+/// The operations available inside one transaction.
+pub trait Tx {
+    /// The fleet, if the store has been initialised.
+    fn fleet(&mut self) -> Result<Option<FleetInfo>, StoreError>;
+    /// Creates or replaces the fleet record.
+    fn put_fleet(&mut self, fleet: &FleetInfo) -> Result<(), StoreError>;
+
+    /// Adds a generation; [`StoreError::Duplicate`] if the number exists.
+    fn insert_generation(&mut self, record: &GenerationRecord) -> Result<(), StoreError>;
+    /// Replaces a generation; [`StoreError::NotFound`] if absent.
+    fn update_generation(&mut self, record: &GenerationRecord) -> Result<(), StoreError>;
+    /// One generation.
+    fn generation(&mut self, generation: u32) -> Result<Option<GenerationRecord>, StoreError>;
+    /// Every generation, ascending.
+    fn generations(&mut self) -> Result<Vec<GenerationRecord>, StoreError>;
+
+    /// Adds a device; [`StoreError::Duplicate`] if the serial exists.
+    fn insert_device(&mut self, record: &DeviceRecord) -> Result<(), StoreError>;
+    /// Adds many devices; [`StoreError::Duplicate`] names the first serial that exists.
+    fn insert_devices(&mut self, records: &[DeviceRecord]) -> Result<(), StoreError> {
+        records.iter().try_for_each(|r| self.insert_device(r))
+    }
+    /// Replaces a device; [`StoreError::NotFound`] if absent. A replaced `wrapped_root` must not
+    /// stay readable in the store's files once [`Store::purge`] has run.
+    fn update_device(&mut self, record: &DeviceRecord) -> Result<(), StoreError>;
+    /// One device.
+    fn device(&mut self, serial: &DeviceSerial) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Devices matching a filter, ordered by serial bytes, starting after `after`, at most `limit`.
+    fn devices(
+        &mut self,
+        filter: &DeviceFilter,
+        after: Option<&DeviceSerial>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// How many devices match a filter.
+    fn count_devices(&mut self, filter: &DeviceFilter) -> Result<u64, StoreError>;
+
+    /// Appends an event to the audit chain (sealed against the current head) and moves the head.
+    fn append_audit(&mut self, draft: AuditDraft) -> Result<AuditEvent, StoreError>;
+    /// Events matching a filter with `seq > after_seq`, ascending, at most `limit`.
+    fn audit_events(
+        &mut self,
+        filter: &AuditFilter,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
+    /// The recorded head of the chain: last sequence number and hash.
+    fn audit_head(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
+
+    /// A small named value (schema data of later features: idempotency keys, record sequences).
+    fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Sets a named value.
+    fn put_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
+}
+
+/// A store of one fleet.
+pub trait Store: Send {
+    /// A short name: `sqlite`, `postgres`.
+    fn kind(&self) -> &'static str;
+
+    /// Runs `f` in one serializable transaction; commits when it returns `Ok`, rolls back
+    /// otherwise. May run `f` again after a conflict.
+    fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<(), Error>) -> Result<(), Error>;
+
+    /// Makes deleted and overwritten data unrecoverable from the store's files (zeroization at
+    /// rest, IEC 62443-4-2 CR 4.2): SQLite checkpoints and truncates its WAL with `secure_delete`
+    /// on; a server store does what its engine allows.
+    fn purge(&mut self) -> Result<(), StoreError>;
+
+    /// The files that hold the store's data, for zeroization checks (empty for a server).
+    fn files(&self) -> Vec<PathBuf>;
+}
+
+/// Runs `f` in one transaction and returns its value.
+pub fn transact<T>(
+    store: &mut dyn Store,
+    mut f: impl FnMut(&mut dyn Tx) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let mut out = None;
+    store.transaction(&mut |tx| {
+        out = Some(f(tx)?);
+        Ok(())
+    })?;
+    out.ok_or_else(|| StoreError::Backend { operation: "transaction", detail: "committed without a result".into() }.into())
+}
