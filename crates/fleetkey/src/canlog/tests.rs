@@ -658,3 +658,36 @@ proptest! {
         }
     }
 }
+
+/// The table in docs/canlog.md.
+#[test]
+fn doc_examples() {
+    for (read, written) in [
+        ("123#de.ad.be.ef", "123#DEADBEEF"),
+        ("00000123#11", "00000123#11"),
+        ("123#1122334455667788_c", "123#1122334455667788_C"),
+        ("123#R0", "123#R"),
+        ("123#R", "123#R"),
+        ("12345678#r8_9", "12345678#R8_9"),
+        ("123##1DEADBEEF", "123##1DEADBEEF"),
+        ("20000004#0004000000000000", "20000004#0004000000000000"),
+    ] {
+        canonical(read, written);
+    }
+    let l = parse_line("(1.000000)   can0 7FF# R").unwrap();
+    assert_eq!(l.to_string(), "(0000000001.000000) can0 7FF# R");
+    assert_eq!(
+        frame("12345678#r8_9").kind(),
+        FrameKind::Remote {
+            len: 8,
+            len8_dlc: Some(9)
+        }
+    );
+    assert_eq!(
+        frame("123#1122334455667788_c").kind(),
+        FrameKind::Classic {
+            len8_dlc: Some(0xC)
+        }
+    );
+    assert_eq!(frame("00000123#11").id(), ext_id(0x123));
+}
