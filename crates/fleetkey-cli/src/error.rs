@@ -21,6 +21,11 @@ impl CliError {
         Self { message: format!("{field}: {problem}"), hint: None, code: EXIT_INPUT }
     }
 
+    /// An operation that failed or was refused (exit 1).
+    pub(crate) fn failed(message: impl fmt::Display) -> Self {
+        Self { message: message.to_string(), hint: None, code: EXIT_REJECTED }
+    }
+
     /// A check that ran and failed.
     pub(crate) fn rejected(message: impl fmt::Display) -> Self {
         Self { message: message.to_string(), hint: None, code: EXIT_REJECTED }

@@ -6,17 +6,34 @@ mod input;
 
 use clap::{Parser, Subcommand};
 
-
 /// fleetkey: symmetric key management for CAN and CAN FD device fleets.
 #[derive(Parser)]
 #[command(name = "fleetkey", version, about, long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    global: cmd::ctx::Global,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create a fleet home on the embedded defaults.
+    Init(cmd::init::InitArgs),
+    /// Show the fleet: scheme, generations, devices by state.
+    Status(cmd::init::StatusArgs),
+    /// Register, provision, refresh and retire devices.
+    #[command(subcommand)]
+    Device(cmd::device::Command),
+    /// Master generations: create, rotate, retire.
+    #[command(subcommand)]
+    Generation(cmd::generation::Command),
+    /// Where a rotation stands.
+    #[command(subcommand)]
+    Rotation(cmd::generation::RotationCommand),
+    /// The hash-chained audit record.
+    #[command(subcommand)]
+    Audit(cmd::audit::Command),
     Derive(cmd::derive::Args),
     Roll(cmd::roll::Args),
     #[command(subcommand)]
@@ -28,7 +45,14 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let global = &cli.global;
     let result = match cli.command {
+        Command::Init(args) => cmd::init::init(global, args),
+        Command::Status(args) => cmd::init::status(global, args),
+        Command::Device(command) => cmd::device::run(global, command),
+        Command::Generation(command) => cmd::generation::run(global, command),
+        Command::Rotation(command) => cmd::generation::rotation(global, command),
+        Command::Audit(command) => cmd::audit::run(global, command),
         Command::Derive(args) => cmd::derive::run(args),
         Command::Roll(args) => cmd::roll::run(args),
         Command::She(command) => cmd::she::run(command),

@@ -1,7 +1,12 @@
 //! One module per subcommand.
 
+pub(crate) mod audit;
 pub(crate) mod can;
+pub(crate) mod ctx;
 pub(crate) mod demo;
 pub(crate) mod derive;
+pub(crate) mod device;
+pub(crate) mod generation;
+pub(crate) mod init;
 pub(crate) mod roll;
 pub(crate) mod she;

@@ -1,0 +1,141 @@
+//! What every fleet command shares: where the fleet is, who acts, output format, secrets.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fleetkey::error::Error;
+use fleetkey::fleet::{Access, Fleet, SecretString, SystemClock};
+use serde::Serialize;
+
+use crate::error::CliError;
+
+/// Options of every fleet command.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct Global {
+    /// The fleet home directory.
+    #[arg(long, global = true, env = "FLEETKEY_HOME", default_value = "fleet")]
+    pub(crate) home: PathBuf,
+    /// Print JSON on stdout (for scripts).
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// Who acts, recorded in every change and audit event [default: $USER].
+    #[arg(long, global = true, env = "FLEETKEY_ACTOR")]
+    pub(crate) actor: Option<String>,
+}
+
+impl Global {
+    fn access(&self, confirm: bool) -> Result<Access, CliError> {
+        Ok(Access {
+            passphrase: passphrase(confirm)?,
+            actor: self
+                .actor
+                .clone()
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "unknown".into()),
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// Opens the fleet at `--home`.
+    pub(crate) fn open(&self) -> Result<Fleet, CliError> {
+        Fleet::open(&self.home, self.access(false)?).map_err(CliError::from)
+    }
+
+    /// Access for `init` (asks for the passphrase twice at a terminal).
+    pub(crate) fn access_for_init(&self) -> Result<Access, CliError> {
+        self.access(true)
+    }
+
+    /// Prints a value: JSON with `--json`, else the human form.
+    pub(crate) fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T) -> String) -> Result<(), CliError> {
+        let text = if self.json {
+            serde_json::to_string_pretty(value).map_err(|e| CliError::input("output", e))?
+        } else {
+            human(value)
+        };
+        if !text.is_empty() {
+            write_stdout(&text)?;
+        }
+        Ok(())
+    }
+}
+
+/// The soft key file's passphrase: `FLEETKEY_PASSPHRASE`, or a prompt at a terminal. Never argv.
+fn passphrase(confirm: bool) -> Result<SecretString, CliError> {
+    if let Ok(p) = std::env::var("FLEETKEY_PASSPHRASE") {
+        return Ok(SecretString::from(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::input("passphrase", "FLEETKEY_PASSPHRASE is not set and there is no terminal to ask")
+            .hint("export FLEETKEY_PASSPHRASE, or run at a terminal"));
+    }
+    let first = rpassword::prompt_password("fleet key file passphrase: ")
+        .map_err(|e| CliError::input("passphrase", e))?;
+    if confirm {
+        let second = rpassword::prompt_password("again: ").map_err(|e| CliError::input("passphrase", e))?;
+        if first != second {
+            return Err(CliError::input("passphrase", "the two entries differ"));
+        }
+        if first.len() < 12 {
+            return Err(CliError::input("passphrase", "at least 12 characters"));
+        }
+    }
+    Ok(SecretString::from(first))
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        let hint = e.hint();
+        let err = match &e {
+            Error::Invalid { field, problem } => CliError::input(field, problem),
+            _ => CliError::failed(&e),
+        };
+        match hint {
+            Some(h) => err.hint(h),
+            None => err,
+        }
+    }
+}
+
+/// A progress bar on stderr for long operations (hidden when stderr is not a terminal).
+pub(crate) struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    pub(crate) fn new() -> Self {
+        let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        Bar(bar)
+    }
+}
+
+impl fleetkey::fleet::Progress for Bar {
+    fn start(&self, phase: &str, total: u64) {
+        self.0.reset();
+        self.0.set_length(total);
+        let template = if total > 0 {
+            "{msg:>28} [{bar:40}] {pos}/{len} ({per_sec}, {eta})"
+        } else {
+            "{msg:>28} {spinner} {pos}"
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            self.0.set_style(style.progress_chars("=> "));
+        }
+        self.0.set_message(phase.to_owned());
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Writes a line to stdout; a closed pipe (`| head`) ends the output quietly.
+pub(crate) fn write_stdout(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::input("stdout", e)),
+        _ => Ok(()),
+    }
+}

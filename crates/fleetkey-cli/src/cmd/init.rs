@@ -1,0 +1,107 @@
+//! `fleetkey init` and `fleetkey status`.
+
+use fleetkey::fleet::{Fleet, InitOptions};
+use fleetkey::model::Scheme;
+use fleetkey::module::soft::WorkFactor;
+use fleetkey_core::Key128;
+
+use crate::cmd::ctx::Global;
+use crate::error::CliError;
+use crate::input;
+
+/// Create a fleet home on the embedded defaults (SQLite store, soft key module).
+#[derive(clap::Args)]
+#[command(after_help = "\
+The key file is encrypted under a passphrase from FLEETKEY_PASSPHRASE or a prompt (never argv).
+
+Example:
+  export FLEETKEY_PASSPHRASE='a long passphrase'
+  fleetkey --home ./tractors init --fleet tractors --scheme derived --she-transport-key-file transport.hex")]
+pub(crate) struct InitArgs {
+    /// Fleet id (A-Z a-z 0-9 - _ .).
+    #[arg(long)]
+    fleet: String,
+    /// Key scheme: stored (random key per device, kept wrapped), derived (from a master per
+    /// generation) or governed (derived, plus a signing root).
+    #[arg(long, value_enum)]
+    scheme: SchemeArg,
+    /// File holding the factory transport key of the fleet's SHEs (32 hex characters): it
+    /// authorises the initial SHE load at provisioning.
+    #[arg(long)]
+    she_transport_key_file: Option<std::path::PathBuf>,
+    /// scrypt work factor (log2) of the key file; default: age's (about a second to open).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(10..=22))]
+    kdf_log_n: Option<u8>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SchemeArg {
+    Stored,
+    Derived,
+    Governed,
+}
+
+pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
+    let scheme = match args.scheme {
+        SchemeArg::Stored => Scheme::Stored,
+        SchemeArg::Derived => Scheme::Derived,
+        SchemeArg::Governed => Scheme::Governed,
+    };
+    let she_transport_key = match &args.she_transport_key_file {
+        Some(path) => Some(Key128::from_bytes(*input::key_from_file::<16>("--she-transport-key-file", path)?)),
+        None => None,
+    };
+    let options = InitOptions {
+        fleet_id: args.fleet,
+        scheme,
+        she_transport_key,
+        work_factor: args.kdf_log_n.map_or(WorkFactor::AgeDefault, WorkFactor::Log2),
+    };
+    let mut fleet = Fleet::init(&global.home, options, global.access_for_init()?)?;
+    let status = fleet.status()?;
+    if scheme.derives_from_master() {
+        eprintln!(
+            "WARNING: generation 1's master exists only in {}. If it is lost, no device key of \
+             generation 1 can ever be derived again: back up the key file and its passphrase now.",
+            global.home.join(fleetkey::home::KEY_FILE).display()
+        );
+    }
+    global.print(&status, |s| {
+        format!(
+            "created fleet {} ({} scheme) in {}: store {}, key module {}",
+            s.fleet.id,
+            s.fleet.scheme.name(),
+            global.home.display(),
+            s.store,
+            s.module
+        )
+    })
+}
+
+/// Show the fleet: scheme, generations, devices by state, audit length.
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  fleetkey --home ./tractors status --json")]
+pub(crate) struct StatusArgs {}
+
+pub(crate) fn status(global: &Global, _: StatusArgs) -> Result<(), CliError> {
+    let mut fleet = global.open()?;
+    let status = fleet.status()?;
+    global.print(&status, |s| {
+        let mut out = format!(
+            "fleet {} ({} scheme), store {}, key module {}, current generation {}\n",
+            s.fleet.id,
+            s.fleet.scheme.name(),
+            s.store,
+            s.module,
+            s.fleet.current_generation.map_or("-".into(), |g| g.to_string())
+        );
+        for g in &s.generations {
+            out.push_str(&format!("  generation {:>3}  {}\n", g.generation, g.state));
+        }
+        for (state, n) in &s.devices {
+            out.push_str(&format!("  devices {:<22} {n}\n", state.name()));
+        }
+        out.push_str(&format!("  audit events {}", s.audit_events));
+        out
+    })
+}

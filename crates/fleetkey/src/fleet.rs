@@ -1,0 +1,352 @@
+//! A fleet: its configuration, key module and store, and the operations on them.
+//!
+//! Every operation runs in one store transaction that also appends its audit event, so a change
+//! and its record commit together or not at all. Key module calls that create or destroy objects
+//! happen before (create) or after (destroy) the transaction that records them, so a crash leaves
+//! at worst an unused module object, never a record pointing at a missing one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fleetkey_core::Key128;
+use serde::Serialize;
+
+use crate::audit::{AuditDraft, AuditEvent, AuditFilter, ChainVerifier};
+use crate::error::{Error, StoreError};
+use crate::home::{FleetConfig, ModuleConfig, StoreConfig};
+use crate::lifecycle::State;
+use crate::model::{Change, DeviceSerial, FleetInfo, GenerationRecord, Scheme, UnixMillis, WrappedKey};
+use crate::module::KeyModule;
+pub use age::secrecy::SecretString;
+
+use age::secrecy::ExposeSecret;
+
+use crate::module::soft::{SoftModule, WorkFactor};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, Tx, transact};
+
+mod bulk;
+mod devices;
+mod generations;
+pub mod material;
+
+pub use bulk::{BATCH, ImportReport, ImportRow, Progress, parse_csv};
+pub use devices::{KeyUpdate, NewDevice, Provisioning};
+pub use generations::{RotationStatus, GenerationCount};
+
+/// The store meta key of the SHE transport key, wrapped under the module's KEK.
+const META_TRANSPORT_KEY: &str = "she.transport_key";
+
+/// Where "now" comes from: the system clock, or a fixed one in tests.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> UnixMillis;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> UnixMillis {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// How to open a fleet's secrets and who is acting.
+pub struct Access {
+    /// The soft key file's passphrase.
+    pub passphrase: SecretString,
+    /// Who acts (recorded in every change and audit event).
+    pub actor: String,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access").field("actor", &self.actor).finish_non_exhaustive()
+    }
+}
+
+/// What `init` creates.
+#[derive(Debug)]
+pub struct InitOptions {
+    /// Fleet id.
+    pub fleet_id: String,
+    /// Key scheme.
+    pub scheme: Scheme,
+    /// The factory transport key of the fleet's SHEs (their MASTER_ECU_KEY at delivery), kept
+    /// wrapped under the KEK; without it provisioning gives no SHE messages.
+    pub she_transport_key: Option<Key128>,
+    /// The soft key file's scrypt work factor (age's default unless tests or demos lower it).
+    pub work_factor: WorkFactor,
+}
+
+/// An open fleet.
+pub struct Fleet {
+    home: PathBuf,
+    config: FleetConfig,
+    module: Box<dyn KeyModule>,
+    store: Box<dyn Store>,
+    access: Access,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("home", &self.home).field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// A summary of the fleet for `fleetkey status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetStatus {
+    /// The fleet.
+    pub fleet: FleetInfo,
+    /// The key module kind.
+    pub module: &'static str,
+    /// The store kind.
+    pub store: &'static str,
+    /// Generations with their states.
+    pub generations: Vec<GenerationRecord>,
+    /// Devices by state.
+    pub devices: Vec<(State, u64)>,
+    /// Audit events so far.
+    pub audit_events: u64,
+}
+
+impl Fleet {
+    /// Creates a fleet home on the embedded defaults (SQLite, soft module): the key file (with
+    /// the KEK, generation 1's master for derived schemes, the governance root for governed),
+    /// the store, then the configuration, which marks the home complete. On failure, what was
+    /// created is removed.
+    pub fn init(home: &Path, options: InitOptions, access: Access) -> Result<Fleet, Error> {
+        if home.join(crate::home::CONFIG_FILE).exists() {
+            return Err(Error::Refused {
+                what: format!("{} already holds a fleet", home.display()),
+                hint: "choose another --home, or use the fleet that is there".into(),
+            });
+        }
+        validate_fleet_id(&options.fleet_id)?;
+        let created_dir = !home.exists();
+        std::fs::create_dir_all(home).map_err(|source| Error::Io { path: home.to_owned(), source })?;
+        let config = FleetConfig::embedded(&options.fleet_id, options.scheme);
+        let result = Self::create_in(home, config, options, access);
+        if result.is_err() {
+            for file in [crate::home::KEY_FILE, crate::home::STORE_FILE, "fleet.db-wal", "fleet.db-shm"] {
+                let _ = std::fs::remove_file(home.join(file));
+            }
+            if created_dir {
+                let _ = std::fs::remove_dir(home);
+            }
+        }
+        result
+    }
+
+    fn create_in(home: &Path, config: FleetConfig, options: InitOptions, access: Access) -> Result<Fleet, Error> {
+        let module: Box<dyn KeyModule> = match &config.module {
+            ModuleConfig::Soft { file } => Box::new(SoftModule::create_with(home.join(file), access.passphrase.expose_secret(), options.work_factor)?),
+        };
+        module.ensure_kek()?;
+        let derived = options.scheme.derives_from_master();
+        if derived {
+            module.create_master(fleetkey_core::Generation(1))?;
+        }
+        let signing_key = match options.scheme {
+            Scheme::Governed => Some(hex::encode(module.ensure_signing_key()?)),
+            _ => None,
+        };
+        let wrapped_transport = options.she_transport_key.as_ref().map(|k| module.wrap(k.expose_secret())).transpose()?;
+        let store: Box<dyn Store> = match &config.store {
+            StoreConfig::Sqlite { file } => Box::new(SqliteStore::open(home.join(file))?),
+        };
+        let mut fleet = Fleet { home: home.to_owned(), config, module, store, access };
+        let change = fleet.change("fleet created");
+        let info = FleetInfo {
+            id: options.fleet_id.clone(),
+            scheme: options.scheme,
+            current_generation: derived.then_some(1),
+            created_at: change.at,
+        };
+        let mut drafts = vec![fleet.draft(
+            "fleet.init",
+            None,
+            vec![],
+            serde_json::json!({"fleet": info.id, "scheme": info.scheme, "module": fleet.module.kind(),
+                               "store": fleet.store.kind(), "governance_root": signing_key,
+                               "she_transport_key": wrapped_transport.is_some()}),
+        )];
+        if derived {
+            drafts.push(fleet.draft("generation.create", Some(1), vec![], serde_json::json!({"state": "pre-active"})));
+            drafts.push(fleet.draft("generation.activate", Some(1), vec![], serde_json::json!({"state": "active", "current": true})));
+        }
+        transact(fleet.store.as_mut(), |tx| {
+            if tx.fleet()?.is_some() {
+                return Err(Error::Refused {
+                    what: "the store already holds a fleet".into(),
+                    hint: "remove the stale fleet.db or choose another --home".into(),
+                });
+            }
+            tx.put_fleet(&info)?;
+            if derived {
+                tx.insert_generation(&GenerationRecord {
+                    generation: 1,
+                    state: State::Active,
+                    changed: change.clone(),
+                    created_at: change.at,
+                })?;
+            }
+            if let Some(w) = &wrapped_transport {
+                tx.put_meta(META_TRANSPORT_KEY, &hex::encode(&w.0))?;
+            }
+            for d in &drafts {
+                tx.append_audit(d.clone())?;
+            }
+            Ok(())
+        })?;
+        fleet.config.save(home)?;
+        Ok(fleet)
+    }
+
+    /// Opens an existing fleet home.
+    pub fn open(home: &Path, access: Access) -> Result<Fleet, Error> {
+        let config = FleetConfig::load(home)?;
+        let module: Box<dyn KeyModule> = match &config.module {
+            ModuleConfig::Soft { file } => Box::new(SoftModule::open(home.join(file), access.passphrase.expose_secret())?),
+        };
+        let store: Box<dyn Store> = match &config.store {
+            StoreConfig::Sqlite { file } => Box::new(SqliteStore::open_existing(home.join(file))?),
+        };
+        Ok(Fleet { home: home.to_owned(), config, module, store, access })
+    }
+
+    /// The home directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FleetConfig {
+        &self.config
+    }
+
+    /// The key module.
+    pub fn module(&self) -> &dyn KeyModule {
+        self.module.as_ref()
+    }
+
+    /// The store, for direct reads and tests.
+    pub fn store_mut(&mut self) -> &mut dyn Store {
+        self.store.as_mut()
+    }
+
+    /// The fleet record.
+    pub fn info(&mut self) -> Result<FleetInfo, Error> {
+        transact(self.store.as_mut(), |tx| fleet_info(tx))
+    }
+
+    /// A summary: generations, devices by state, audit length.
+    pub fn status(&mut self) -> Result<FleetStatus, Error> {
+        let module = self.module.kind();
+        let store = self.store.kind();
+        transact(self.store.as_mut(), |tx| {
+            let fleet = fleet_info(tx)?;
+            let generations = tx.generations()?;
+            let mut devices = Vec::new();
+            for state in State::ALL {
+                let filter = crate::model::DeviceFilter { state: Some(state), ..Default::default() };
+                let n = tx.count_devices(&filter)?;
+                if n > 0 {
+                    devices.push((state, n));
+                }
+            }
+            let audit_events = tx.audit_head()?.map_or(0, |(seq, _)| seq);
+            Ok(FleetStatus { fleet, module, store, generations, devices, audit_events })
+        })
+    }
+
+    /// A change record stamped now by the acting user.
+    pub(crate) fn change(&self, reason: &str) -> Change {
+        Change { at: self.access.clock.now_ms(), actor: self.access.actor.clone(), reason: reason.to_owned() }
+    }
+
+    /// An audit draft stamped now by the acting user.
+    pub(crate) fn draft(
+        &self,
+        action: &str,
+        generation: Option<u32>,
+        subjects: Vec<DeviceSerial>,
+        details: serde_json::Value,
+    ) -> AuditDraft {
+        AuditDraft {
+            at: self.access.clock.now_ms(),
+            actor: self.access.actor.clone(),
+            action: action.to_owned(),
+            generation,
+            subjects,
+            details,
+        }
+    }
+
+    /// The SHE transport key, unwrapped, if the fleet has one.
+    pub(crate) fn transport_key(&mut self) -> Result<Option<Key128>, Error> {
+        let wrapped = transact(self.store.as_mut(), |tx| Ok(tx.meta(META_TRANSPORT_KEY)?))?;
+        let Some(hex_text) = wrapped else { return Ok(None) };
+        let bytes = hex::decode(hex_text).map_err(|e| StoreError::Corrupt(format!("{META_TRANSPORT_KEY}: {e}")))?;
+        let key = self.module.unwrap(&WrappedKey(bytes))?;
+        Ok(Key128::from_slice(&key))
+    }
+
+    /// Sets (or replaces) the SHE transport key.
+    pub fn set_transport_key(&mut self, key: &Key128) -> Result<(), Error> {
+        let wrapped = self.module.wrap(key.expose_secret())?;
+        let draft = self.draft("fleet.she_transport_key", None, vec![], serde_json::json!({"set": true}));
+        transact(self.store.as_mut(), |tx| {
+            tx.put_meta(META_TRANSPORT_KEY, &hex::encode(&wrapped.0))?;
+            tx.append_audit(draft.clone())?;
+            Ok(())
+        })
+    }
+
+    /// Checks the whole audit chain against the recorded head; returns the number of events.
+    pub fn audit_verify(&mut self) -> Result<u64, Error> {
+        transact(self.store.as_mut(), |tx| {
+            let mut verifier = ChainVerifier::new();
+            let mut after = 0;
+            loop {
+                let page = tx.audit_events(&AuditFilter::default(), after, 10_000)?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                for event in &page {
+                    verifier.push(event)?;
+                }
+            }
+            let head = tx.audit_head()?;
+            Ok(verifier.finish(head)?)
+        })
+    }
+
+    /// Audit events matching a filter, oldest first, after `after_seq`, at most `limit`.
+    pub fn audit_show(&mut self, filter: &AuditFilter, after_seq: u64, limit: usize) -> Result<Vec<AuditEvent>, Error> {
+        transact(self.store.as_mut(), |tx| Ok(tx.audit_events(filter, after_seq, limit)?))
+    }
+}
+
+fn validate_fleet_id(id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid("--fleet", "1 to 64 characters of A-Z a-z 0-9 - _ ."))
+    }
+}
+
+pub(crate) fn fleet_info(tx: &mut dyn Tx) -> Result<FleetInfo, Error> {
+    tx.fleet()?.ok_or_else(|| Error::Refused {
+        what: "the store holds no fleet".into(),
+        hint: "the fleet home is incomplete: run `fleetkey init` again in an empty directory".into(),
+    })
+}

@@ -1,0 +1,434 @@
+//! Bulk work: CSV import, provisioning and refresh of many devices, streamed in batches.
+//!
+//! Each batch is one transaction with one audit event naming every device of the batch, so a
+//! process killed mid-way leaves whole batches behind and a rerun completes the rest: import skips
+//! rows already registered with the same data, provisioning picks up the devices still
+//! pre-active, migration the devices still on the old generation. Key material for stations is
+//! written and flushed before the batch that records it commits: delivery is at-least-once, and a
+//! line repeated after a crash is identical to the first.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::Path;
+
+use fleetkey_core::derive::{DeviceKeyInputs, Generation, Revision, Usage};
+use serde::Serialize;
+
+use super::devices::{device, refresh_one, validate_labels};
+use super::{Fleet, fleet_info};
+use crate::error::Error;
+use crate::lifecycle::State;
+use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, Scheme, SheUid};
+use crate::store::transact;
+
+/// Devices per transaction in bulk work.
+pub const BATCH: usize = 10_000;
+
+/// Reports the progress of a long operation (the CLI draws a bar).
+pub trait Progress {
+    /// Starts a phase of `total` items.
+    fn start(&self, phase: &str, total: u64);
+    /// `n` more items done.
+    fn advance(&self, n: u64);
+    /// The phase is done.
+    fn finish(&self);
+}
+
+/// No progress display.
+impl Progress for () {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// One parsed CSV row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportRow {
+    /// Its line number in the file (1-based, the header is line 1).
+    pub line: u64,
+    /// The device.
+    pub device: super::NewDevice,
+}
+
+/// The outcome of an import.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Rows in the file.
+    pub rows: u64,
+    /// Devices registered by this run.
+    pub added: u64,
+    /// Rows already registered with the same data (an earlier, interrupted run).
+    pub already_present: u64,
+    /// Devices whose key material was written for provisioning.
+    pub provisioned: u64,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CsvRow {
+    serial: String,
+    #[serde(default)]
+    she_uid: Option<String>,
+    #[serde(default)]
+    labels: Option<String>,
+}
+
+/// Parses a device CSV: a header naming `serial` and optionally `she_uid` (30 hex characters)
+/// and `labels` (separated by `;`). Serials are text, or `hex:<hex>` for raw bytes. Each error
+/// names the line.
+pub fn parse_csv<R: std::io::Read>(reader: R) -> impl Iterator<Item = Result<ImportRow, Error>> {
+    let mut csv = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(reader);
+    let headers = csv.headers().cloned();
+    let mut header_error = headers.as_ref().err().map(|e| Error::invalid("csv line 1", e));
+    if let Ok(h) = &headers {
+        if !h.iter().any(|c| c == "serial") {
+            header_error = Some(Error::invalid("csv line 1", "the header must name a `serial` column (and optionally she_uid, labels)"));
+        }
+    }
+    let headers = headers.unwrap_or_default();
+    let mut records = csv.into_records();
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        if let Some(e) = header_error.take() {
+            failed = true;
+            return Some(Err(e));
+        }
+        let record = records.next()?;
+        let line = match &record {
+            Ok(r) => r.position().map_or(0, csv::Position::line),
+            Err(e) => e.position().map_or(0, csv::Position::line),
+        };
+        let row = record.and_then(|r| r.deserialize::<CsvRow>(Some(&headers)));
+        let result = row.map_err(|e| Error::invalid(format!("csv line {line}"), csv_problem(&e))).and_then(|row| {
+            let field = |name: &str| format!("csv line {line}: {name}");
+            let serial = DeviceSerial::parse(&row.serial).map_err(|e| Error::invalid(field("serial"), e))?;
+            let she_uid = match row.she_uid.as_deref().filter(|s| !s.is_empty()) {
+                None => None,
+                Some(text) => {
+                    let bytes = hex::decode(text).map_err(|e| Error::invalid(field("she_uid"), format_args!("not hex ({e})")))?;
+                    let uid: SheUid = bytes.try_into().map_err(|b: Vec<u8>| {
+                        Error::invalid(field("she_uid"), format_args!("{} bytes, must be 15 (30 hex characters)", b.len()))
+                    })?;
+                    Some(uid)
+                }
+            };
+            let labels: Vec<String> = row
+                .labels
+                .as_deref()
+                .unwrap_or("")
+                .split(';')
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+            validate_labels(&labels).map_err(|e| Error::invalid(field("labels"), e))?;
+            Ok(ImportRow { line, device: super::NewDevice { serial, she_uid, labels } })
+        });
+        failed = result.is_err();
+        Some(result)
+    })
+}
+
+fn csv_problem(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Deserialize { err, .. } => err.to_string(),
+        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+            format!("{len} fields, the header has {expected_len}")
+        }
+        _ => e.to_string(),
+    }
+}
+
+#[derive(Serialize)]
+struct ProvisionLine<'a> {
+    serial: &'a DeviceSerial,
+    generation: u32,
+    revision: u32,
+    keys: &'a super::material::KeysHex,
+}
+
+impl Fleet {
+    /// Imports devices from a CSV file. The whole file is checked first (syntax, duplicates in
+    /// the file, conflicts with registered devices): a bad row refuses the import with its line
+    /// number and nothing is written. Then it is registered in batches. With `provision_out`,
+    /// devices are registered active and their key material is appended to that file as JSON
+    /// lines (written before each batch commits).
+    pub fn import_csv(
+        &mut self,
+        path: &Path,
+        provision_out: Option<&mut dyn Write>,
+        progress: &dyn Progress,
+    ) -> Result<ImportReport, Error> {
+        let open = || std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_owned(), source });
+        let registered = transact(self.store.as_mut(), |tx| Ok(tx.count_devices(&DeviceFilter::default())?))?;
+        // Pass 1: check everything before writing anything.
+        let mut seen: HashSet<Box<[u8]>> = HashSet::new();
+        let mut rows = 0u64;
+        progress.start("checking", 0);
+        for row in parse_csv(std::io::BufReader::with_capacity(1 << 20, open()?)) {
+            let row = row?;
+            if !seen.insert(row.device.serial.as_bytes().into()) {
+                return Err(Error::invalid(
+                    format!("csv line {}: serial", row.line),
+                    format_args!("{} appears twice in the file", row.device.serial),
+                ));
+            }
+            rows += 1;
+            if rows % BATCH as u64 == 0 {
+                progress.advance(BATCH as u64);
+            }
+        }
+        drop(seen);
+        progress.finish();
+        // Pass 2: register in batches.
+        let mut report = ImportReport { rows, ..Default::default() };
+        let mut out = provision_out;
+        progress.start(if out.is_some() { "importing and provisioning" } else { "importing" }, rows);
+        let mut batch: Vec<ImportRow> = Vec::with_capacity(BATCH);
+        let mut parsed = parse_csv(std::io::BufReader::with_capacity(1 << 20, open()?));
+        loop {
+            batch.clear();
+            for row in parsed.by_ref().take(BATCH) {
+                batch.push(row?);
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let writer: Option<&mut dyn Write> = match out {
+                Some(ref mut w) => Some(&mut **w),
+                None => None,
+            };
+            let (added, present, provisioned) = self.import_batch(&batch, registered > 0, writer)?;
+            report.added += added;
+            report.already_present += present;
+            report.provisioned += provisioned;
+            progress.advance(batch.len() as u64);
+        }
+        progress.finish();
+        Ok(report)
+    }
+
+    fn import_batch(
+        &mut self,
+        batch: &[ImportRow],
+        check_existing: bool,
+        out: Option<&mut dyn Write>,
+    ) -> Result<(u64, u64, u64), Error> {
+        let provision = out.is_some();
+        let scheme = self.config.scheme;
+        let (state, reason) = if provision { (State::Active, "imported and provisioned") } else { (State::PreActive, "imported") };
+        let change = self.change(reason);
+        let mut draft = self.draft(if provision { "device.import_provision" } else { "device.import" }, None, vec![], serde_json::json!({}));
+        let current = transact(self.store.as_mut(), |tx| Ok(fleet_info(tx)?.current_generation))?;
+        // Which rows are new (only a resumed import finds registered ones).
+        let mut fresh: Vec<&ImportRow> = Vec::with_capacity(batch.len());
+        let mut present = 0u64;
+        if check_existing {
+            transact(self.store.as_mut(), |tx| {
+                fresh.clear();
+                present = 0;
+                for row in batch {
+                    match tx.device(&row.device.serial)? {
+                        None => fresh.push(row),
+                        Some(d) if d.she_uid == row.device.she_uid && d.labels == row.device.labels => present += 1,
+                        Some(_) => {
+                            return Err(Error::invalid(
+                                format!("csv line {}: serial", row.line),
+                                format_args!("{} is already registered with another SHE UID or labels", row.device.serial),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        } else {
+            fresh.extend(batch.iter());
+        }
+        let mut records = Vec::with_capacity(fresh.len());
+        for row in &fresh {
+            let wrapped_root = match scheme {
+                Scheme::Stored => Some(self.module.new_wrapped_root()?),
+                Scheme::Derived | Scheme::Governed => None,
+            };
+            records.push(DeviceRecord {
+                serial: row.device.serial.clone(),
+                she_uid: row.device.she_uid,
+                labels: row.device.labels.clone(),
+                generation: current.unwrap_or(0),
+                revision: 0,
+                state,
+                changed: change.clone(),
+                wrapped_root,
+                created_at: change.at,
+            });
+        }
+        if let Some(out) = out {
+            self.write_material(&records, out)?;
+        }
+        draft.generation = current;
+        draft.subjects = records.iter().map(|r| r.serial.clone()).collect();
+        draft.details = serde_json::json!({"count": records.len(), "state": state, "first_line": fresh.first().map(|r| r.line)});
+        let added = records.len() as u64;
+        if !records.is_empty() {
+            transact(self.store.as_mut(), |tx| {
+                tx.insert_devices(&records).map_err(|e| match e {
+                    crate::error::StoreError::Duplicate(what) => Error::Refused {
+                        what: format!("{what} was registered by someone else during the import"),
+                        hint: "run the import again: it skips what is registered".into(),
+                    },
+                    other => other.into(),
+                })?;
+                tx.append_audit(draft.clone())?;
+                Ok(())
+            })?;
+        }
+        Ok((added, present, if provision { added } else { 0 }))
+    }
+
+    /// Writes provisioning lines for devices and flushes them.
+    fn write_material(&self, records: &[DeviceRecord], out: &mut dyn Write) -> Result<(), Error> {
+        let io = |source| Error::Io { path: "provisioning output".into(), source };
+        let mut buf = Vec::with_capacity(records.len() * 220);
+        let mut derivers: Vec<(u32, Box<dyn crate::module::BulkDeriver + '_>)> = Vec::new();
+        for r in records {
+            let keys = if r.wrapped_root.is_some() {
+                super::material::DeviceKeys::derive(self.module.as_ref(), r, r.generation, r.revision)?
+            } else {
+                if !derivers.iter().any(|(g, _)| *g == r.generation) {
+                    derivers.push((r.generation, self.module.bulk_deriver(Generation(r.generation))?));
+                }
+                let deriver = derivers
+                    .iter_mut()
+                    .find(|(g, _)| *g == r.generation)
+                    .map(|(_, d)| d)
+                    .ok_or_else(|| Error::invalid("generation", "no deriver"))?;
+                bulk_keys(deriver.as_mut(), r)?
+            };
+            let hexed = super::material::KeysHex::from(&keys);
+            let line = ProvisionLine { serial: &r.serial, generation: r.generation, revision: r.revision, keys: &hexed };
+            serde_json::to_writer(&mut buf, &line).map_err(|e| Error::invalid("provisioning output", e))?;
+            buf.push(b'\n');
+        }
+        out.write_all(&buf).map_err(io)?;
+        out.flush().map_err(io)?;
+        zeroize::Zeroize::zeroize(&mut buf);
+        Ok(())
+    }
+
+    /// Provisions every device matching `filter` that is still pre-active: writes its key
+    /// material to `out`, then marks the batch active.
+    pub fn provision_all(&mut self, filter: &DeviceFilter, out: &mut dyn Write, progress: &dyn Progress) -> Result<u64, Error> {
+        let mut filter = filter.clone();
+        filter.state = Some(State::PreActive);
+        let total = transact(self.store.as_mut(), |tx| Ok(tx.count_devices(&filter)?))?;
+        progress.start("provisioning", total);
+        let mut done = 0;
+        loop {
+            // Always the first page: each committed batch leaves the pre-active set.
+            let mut page = transact(self.store.as_mut(), |tx| Ok(tx.devices(&filter, None, BATCH)?))?;
+            if page.is_empty() {
+                break;
+            }
+            self.write_material(&page, out)?;
+            let change = self.change("provisioned");
+            let mut draft = self.draft("device.provision", None, page.iter().map(|d| d.serial.clone()).collect(), serde_json::json!({"count": page.len(), "state": "active"}));
+            draft.generation = page.first().map(|d| d.generation);
+            for d in &mut page {
+                d.state = State::Active;
+                d.changed = change.clone();
+            }
+            transact(self.store.as_mut(), |tx| {
+                for d in &page {
+                    // Re-check under the transaction: another process may have moved it.
+                    if device(tx, &d.serial)?.state != State::PreActive {
+                        return Err(Error::Refused {
+                            what: format!("device {} changed state during provisioning", d.serial),
+                            hint: "run the provisioning again: it continues with the devices still pre-active".into(),
+                        });
+                    }
+                    tx.update_device(d)?;
+                }
+                tx.append_audit(draft.clone())?;
+                Ok(())
+            })?;
+            done += page.len() as u64;
+            progress.advance(page.len() as u64);
+        }
+        progress.finish();
+        Ok(done)
+    }
+
+    /// Refreshes every active device matching `filter` (rotation's migration: filter by the old
+    /// generation), in batches; returns the updates (SHE messages) in order.
+    pub fn refresh_all(
+        &mut self,
+        filter: &DeviceFilter,
+        reason: &str,
+        on_update: &mut dyn FnMut(&super::KeyUpdate) -> Result<(), Error>,
+        progress: &dyn Progress,
+    ) -> Result<u64, Error> {
+        let mut filter = filter.clone();
+        filter.state = Some(State::Active);
+        let total = transact(self.store.as_mut(), |tx| Ok(tx.count_devices(&filter)?))?;
+        progress.start("refreshing", total);
+        let mut after: Option<DeviceSerial> = None;
+        let mut done = 0;
+        loop {
+            let page = transact(self.store.as_mut(), |tx| Ok(tx.devices(&filter, after.as_ref(), 1_000)?))?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.serial.clone());
+            let roots = match self.config.scheme {
+                Scheme::Stored => page.iter().map(|_| self.module.new_wrapped_root().map(Some)).collect::<Result<Vec<_>, _>>()?,
+                _ => vec![None; page.len()],
+            };
+            let change = self.change(reason);
+            let mut draft = self.draft("device.refresh", None, vec![], serde_json::json!({}));
+            let module = self.module.as_ref();
+            let updates = transact(self.store.as_mut(), |tx| {
+                let fleet = fleet_info(tx)?;
+                let mut updates = Vec::with_capacity(page.len());
+                let mut subjects = Vec::with_capacity(page.len());
+                for (d, root) in page.iter().zip(&roots) {
+                    let current = device(tx, &d.serial)?;
+                    if current.state != State::Active || current.revision != d.revision {
+                        continue; // changed since the page was read; a rerun picks it up
+                    }
+                    let (update, _) = refresh_one(tx, module, &fleet, current, root.clone(), &change, &draft)?;
+                    subjects.push(update.device.serial.clone());
+                    updates.push(update);
+                }
+                draft.subjects = subjects;
+                draft.generation = fleet.current_generation;
+                draft.details = serde_json::json!({"count": updates.len(), "reason": reason});
+                tx.append_audit(draft.clone())?;
+                Ok(updates)
+            })?;
+            for u in &updates {
+                on_update(u)?;
+            }
+            done += updates.len() as u64;
+            progress.advance(page.len() as u64);
+        }
+        progress.finish();
+        Ok(done)
+    }
+}
+
+fn bulk_keys(deriver: &mut dyn crate::module::BulkDeriver, r: &DeviceRecord) -> Result<super::material::DeviceKeys, Error> {
+    let revision = Revision::new(r.revision).map_err(|e| Error::invalid("revision", e))?;
+    let inputs = |usage| DeviceKeyInputs { usage, generation: Generation(r.generation), revision, serial: r.serial.as_core() };
+    let mut auth = zeroize::Zeroizing::new([0u8; 16]);
+    let mut key_update = zeroize::Zeroizing::new([0u8; 16]);
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    deriver.derive_into(&inputs(Usage::Auth), auth.as_mut_slice())?;
+    deriver.derive_into(&inputs(Usage::KeyUpdate), key_update.as_mut_slice())?;
+    deriver.derive_into(&inputs(Usage::RollSeed), seed.as_mut_slice())?;
+    Ok(super::material::DeviceKeys {
+        auth: fleetkey_core::Key128::from_bytes(*auth),
+        key_update: fleetkey_core::Key128::from_bytes(*key_update),
+        roll_seed: fleetkey_core::RollSeed::from_bytes(*seed),
+    })
+}

@@ -1,0 +1,306 @@
+//! Device operations: add, show, list, provision, refresh, suspend, resume, revoke, decommission.
+
+use serde::Serialize;
+
+use super::material::{Authoriser, DeviceKeys, KeysHex, SheUpdate, she_uid, she_updates};
+use super::{Fleet, fleet_info};
+use crate::error::{Error, StoreError};
+use crate::lifecycle::State;
+use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, Scheme, SheUid};
+use crate::store::{Tx, transact};
+
+/// A device to register.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDevice {
+    /// Its serial.
+    pub serial: DeviceSerial,
+    /// Its SHE UID, if it has a SHE.
+    pub she_uid: Option<SheUid>,
+    /// Labels.
+    pub labels: Vec<String>,
+}
+
+/// What a provisioning station receives for one device. Carries key material: the station
+/// writes it into the ECU and forgets it.
+#[derive(Debug, Serialize)]
+pub struct Provisioning {
+    /// The device.
+    pub device: DeviceRecord,
+    /// Its keys, hex.
+    pub keys: KeysHex,
+    /// The SHE updates of the initial load (under the fleet's transport key), or `None` when the
+    /// fleet has no transport key.
+    pub she: Option<Vec<SheUpdate>>,
+}
+
+/// A refresh or migration: the SHE updates that carry the new keys, authorised by the device's
+/// current KEY_UPDATE key. No plaintext key.
+#[derive(Debug, Serialize)]
+pub struct KeyUpdate {
+    /// The device after the change.
+    pub device: DeviceRecord,
+    /// Generation and revision before.
+    pub from: (u32, u32),
+    /// The updates to send, in order.
+    pub she: Vec<SheUpdate>,
+}
+
+impl Fleet {
+    /// Registers a device (pre-active) on the current generation at revision 0. Stored scheme: a
+    /// random root, kept only wrapped.
+    pub fn add_device(&mut self, new: NewDevice) -> Result<DeviceRecord, Error> {
+        validate_labels(&new.labels)?;
+        let scheme = self.config.scheme;
+        let wrapped_root = match scheme {
+            Scheme::Stored => Some(self.module.new_wrapped_root()?),
+            Scheme::Derived | Scheme::Governed => None,
+        };
+        let change = self.change("registered");
+        let draft = self.draft("device.add", None, vec![new.serial.clone()], serde_json::json!({"state": "pre-active"}));
+        transact(self.store.as_mut(), |tx| {
+            let fleet = fleet_info(tx)?;
+            let record = DeviceRecord {
+                serial: new.serial.clone(),
+                she_uid: new.she_uid,
+                labels: new.labels.clone(),
+                generation: fleet.current_generation.unwrap_or(0),
+                revision: 0,
+                state: State::PreActive,
+                changed: change.clone(),
+                wrapped_root: wrapped_root.clone(),
+                created_at: change.at,
+            };
+            tx.insert_device(&record).map_err(|e| duplicate_serial(e, &record.serial))?;
+            let mut d = draft.clone();
+            d.generation = Some(record.generation);
+            tx.append_audit(d)?;
+            Ok(record)
+        })
+    }
+
+    /// One device.
+    pub fn device(&mut self, serial: &DeviceSerial) -> Result<DeviceRecord, Error> {
+        transact(self.store.as_mut(), |tx| device(tx, serial))
+    }
+
+    /// Devices matching a filter, in serial order, after `after`, at most `limit`.
+    pub fn devices(&mut self, filter: &DeviceFilter, after: Option<&DeviceSerial>, limit: usize) -> Result<Vec<DeviceRecord>, Error> {
+        transact(self.store.as_mut(), |tx| Ok(tx.devices(filter, after, limit)?))
+    }
+
+    /// The key material a provisioning station needs, and the SHE initial load. A pre-active
+    /// device becomes active; provisioning an active device again returns the same material
+    /// (a station may retry) and changes nothing.
+    pub fn provision(&mut self, serial: &DeviceSerial) -> Result<Provisioning, Error> {
+        let transport = self.transport_key()?;
+        let change = self.change("provisioned");
+        let draft = self.draft("device.provision", None, vec![serial.clone()], serde_json::json!({}));
+        let module = self.module.as_ref();
+        transact(self.store.as_mut(), |tx| {
+            let mut record = device(tx, serial)?;
+            let first = record.state == State::PreActive;
+            if first {
+                record.state = transition(&record, State::Active)?;
+                record.changed = change.clone();
+            } else if record.state != State::Active {
+                return Err(Error::Refused {
+                    what: format!("device {serial} is {}, not provisionable", record.state),
+                    hint: "only pre-active and active devices can be provisioned; see `fleetkey device show`".into(),
+                });
+            }
+            let keys = DeviceKeys::derive(module, &record, record.generation, record.revision)?;
+            let she = match &transport {
+                Some(t) if record.revision == 0 => {
+                    Some(she_updates(serial, she_uid(&record), Authoriser::Transport(t), &keys, 0)?)
+                }
+                _ => None,
+            };
+            if first {
+                tx.update_device(&record)?;
+                let mut d = draft.clone();
+                d.generation = Some(record.generation);
+                d.details = serde_json::json!({"state": "active", "revision": record.revision});
+                tx.append_audit(d)?;
+            }
+            Ok(Provisioning { keys: KeysHex::from(&keys), device: record, she })
+        })
+    }
+
+    /// Refresh: revision + 1 (and, in the derived schemes, migration to the current generation);
+    /// the stored scheme draws a new random root. Returns the SHE updates that carry the new keys.
+    pub fn refresh(&mut self, serial: &DeviceSerial, reason: &str) -> Result<KeyUpdate, Error> {
+        let new_root = match self.config.scheme {
+            Scheme::Stored => Some(self.module.new_wrapped_root()?),
+            Scheme::Derived | Scheme::Governed => None,
+        };
+        let change = self.change(reason);
+        let draft = self.draft("device.refresh", None, vec![serial.clone()], serde_json::json!({}));
+        let module = self.module.as_ref();
+        transact(self.store.as_mut(), |tx| {
+            let fleet = fleet_info(tx)?;
+            let old = device(tx, serial)?;
+            if old.state != State::Active {
+                return Err(Error::Refused {
+                    what: format!("device {serial} is {}; only active devices are refreshed", old.state),
+                    hint: "resume a suspended device first (`fleetkey device resume`)".into(),
+                });
+            }
+            let (update, event) = refresh_one(tx, module, &fleet, old, new_root.clone(), &change, &draft)?;
+            tx.append_audit(event)?;
+            Ok(update)
+        })
+    }
+
+    /// Active -> suspended.
+    pub fn suspend(&mut self, serial: &DeviceSerial, reason: &str) -> Result<DeviceRecord, Error> {
+        self.set_state(serial, &[State::Active], &[State::Suspended], "device.suspend", reason)
+    }
+
+    /// Suspended -> active.
+    pub fn resume(&mut self, serial: &DeviceSerial, reason: &str) -> Result<DeviceRecord, Error> {
+        self.set_state(serial, &[State::Suspended], &[State::Active], "device.resume", reason)
+    }
+
+    /// Revoke: the device's keys are (suspected) compromised. Its keys are never issued again.
+    pub fn revoke(&mut self, serial: &DeviceSerial, reason: &str) -> Result<DeviceRecord, Error> {
+        self.set_state(serial, &[], &[State::Compromised], "device.revoke", reason)
+    }
+
+    /// Decommission: the device leaves the fleet and its key material is destroyed (stored
+    /// scheme: the wrapped root is overwritten and the store purged). Active and suspended
+    /// devices pass through deactivated; compromised ones end destroyed-compromised.
+    pub fn decommission(&mut self, serial: &DeviceSerial, reason: &str) -> Result<DeviceRecord, Error> {
+        let record = self.set_state(
+            serial,
+            &[],
+            &[State::Deactivated, State::Destroyed, State::DestroyedCompromised],
+            "device.decommission",
+            reason,
+        )?;
+        self.store.purge()?;
+        Ok(record)
+    }
+
+    /// Moves a device through `targets`, taking each step that is legal from where it stands, in
+    /// one transaction with one audit event. `from` (when not empty) lists the states the
+    /// operation starts from.
+    fn set_state(
+        &mut self,
+        serial: &DeviceSerial,
+        from: &[State],
+        targets: &[State],
+        action: &str,
+        reason: &str,
+    ) -> Result<DeviceRecord, Error> {
+        let change = self.change(reason);
+        let draft = self.draft(action, None, vec![serial.clone()], serde_json::json!({}));
+        transact(self.store.as_mut(), |tx| {
+            let mut record = device(tx, serial)?;
+            let start = record.state;
+            if !from.is_empty() && !from.contains(&start) {
+                let to = targets.first().copied().unwrap_or(State::Active);
+                return Err(Error::Transition {
+                    subject: format!("device {serial}"),
+                    source: crate::lifecycle::IllegalTransition { from: start, to },
+                });
+            }
+            let mut moved = false;
+            for &to in targets {
+                if record.state.can_become(to) {
+                    record.state = to;
+                    moved = true;
+                }
+            }
+            if !moved {
+                // Report the first target's refusal.
+                let to = targets.first().copied().unwrap_or(State::Active);
+                transition(&record, to)?;
+            }
+            if !record.state.holds_key_material() {
+                record.wrapped_root = None;
+            }
+            record.changed = change.clone();
+            tx.update_device(&record)?;
+            let mut d = draft.clone();
+            d.generation = Some(record.generation);
+            d.details = serde_json::json!({"from": start, "to": record.state, "reason": reason});
+            tx.append_audit(d)?;
+            Ok(record)
+        })
+    }
+}
+
+/// Refreshes one device inside a transaction and returns the update and its audit draft.
+pub(super) fn refresh_one(
+    tx: &mut dyn Tx,
+    module: &dyn crate::module::KeyModule,
+    fleet: &crate::model::FleetInfo,
+    old: DeviceRecord,
+    new_root: Option<crate::model::WrappedKey>,
+    change: &crate::model::Change,
+    draft: &crate::audit::AuditDraft,
+) -> Result<(KeyUpdate, crate::audit::AuditDraft), Error> {
+    let serial = old.serial.clone();
+    let revision = fleetkey_core::Revision::new(old.revision)
+        .and_then(|r| r.next())
+        .map_err(|_| Error::Refused {
+            what: format!("device {serial} is at the last revision (2^28 - 1)"),
+            hint: "revoke and replace the device: SHE counters cannot go further".into(),
+        })?
+        .get();
+    let old_keys = DeviceKeys::derive(module, &old, old.generation, old.revision)?;
+    let mut new = old.clone();
+    new.revision = revision;
+    if let Some(g) = fleet.current_generation {
+        new.generation = g;
+    }
+    if let Some(root) = new_root {
+        new.wrapped_root = Some(root);
+    }
+    new.changed = change.clone();
+    let new_keys = DeviceKeys::derive(module, &new, new.generation, new.revision)?;
+    let she = she_updates(&serial, she_uid(&new), Authoriser::Current(&old_keys.key_update), &new_keys, revision)?;
+    tx.update_device(&new)?;
+    let mut d = draft.clone();
+    d.subjects = vec![serial];
+    d.generation = Some(new.generation);
+    d.details = serde_json::json!({
+        "from": {"generation": old.generation, "revision": old.revision},
+        "to": {"generation": new.generation, "revision": new.revision},
+        "reason": change.reason,
+    });
+    Ok((KeyUpdate { from: (old.generation, old.revision), device: new, she }, d))
+}
+
+pub(super) fn device(tx: &mut dyn Tx, serial: &DeviceSerial) -> Result<DeviceRecord, Error> {
+    tx.device(serial)?.ok_or_else(|| Error::Refused {
+        what: format!("no device {serial} in this fleet"),
+        hint: "check the serial with `fleetkey device list`, or register it with `fleetkey device add`".into(),
+    })
+}
+
+pub(super) fn transition(record: &DeviceRecord, to: State) -> Result<State, Error> {
+    record
+        .state
+        .transition(to)
+        .map_err(|source| Error::Transition { subject: format!("device {}", record.serial), source })
+}
+
+pub(super) fn duplicate_serial(e: StoreError, serial: &DeviceSerial) -> Error {
+    match e {
+        StoreError::Duplicate(_) => Error::Refused {
+            what: format!("device {serial} is already registered"),
+            hint: "serials are unique in a fleet; `fleetkey device show` shows the existing one".into(),
+        },
+        other => other.into(),
+    }
+}
+
+pub(super) fn validate_labels(labels: &[String]) -> Result<(), Error> {
+    for l in labels {
+        if l.is_empty() || l.len() > 64 || l.chars().any(|c| c.is_control() || c == ';' || c == ',') {
+            return Err(Error::invalid("label", format_args!("{l:?}: 1 to 64 characters, no control characters, ';' or ','")));
+        }
+    }
+    Ok(())
+}
