@@ -1,14 +1,575 @@
-//! `fleetkey can` (placeholder, being written).
+//! `fleetkey can sign` / `fleetkey can verify`: SecOC frames (docs/secoc.md) in candump logs.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use fleetkey::canlog::{self, FrameKind, LogLine};
+use fleetkey_core::secoc::{
+    DEFAULT_VERIFY_ATTEMPTS, FrameKey, FreshnessCounter, KeyWindow, MAX_VERIFY_ATTEMPTS, Profile,
+    Receiver, SecocError, Sender, Stats, WindowConfig,
+};
+use fleetkey_core::{Epoch, RollSchedule, RollSeed, Roller, SessionKey};
 
 use crate::error::CliError;
+use crate::input;
 
 /// `fleetkey can` subcommands.
 #[derive(clap::Subcommand)]
 pub(crate) enum Command {
-    /// Placeholder.
-    Todo,
+    /// Secure every frame of a candump log (AUTOSAR SecOC construction, docs/secoc.md).
+    Sign(SignArgs),
+    /// Verify every frame of a candump log of secured frames.
+    Verify(VerifyArgs),
 }
 
-pub(crate) fn run(_command: Command) -> Result<(), CliError> {
-    Err(CliError::input("can", "not built yet"))
+const SIGN_HELP: &str = "\
+Keys: --key-file holds one session key as 32 hex characters. --seed-file holds a roll seed as
+64 hex characters; each frame then uses the session key of the epoch of its own timestamp
+(rolling v1: epoch = floor((t_ms - origin_ms) / period_ms), on --channel).
+DataId: --data-id, or by default the low 16 bits of each frame's CAN id; one freshness counter
+per DataId, starting at --fv-start. Classic frames stay classic (at most 8 bytes: p1, p2); CAN FD
+frames stay CAN FD and must end on a CAN FD length (0-8, 12, 16, 20, 24, 32, 48, 64).
+Spec: docs/secoc.md.
+
+Examples:
+  echo 2b7e151628aed2a6abf7158809cf4f3c > session.key
+  echo '(1700000000.000000) can0 123#DEADBEEF' | fleetkey can sign --profile p1 --key-file session.key
+  (1700000000.000000) can0 123#DEADBEEF0144C5C0      (payload DEADBEEF, FV 01, MAC 44C5C0)
+  fleetkey can sign --profile fd64 --seed-file seed.hex --channel 1 --origin-ms 0 \\
+    --period-ms 60000 capture.log -o secured.log";
+
+const VERIFY_HELP: &str = "\
+Prints one verdict per frame (line, id, `ok` with the full FV, or `rejected`) and a summary that
+counts rejections by reason (malformed, no key, replay, authentication). Keys, DataId and
+profiles as for `fleetkey can sign`; with --seed-file the receiver follows the log's timestamps
+and holds the keys of its current, previous and next epoch (docs/secoc.md).
+Exit 0 when every frame verifies, 1 when any is rejected, 2 on bad input.
+
+Example:
+  fleetkey can verify --profile p1 --key-file session.key secured.log
+  line 1: 123 ok fv=1
+  summary: 1 frames, 1 accepted, 0 rejected (malformed 0, no key 0, replay 0, authentication 0)";
+
+/// Where the session keys come from.
+#[derive(clap::Args)]
+pub(crate) struct KeyArgs {
+    /// SecOC profile: p1, p2, fd64 or fd128.
+    #[arg(long)]
+    profile: String,
+    /// File holding the session key, 32 hex characters (one fixed key).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "seed_file",
+        required_unless_present = "seed_file"
+    )]
+    key_file: Option<PathBuf>,
+    /// File holding a roll seed, 64 hex characters (a key per epoch, from each frame's timestamp).
+    #[arg(long, value_name = "FILE", requires_all = ["channel", "origin_ms", "period_ms"])]
+    seed_file: Option<PathBuf>,
+    /// Roll channel number (with --seed-file).
+    #[arg(long, value_name = "C", requires = "seed_file")]
+    channel: Option<u32>,
+    /// Roll schedule origin, Unix milliseconds (with --seed-file).
+    #[arg(long, value_name = "N", requires = "seed_file")]
+    origin_ms: Option<u64>,
+    /// Roll period in milliseconds (with --seed-file).
+    #[arg(long, value_name = "N", requires = "seed_file")]
+    period_ms: Option<u64>,
+    /// DataId for every frame (decimal or 0x hex); default: the low 16 bits of the CAN id.
+    #[arg(long, value_name = "N")]
+    data_id: Option<String>,
+}
+
+/// Secure the frames of a candump log.
+#[derive(clap::Args)]
+#[command(after_help = SIGN_HELP)]
+pub(crate) struct SignArgs {
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// First freshness value of every DataId (default 1).
+    #[arg(long, value_name = "N", default_value = "1")]
+    fv_start: String,
+    /// Input log; stdin when absent or `-`.
+    input: Option<PathBuf>,
+    /// Output log; stdout when absent or `-`.
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+}
+
+/// Verify the frames of a candump log.
+#[derive(clap::Args)]
+#[command(after_help = VERIFY_HELP)]
+pub(crate) struct VerifyArgs {
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// Extra verify attempts per frame after lost frames (0 to 16).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_VERIFY_ATTEMPTS)]
+    attempts: u8,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Input log; stdin when absent or `-`.
+    input: Option<PathBuf>,
+}
+
+pub(crate) fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Sign(args) => sign(args),
+        Command::Verify(args) => verify(args),
+    }
+}
+
+// ---- shared -------------------------------------------------------------------------------
+
+/// The key source: one fixed session key, or a roll seed on a schedule and channel.
+enum Keys {
+    Fixed(SessionKey),
+    Rolling {
+        roller: Roller,
+        schedule: RollSchedule,
+        channel: u32,
+    },
+}
+
+struct Setup {
+    profile: Profile,
+    keys: Keys,
+    data_id: Option<u16>,
+}
+
+fn setup(args: &KeyArgs) -> Result<Setup, CliError> {
+    let profile = Profile::by_name(&args.profile).map_err(|_| {
+        CliError::input(
+            "--profile",
+            format_args!("unknown profile {:?}", args.profile),
+        )
+        .hint("use p1 or p2 (classic CAN), fd64 or fd128 (CAN FD)")
+    })?;
+    let data_id = args.data_id.as_deref().map(parse_data_id).transpose()?;
+    let keys = match (&args.key_file, &args.seed_file) {
+        (Some(path), _) => {
+            let bytes = input::key_from_file::<16>("--key-file", path).map_err(|e| {
+                e.hint("the key file holds one 16-byte session key as 32 hex characters")
+            })?;
+            Keys::Fixed(SessionKey::from_bytes(*bytes))
+        }
+        (None, Some(path)) => {
+            let bytes = input::key_from_file::<32>("--seed-file", path).map_err(|e| {
+                e.hint("the seed file holds a 32-byte roll seed as 64 hex characters")
+            })?;
+            let roller = Roller::new(&RollSeed::from_bytes(*bytes));
+            let (Some(channel), Some(origin), Some(period)) =
+                (args.channel, args.origin_ms, args.period_ms)
+            else {
+                return Err(CliError::input(
+                    "--seed-file",
+                    "needs --channel, --origin-ms and --period-ms",
+                ));
+            };
+            let schedule =
+                RollSchedule::new(origin, period).map_err(|e| CliError::input("--period-ms", e))?;
+            Keys::Rolling {
+                roller,
+                schedule,
+                channel,
+            }
+        }
+        (None, None) => {
+            return Err(
+                CliError::input("--key-file", "missing").hint("give --key-file or --seed-file")
+            );
+        }
+    };
+    Ok(Setup {
+        profile,
+        keys,
+        data_id,
+    })
+}
+
+fn parse_data_id(text: &str) -> Result<u16, CliError> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| {
+        CliError::input(
+            "--data-id",
+            format_args!("{text:?} is not a number from 0 to 65535"),
+        )
+    })
+}
+
+fn parse_u64(field: &str, text: &str) -> Result<u64, CliError> {
+    text.trim()
+        .parse()
+        .map_err(|_| CliError::input(field, format_args!("{text:?} is not a whole number")))
+}
+
+/// The DataId of a frame: `--data-id`, else the low 16 bits of the CAN id.
+fn data_id_of(setup: &Setup, line: &LogLine) -> u16 {
+    setup
+        .data_id
+        .unwrap_or((line.frame.id().as_raw() & 0xFFFF) as u16)
+}
+
+/// The frame's epoch under the schedule (rolling keys only).
+fn epoch_of(schedule: &RollSchedule, line: &LogLine, number: usize) -> Result<Epoch, CliError> {
+    let ms = u64::try_from(line.timestamp.as_micros() / 1000).unwrap_or(u64::MAX);
+    schedule.epoch_at(ms).map_err(|e| {
+        CliError::input(
+            &format!("line {number}"),
+            format_args!("{e} ({})", line.timestamp),
+        )
+        .hint("check --origin-ms against the log's timestamps")
+    })
+}
+
+/// Reads and parses the whole log first, so that bad input stops before any output. Returns
+/// each frame line with its 1-based line number in the file. As `canlog::read_log` (and
+/// canplayer) do, lines that do not start with `(` are skipped.
+fn read_lines(path: Option<&Path>) -> Result<Vec<(usize, LogLine)>, CliError> {
+    let reader: Box<dyn BufRead> = match path {
+        Some(p) if p != Path::new("-") => Box::new(BufReader::new(File::open(p).map_err(|e| {
+            CliError::input("input", format_args!("cannot open {} ({e})", p.display()))
+        })?)),
+        _ => Box::new(BufReader::new(std::io::stdin())),
+    };
+    let mut lines = Vec::new();
+    for (index, raw) in reader.split(b'\n').enumerate() {
+        let number = index + 1;
+        let field = format!("line {number}");
+        let raw = raw.map_err(|e| CliError::input(&field, format_args!("cannot read ({e})")))?;
+        if raw.first() != Some(&b'(') {
+            continue;
+        }
+        let parsed = if raw.len() > canlog::MAX_LINE_LEN {
+            Err(canlog::ParseError::LineTooLong {
+                max: canlog::MAX_LINE_LEN,
+            })
+        } else {
+            std::str::from_utf8(&raw)
+                .map_err(|_| canlog::ParseError::NotUtf8)
+                .and_then(canlog::parse_line)
+        };
+        let line = parsed.map_err(|e| {
+            CliError::input(&field, e).hint(
+                "each frame line reads `(SECONDS.MICROS) IFACE ID#DATA`, or `ID##FDATA` for CAN FD (candump -l)",
+            )
+        })?;
+        lines.push((number, line));
+    }
+    Ok(lines)
+}
+
+/// Only data frames carry a secured PDU.
+fn check_data_frame(line: &LogLine, number: usize) -> Result<(), CliError> {
+    match line.frame.kind() {
+        FrameKind::Classic { .. } | FrameKind::Fd { .. } => Ok(()),
+        FrameKind::Remote { .. } => Err(CliError::input(
+            &format!("line {number}"),
+            "remote frame: carries no data to secure",
+        )
+        .hint("remove remote (RTR) frames from the log")),
+        FrameKind::Error { .. } => Err(CliError::input(
+            &format!("line {number}"),
+            "error frame: carries no PDU to secure",
+        )
+        .hint("remove error frames from the log")),
+    }
+}
+
+// ---- sign ---------------------------------------------------------------------------------
+
+fn sign(args: SignArgs) -> Result<(), CliError> {
+    let setup = setup(&args.keys)?;
+    let fv_start = parse_u64("--fv-start", &args.fv_start)?;
+    let freshness = FreshnessCounter::starting_at(fv_start)
+        .map_err(|_| CliError::input("--fv-start", "0: the first freshness value is 1 or more"))?;
+    let lines = read_lines(args.input.as_deref())?;
+    let profile = setup.profile;
+    let mut senders: HashMap<u16, Sender> = HashMap::new();
+    let mut epoch_key: Option<(Epoch, FrameKey)> = None;
+    let fixed_key = match &setup.keys {
+        Keys::Fixed(key) => Some(FrameKey::new(key)),
+        Keys::Rolling { .. } => None,
+    };
+    let mut out = Vec::with_capacity(lines.len());
+    for (number, line) in &lines {
+        let number = *number;
+        check_data_frame(line, number)?;
+        let payload = line.frame.data();
+        secured_len(profile, line, number)?;
+        let key = match (&fixed_key, &setup.keys) {
+            (Some(key), _) => key,
+            (
+                None,
+                Keys::Rolling {
+                    roller,
+                    schedule,
+                    channel,
+                },
+            ) => {
+                let epoch = epoch_of(schedule, line, number)?;
+                if epoch_key.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    epoch_key = Some((epoch, FrameKey::new(&roller.session_key(epoch, *channel))));
+                }
+                match &epoch_key {
+                    Some((_, key)) => key,
+                    None => return Err(CliError::input("--seed-file", "no session key")),
+                }
+            }
+            (None, Keys::Fixed(_)) => return Err(CliError::input("--key-file", "no session key")),
+        };
+        let data_id = data_id_of(&setup, line);
+        let sender = senders
+            .entry(data_id)
+            .or_insert_with(|| Sender::with_freshness(profile, data_id, freshness));
+        let mut buf = [0u8; 64];
+        let secured = sender.secure(key, payload, &mut buf).map_err(|e| match e {
+            SecocError::FreshnessExhausted => CliError::input(
+                &format!("line {number}"),
+                format_args!("DataId {data_id}: {e}"),
+            )
+            .hint("start from a lower --fv-start"),
+            other => CliError::input(&format!("line {number}"), other),
+        })?;
+        let frame = line
+            .frame
+            .with_data(buf.get(..secured.len).unwrap_or_default())
+            .map_err(|e| CliError::input(&format!("line {number}"), e))?;
+        out.push(LogLine {
+            frame,
+            ..line.clone()
+        });
+    }
+    let mut text = Vec::new();
+    canlog::write_log(&mut text, &out).map_err(|e| CliError::input("output", e))?;
+    write_output(args.output.as_deref(), &text)
+}
+
+/// Checks that the secured frame fits the profile and the frame's kind; names the line and
+/// what to do when it does not.
+fn secured_len(profile: Profile, line: &LogLine, number: usize) -> Result<usize, CliError> {
+    let field = format!("line {number}");
+    let len = line.frame.data().len();
+    let Some(secured) = profile.secured_len(len) else {
+        return Err(CliError::input(
+            &field,
+            format_args!(
+                "{len}-byte payload too long for profile {profile}: at most {} bytes leave room for \
+                 the {}-byte FV and {}-byte MAC",
+                profile.max_payload(),
+                profile.fv_len(),
+                profile.mac_len()
+            ),
+        )
+        .hint(if profile.max_frame() <= 8 {
+            "split the payload, or send CAN FD frames with profile fd64 or fd128"
+        } else {
+            "split the payload into smaller PDUs"
+        }));
+    };
+    if line.frame.is_fd() {
+        if !canlog::is_fd_len(secured) {
+            let fitting: Vec<String> = canlog::CANFD_LENGTHS
+                .iter()
+                .filter(|&&n| profile.secured_len(n).is_some_and(canlog::is_fd_len))
+                .map(|n| n.to_string())
+                .collect();
+            let hint = if fitting.is_empty() {
+                format!("profile {profile} fits no CAN FD payload length; use another profile")
+            } else {
+                format!(
+                    "with profile {profile}, CAN FD payloads of {} bytes give CAN FD lengths: \
+                     cut or pad the PDU to one of them, or use another profile",
+                    fitting.join(", ")
+                )
+            };
+            return Err(CliError::input(
+                &field,
+                format_args!(
+                    "secured length {secured} ({len}-byte payload + {} bytes of FV and MAC) is not a CAN FD length \
+                     (0-8, 12, 16, 20, 24, 32, 48, 64)",
+                    profile.overhead()
+                ),
+            )
+            .hint(hint));
+        }
+    } else if secured > canlog::CAN_MAX_DLEN {
+        return Err(CliError::input(
+            &field,
+            format_args!(
+                "classic frame: secured length {secured} ({len}-byte payload + {} bytes of FV and MAC) \
+                 exceeds 8 bytes",
+                profile.overhead()
+            ),
+        )
+        .hint("use profile p1 or p2 for classic CAN, or send the frame as CAN FD (ID##FDATA)"));
+    }
+    Ok(secured)
+}
+
+fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<(), CliError> {
+    match path {
+        Some(p) if p != Path::new("-") => std::fs::write(p, bytes).map_err(|e| {
+            CliError::input(
+                "--output",
+                format_args!("cannot write {} ({e})", p.display()),
+            )
+        }),
+        _ => std::io::stdout()
+            .write_all(bytes)
+            .map_err(|e| CliError::input("stdout", format_args!("cannot write ({e})"))),
+    }
+}
+
+// ---- verify -------------------------------------------------------------------------------
+
+struct Verdict {
+    line: usize,
+    id: String,
+    data_id: u16,
+    outcome: Option<(u64, Option<Epoch>)>,
+}
+
+fn verify(args: VerifyArgs) -> Result<(), CliError> {
+    let setup = setup(&args.keys)?;
+    if args.attempts > MAX_VERIFY_ATTEMPTS {
+        return Err(CliError::input(
+            "--attempts",
+            format_args!("{} is above {MAX_VERIFY_ATTEMPTS}", args.attempts),
+        ));
+    }
+    let lines = read_lines(args.input.as_deref())?;
+    let mut window = match &setup.keys {
+        Keys::Fixed(key) => KeyWindow::single(Epoch(0), key),
+        Keys::Rolling { .. } => KeyWindow::new(WindowConfig::default()),
+    };
+    // Validate every line before verifying any, so bad input prints nothing on stdout.
+    let mut epochs = Vec::with_capacity(lines.len());
+    for (number, line) in &lines {
+        check_data_frame(line, *number)?;
+        epochs.push(match &setup.keys {
+            Keys::Rolling { schedule, .. } => Some(epoch_of(schedule, line, *number)?),
+            Keys::Fixed(_) => None,
+        });
+    }
+    let mut receivers: HashMap<u16, Receiver> = HashMap::new();
+    let mut verdicts = Vec::with_capacity(lines.len());
+    for ((number, line), epoch) in lines.iter().zip(epochs) {
+        if let (
+            Some(epoch),
+            Keys::Rolling {
+                roller, channel, ..
+            },
+        ) = (epoch, &setup.keys)
+        {
+            // The receiver's clock is the log's timestamps; it never goes back.
+            if window.current().is_none_or(|current| epoch > current) {
+                window
+                    .advance_to(epoch, roller, *channel)
+                    .map_err(|e| CliError::input(&format!("line {number}"), e))?;
+            }
+        }
+        let data_id = data_id_of(&setup, line);
+        let receiver = receivers
+            .entry(data_id)
+            .or_insert_with(|| Receiver::new(setup.profile, data_id).with_attempts(args.attempts));
+        let outcome = receiver.verify(&window, line.frame.data()).ok().map(|v| {
+            (
+                v.fv,
+                matches!(setup.keys, Keys::Rolling { .. }).then_some(v.epoch),
+            )
+        });
+        verdicts.push(Verdict {
+            line: *number,
+            id: line.frame.id().to_string(),
+            data_id,
+            outcome,
+        });
+    }
+    let mut stats = Stats::default();
+    let mut ids: Vec<_> = receivers.keys().copied().collect();
+    ids.sort_unstable();
+    for id in ids {
+        if let Some(r) = receivers.get(&id) {
+            stats.merge(&r.stats());
+        }
+    }
+    let text = if args.json {
+        json_report(&setup, &verdicts, &stats)
+    } else {
+        text_report(&verdicts, &stats)
+    };
+    write_output(None, text.as_bytes())?;
+    match stats.rejected() {
+        0 => Ok(()),
+        n => Err(CliError::rejected(format_args!(
+            "{n} of {} frames rejected",
+            verdicts.len()
+        ))),
+    }
+}
+
+fn text_report(verdicts: &[Verdict], stats: &Stats) -> String {
+    let mut text = String::new();
+    for v in verdicts {
+        let verdict = match v.outcome {
+            Some((fv, Some(epoch))) => format!("ok fv={fv} epoch={}", epoch.0),
+            Some((fv, None)) => format!("ok fv={fv}"),
+            None => "rejected".to_owned(),
+        };
+        text.push_str(&format!("line {}: {} {verdict}\n", v.line, v.id));
+    }
+    text.push_str(&format!(
+        "summary: {} frames, {} accepted, {} rejected (malformed {}, no key {}, replay {}, authentication {})\n",
+        verdicts.len(),
+        stats.accepted,
+        stats.rejected(),
+        stats.malformed,
+        stats.no_key,
+        stats.replay,
+        stats.authentication
+    ));
+    text
+}
+
+fn json_report(setup: &Setup, verdicts: &[Verdict], stats: &Stats) -> String {
+    let frames: Vec<_> = verdicts
+        .iter()
+        .map(|v| {
+            let mut frame = serde_json::json!({
+                "line": v.line,
+                "id": v.id,
+                "data_id": v.data_id,
+                "result": if v.outcome.is_some() { "ok" } else { "rejected" },
+            });
+            if let Some((fv, epoch)) = v.outcome {
+                frame["fv"] = fv.into();
+                if let Some(epoch) = epoch {
+                    frame["epoch"] = epoch.0.into();
+                }
+            }
+            frame
+        })
+        .collect();
+    let report = serde_json::json!({
+        "profile": setup.profile.name(),
+        "frames": frames,
+        "summary": {
+            "frames": verdicts.len(),
+            "accepted": stats.accepted,
+            "rejected": stats.rejected(),
+            "malformed": stats.malformed,
+            "no_key": stats.no_key,
+            "replay": stats.replay,
+            "authentication": stats.authentication,
+        },
+    });
+    format!("{report}\n")
 }
