@@ -14,7 +14,12 @@
 //!   another process changed since this one read it.
 //! - **Memory**: masters as [`MasterKey`] with their precomputed [`Deriver`], the KEK as a
 //!   zeroizing array, the governance root as an `ed25519_dalek::SigningKey`; all zeroized on
-//!   drop, so destroying a master or dropping the module clears them.
+//!   drop, so destroying a master or dropping the module clears them. A bulk deriver holds a
+//!   copy of its generation's `Deriver` and drops it at its first call after the destroy.
+//! - **Passphrase**: copied into age's zeroizing `SecretString` for re-encryption; it appears
+//!   in no error and no `Debug` output.
+//! - **Known gap**: age's encrypting writer copies the plaintext document into a 64 KiB chunk
+//!   buffer that it frees without zeroizing (age 0.12 `StreamWriter`); decryption is clean.
 
 mod durable;
 mod keyfile;
@@ -222,6 +227,10 @@ impl SoftModule {
 
     /// Applies a change to a copy of the state, writes the key file, then swaps the copy in.
     /// Readers are not blocked while scrypt runs; changes are serialised.
+    ///
+    /// Once the new file is in place the change is in effect, in memory too. If wiping the
+    /// previous version fails after that, the error names the file left behind (still under
+    /// the passphrase); the next change or open wipes it.
     fn change<R>(
         &self,
         f: impl FnOnce(&mut State) -> Result<Change<R>, ModuleError>,
@@ -233,21 +242,19 @@ impl SoftModule {
             Change::Write(result) => result,
         };
         let ciphertext = keyfile::seal(&self.recipient, &encode(&next))?;
-        {
-            let _lock = durable::lock(&self.paths)?;
-            durable::recover(&self.paths)?;
-            let on_disk: [u8; 32] = Sha256::digest(durable::read(&self.paths)?).into();
-            if on_disk != *digest {
-                return Err(ModuleError::Backend {
-                    operation: "key file update",
-                    detail: format!(
-                        "{} was changed by another process since it was opened; open it again",
-                        self.paths.file.display()
-                    ),
-                });
-            }
-            durable::replace(&self.paths, &ciphertext)?;
+        let _lock = durable::lock(&self.paths)?;
+        durable::recover(&self.paths)?;
+        let on_disk: [u8; 32] = Sha256::digest(durable::read(&self.paths)?).into();
+        if on_disk != *digest {
+            return Err(ModuleError::Backend {
+                operation: "key file update",
+                detail: format!(
+                    "{} was changed by another process since it was opened; open it again",
+                    self.paths.file.display()
+                ),
+            });
         }
+        durable::commit(&self.paths, &ciphertext)?;
         *digest = Sha256::digest(&ciphertext).into();
         let previous = std::mem::replace(&mut *self.write(), next);
         let current = self.read();
@@ -256,6 +263,9 @@ impl SoftModule {
                 slot.alive.store(false, Ordering::Release);
             }
         }
+        drop(current);
+        drop(previous);
+        durable::wipe_aside(&self.paths)?;
         Ok(result)
     }
 

@@ -129,13 +129,18 @@ pub(super) fn install_new(paths: &Paths, ciphertext: &[u8]) -> Result<(), Module
     sync_dir(paths)
 }
 
-/// Replaces the key file with a new version and wipes the old one. Call with the lock held.
-pub(super) fn replace(paths: &Paths, ciphertext: &[u8]) -> Result<(), ModuleError> {
+/// Puts a new version of the key file in place, the previous one renamed aside (steps 1 to 3).
+/// Call with the lock held, then [`wipe_aside`].
+pub(super) fn commit(paths: &Paths, ciphertext: &[u8]) -> Result<(), ModuleError> {
     write_tmp(paths, ciphertext)?;
     fs::rename(&paths.file, &paths.aside).map_err(io_error(&paths.aside))?;
     sync_dir(paths)?;
     fs::rename(&paths.tmp, &paths.file).map_err(io_error(&paths.file))?;
-    sync_dir(paths)?;
+    sync_dir(paths)
+}
+
+/// Overwrites, fsyncs and unlinks the previous version (step 4).
+pub(super) fn wipe_aside(paths: &Paths) -> Result<(), ModuleError> {
     wipe(&paths.aside, paths)
 }
 
