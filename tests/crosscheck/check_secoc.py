@@ -3,14 +3,20 @@
 
 An independent implementation of the secured frame, the receiver's FV reconstruction and its
 reason for a rejection, written from docs/secoc.md with Python integers and cryptography's CMAC.
-It recomputes every case of tests/vectors/secoc-v1.json and exits non-zero on any difference.
+It recomputes every case of tests/vectors/secoc-v1.json and exits non-zero on any difference;
+then it runs `fleetkey can sign` (and `can verify`) on every frame case that fits a candump line.
 
     python3 tests/crosscheck/check_secoc.py              # check (CI)
     python3 tests/crosscheck/check_secoc.py --generate   # rewrite tests/vectors/secoc-v1.json
+
+FLEETKEY_BIN overrides the binary (default target/debug/fleetkey).
 """
 import json
+import os
 import struct
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import algorithms
@@ -18,6 +24,8 @@ from cryptography.hazmat.primitives.cmac import CMAC
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors" / "secoc-v1.json"
+BIN = os.environ.get("FLEETKEY_BIN", str(ROOT / "target" / "debug" / "fleetkey"))
+CANFD_LENGTHS = {0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64}
 
 # name: (fv_len, mac_len, max_frame), all in bytes
 PROFILES = {"p1": (1, 3, 8), "p2": (0, 3, 8), "fd64": (2, 8, 64), "fd128": (4, 16, 64)}
@@ -155,6 +163,39 @@ def rejection_cases():
     return cases
 
 
+def cli_cases(frames) -> tuple[int, int]:
+    """Runs `fleetkey can sign` on each frame case a candump line can carry; (cases, failures)."""
+    if not Path(BIN).exists():
+        sys.exit(f"secoc: {BIN} not found: build it first (cargo build -p fleetkey-cli) or set FLEETKEY_BIN")
+    count = failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in frames:
+            payload, secured = bytes.fromhex(case["payload"]), bytes.fromhex(case["secured"])
+            fd = PROFILES[case["profile"]][2] > 8
+            if fd and (len(payload) not in CANFD_LENGTHS or len(secured) not in CANFD_LENGTHS):
+                continue
+            key_file = Path(tmp) / "session.key"
+            key_file.write_text(case["key"] + "\n")
+            sep = "##0" if fd else "#"
+            line = f"(1700000000.000000) can0 123{sep}{payload.hex().upper()}\n"
+            common = ["--profile", case["profile"], "--key-file", str(key_file), "--data-id", str(case["data_id"])]
+            out = subprocess.run([BIN, "can", "sign", *common, "--fv-start", str(case["fv"])],
+                                 input=line, capture_output=True, text=True)
+            want = f"(1700000000.000000) can0 123{sep}{secured.hex().upper()}\n"
+            count += 1
+            if out.returncode != 0 or out.stdout != want:
+                failures += 1
+                print(f"secoc mismatch in fleetkey can sign {case}:\n  want: {want}  got:  {out.stdout}{out.stderr}",
+                      file=sys.stderr)
+                continue
+            if case["fv"] == 1:
+                check = subprocess.run([BIN, "can", "verify", *common], input=out.stdout, capture_output=True, text=True)
+                if check.returncode != 0 or "line 1: 123 ok fv=1\n" not in check.stdout:
+                    failures += 1
+                    print(f"secoc: fleetkey can verify rejected {case}: {check.stdout}{check.stderr}", file=sys.stderr)
+    return count, failures
+
+
 def compare(name: str, want, got) -> int:
     if want != got:
         print(f"secoc mismatch in {name}:\n  file:   {want}\n  python: {got}", file=sys.stderr)
@@ -192,10 +233,13 @@ def main() -> None:
         got = receive(case["profile"], bytes.fromhex(case["key"]), case["data_id"], case["latest"],
                       case["attempts"], bytes.fromhex(case["secured"]))
         failures += compare(f"rejection {case}", ["rejected", case["reason"]], list(got))
+    cli_count, cli_failures = cli_cases(doc["frames"])
+    failures += cli_failures
     if failures:
         sys.exit(f"secoc: {failures} mismatches")
     print(f"secoc: {len(doc['frames']) + len(doc['rejections'])} vectors match "
-          f"({len(doc['frames'])} frames, {len(doc['rejections'])} rejections; python cryptography)")
+          f"({len(doc['frames'])} frames, {len(doc['rejections'])} rejections; python cryptography; "
+          f"{cli_count} frames through {Path(BIN).name} can sign)")
 
 
 if __name__ == "__main__":
