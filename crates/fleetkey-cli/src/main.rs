@@ -34,6 +34,9 @@ enum Command {
     /// The hash-chained audit record.
     #[command(subcommand)]
     Audit(cmd::audit::Command),
+    /// Throughput benchmarks with a reference measured in the same run.
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
     Derive(cmd::derive::Args),
     Roll(cmd::roll::Args),
     #[command(subcommand)]
@@ -53,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Generation(command) => cmd::generation::run(global, command),
         Command::Rotation(command) => cmd::generation::rotation(global, command),
         Command::Audit(command) => cmd::audit::run(global, command),
+        Command::Bench(command) => cmd::bench::run(global, command),
         Command::Derive(args) => cmd::derive::run(args),
         Command::Roll(args) => cmd::roll::run(args),
         Command::She(command) => cmd::she::run(command),

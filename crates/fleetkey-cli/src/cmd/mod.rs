@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod audit;
+pub(crate) mod bench;
 pub(crate) mod can;
 pub(crate) mod ctx;
 pub(crate) mod demo;

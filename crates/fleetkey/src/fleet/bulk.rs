@@ -326,12 +326,11 @@ impl Fleet {
         let total = transact(self.store.as_mut(), |tx| Ok(tx.count_devices(&filter)?))?;
         progress.start("provisioning", total);
         let mut done = 0;
+        let mut after: Option<DeviceSerial> = None;
         loop {
-            // Always the first page: each committed batch leaves the pre-active set.
-            let mut page = transact(self.store.as_mut(), |tx| Ok(tx.devices(&filter, None, BATCH)?))?;
-            if page.is_empty() {
-                break;
-            }
+            let mut page = transact(self.store.as_mut(), |tx| Ok(tx.devices(&filter, after.as_ref(), BATCH)?))?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.serial.clone());
             self.write_material(&page, out)?;
             let change = self.change("provisioned");
             let mut draft = self.draft("device.provision", None, page.iter().map(|d| d.serial.clone()).collect(), serde_json::json!({"count": page.len(), "state": "active"}));

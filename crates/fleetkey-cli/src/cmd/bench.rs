@@ -1,0 +1,186 @@
+//! `fleetkey bench`: whole-operation throughput on this machine, beside a reference measured in
+//! the same run.
+
+use std::hint::black_box;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetkey::fleet::{Access, Fleet, InitOptions, SecretString, SystemClock};
+use fleetkey::model::{DeviceFilter, Scheme};
+use fleetkey::module::soft::WorkFactor;
+use serde::Serialize;
+
+use crate::cmd::ctx::{Bar, Global};
+use crate::error::CliError;
+
+/// Benchmarks.
+#[derive(clap::Subcommand)]
+pub(crate) enum Command {
+    /// Bulk import and provisioning of N devices (derived scheme, SQLite, soft module) in a
+    /// temporary fleet: wall time, devices/s, peak memory, and derivations/s beside two raw
+    /// SHA-256 compressions per derivation (the limit) measured in the same run.
+    #[command(after_help = "Example:\n  fleetkey bench provision --devices 1000000")]
+    Provision {
+        /// How many devices.
+        #[arg(long, default_value_t = 1_000_000)]
+        devices: u64,
+        /// Import and provision in one pass (`device import --provision-out`) rather than import,
+        /// then `device provision --all`.
+        #[arg(long)]
+        one_pass: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct Report {
+    devices: u64,
+    csv_write_s: f64,
+    import_s: f64,
+    provision_s: f64,
+    total_s: f64,
+    devices_per_s: f64,
+    peak_rss_mib: f64,
+    derivations_per_s: f64,
+    reference_two_compressions_per_s: f64,
+    ratio: f64,
+    output_bytes: u64,
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Two SHA-256 compressions per iteration, for `duration`: the one-block HMAC limit.
+fn reference_rate(duration: Duration) -> f64 {
+    let block = [0x5au8; 64];
+    let mut state = [0x6a09_e667u32; 8];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        for _ in 0..1000 {
+            sha2::block_api::compress256(&mut state, &[block]);
+            sha2::block_api::compress256(&mut state, &[black_box(block)]);
+        }
+        n += 1000;
+    }
+    black_box(state);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
+    let Command::Provision { devices, one_pass } = command;
+    let dir = tempfile::tempdir().map_err(|e| CliError::input("temporary directory", e))?;
+    let io = |what: &str, e: std::io::Error| CliError::input(what, e);
+    let access = Access {
+        passphrase: SecretString::from("fleetkey bench passphrase".to_owned()),
+        actor: "bench".into(),
+        clock: Arc::new(SystemClock),
+    };
+    let options = InitOptions {
+        fleet_id: "bench".into(),
+        scheme: Scheme::Derived,
+        she_transport_key: None,
+        work_factor: WorkFactor::Log2(10),
+    };
+    let mut fleet = Fleet::init(&dir.path().join("home"), options, access)?;
+
+    let start = Instant::now();
+    let csv = dir.path().join("devices.csv");
+    {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&csv).map_err(|e| io("csv", e))?);
+        writeln!(w, "serial,labels").map_err(|e| io("csv", e))?;
+        for i in 0..devices {
+            writeln!(w, "VIN{:014}-ECU{:02},line={}", i / 8, i % 8, i % 4).map_err(|e| io("csv", e))?;
+        }
+        w.flush().map_err(|e| io("csv", e))?;
+    }
+    let csv_write_s = start.elapsed().as_secs_f64();
+
+    let out_path = dir.path().join("keys.jsonl");
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&out_path).map_err(|e| io("output", e))?);
+    let bar = Bar::new();
+    let start = Instant::now();
+    let (import_s, provision_s) = if one_pass {
+        fleet.import_csv(&csv, Some(&mut out), &bar)?;
+        (start.elapsed().as_secs_f64(), 0.0)
+    } else {
+        fleet.import_csv(&csv, None, &bar)?;
+        let import_s = start.elapsed().as_secs_f64();
+        let p = Instant::now();
+        fleet.provision_all(&DeviceFilter::default(), &mut out, &bar)?;
+        (import_s, p.elapsed().as_secs_f64())
+    };
+    out.flush().map_err(|e| io("output", e))?;
+    let total_s = start.elapsed().as_secs_f64();
+    let peak_rss_mib = peak_rss_mib();
+    let output_bytes = std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
+
+    // Derivation throughput of the same path, and the reference, measured now.
+    let deriver = fleet.module().bulk_deriver(fleetkey_core::Generation(1)).map_err(fleetkey::Error::from)?;
+    let mut deriver = deriver;
+    let serial = fleetkey_core::Serial::new(b"VIN00000000012345-ECU03").map_err(|e| CliError::input("serial", e))?;
+    let mut key = [0u8; 16];
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed() < Duration::from_millis(500) {
+        for r in 0..1000u32 {
+            let inputs = fleetkey_core::DeviceKeyInputs {
+                usage: fleetkey_core::Usage::Auth,
+                generation: fleetkey_core::Generation(1),
+                revision: fleetkey_core::Revision::new(r).map_err(|e| CliError::input("revision", e))?,
+                serial,
+            };
+            deriver.derive_into(&inputs, &mut key).map_err(fleetkey::Error::from)?;
+        }
+        n += 1000;
+    }
+    black_box(key);
+    let derivations_per_s = n as f64 / t.elapsed().as_secs_f64();
+    let reference = reference_rate(Duration::from_millis(500));
+
+    let report = Report {
+        devices,
+        csv_write_s,
+        import_s,
+        provision_s,
+        total_s,
+        devices_per_s: devices as f64 / total_s,
+        peak_rss_mib,
+        derivations_per_s,
+        reference_two_compressions_per_s: reference,
+        ratio: derivations_per_s / reference,
+        output_bytes,
+    };
+    global.print(&report, |r| {
+        format!(
+            "bulk import + provisioning, derived scheme, SQLite, soft module ({} pass{}):\n\
+             {:>12} devices in {:.2} s (import {:.2} s, provision {:.2} s): {:.0} devices/s\n\
+             {:>12.1} MiB peak resident memory, {:.0} MiB of key material written\n\
+             {:>12.0} derivations/s through the module's bulk path\n\
+             {:>12.0} two-compression SHA-256 references/s (the one-block HMAC limit)\n\
+             {:>12.2} ratio",
+            if one_pass { "one" } else { "two" },
+            if one_pass { "" } else { "es" },
+            r.devices,
+            r.total_s,
+            r.import_s,
+            r.provision_s,
+            r.devices_per_s,
+            r.peak_rss_mib,
+            r.output_bytes as f64 / (1024.0 * 1024.0),
+            r.derivations_per_s,
+            r.reference_two_compressions_per_s,
+            r.ratio
+        )
+    })
+}
