@@ -13,6 +13,8 @@ pub use fleetkey_core as core;
 pub mod audit;
 pub mod canlog;
 pub mod error;
+pub mod fleet;
+pub mod home;
 pub mod lifecycle;
 pub mod model;
 pub mod module;
