@@ -1,0 +1,1223 @@
+//! The `Store` conformance suite: every store implementation runs these checks unchanged.
+//!
+//! A test crate includes this file as `conformance::store` and expands one `#[test]` per check
+//! with a factory expression that is evaluated once per test (each test gets its own database):
+//! ```ignore
+//! mod conformance {
+//!     pub mod store;
+//! }
+//! store_conformance!(SqliteFactory::new());
+//! ```
+//!
+//! Besides the trait's documentation, the suite holds every store to this contract:
+//! - a `Tx` method that returns an error changes nothing and leaves the transaction usable
+//!   (so `insert_devices` is all-or-nothing even when the caller goes on);
+//! - `Duplicate` and `NotFound` name the record: `device <serial as displayed>`,
+//!   `generation <n>`;
+//! - blobs keep the difference between absent and empty (`wrapped_root: Some(vec![])`);
+//! - `put_meta` of any key, even one that looks like the store's own bookkeeping, only ever
+//!   changes that key's value.
+
+use std::collections::BTreeMap;
+
+use fleetkey::StoreError;
+use fleetkey::audit::{AuditDraft, AuditEvent, AuditFilter, ChainVerifier};
+use fleetkey::error::Error;
+use fleetkey::lifecycle::State;
+use fleetkey::model::{
+    Change, DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, Scheme,
+    WrappedKey,
+};
+use fleetkey::store::{Store, Tx, transact};
+use serde_json::json;
+
+/// Makes the stores a check runs against. One factory per test: its database starts empty.
+pub(crate) trait StoreFactory: Sync {
+    /// The first handle on this factory's database, which is empty.
+    fn fresh(&self) -> Box<dyn Store>;
+    /// Another handle on the same database, as a second process or service instance would open.
+    fn reopen(&self) -> Box<dyn Store>;
+}
+
+/// Expands to a module `store_conformance` with one `#[test]` per check, each calling the check
+/// with a new factory made by `$factory`.
+#[macro_export]
+macro_rules! store_conformance {
+    ($factory:expr) => {
+        $crate::store_conformance!(@checks $factory;
+            fleet_put_get,
+            generations_insert_update_list,
+            device_insert_get_update,
+            device_fields_round_trip,
+            bulk_insert_and_paginate_in_serial_byte_order,
+            device_filters_match_reference,
+            failing_closure_rolls_back_everything,
+            insert_devices_is_all_or_nothing,
+            errors_leave_the_transaction_usable,
+            audit_appends_chain,
+            audit_filters_match_reference,
+            meta_get_put,
+            writes_are_visible_to_the_next_transaction_and_other_handles,
+            transact_returns_the_value,
+            empty_pages_and_limits,
+            purge_keeps_live_data,
+            concurrent_read_modify_write_serializes,
+        );
+    };
+    (@checks $factory:expr; $($check:ident),* $(,)?) => {
+        mod store_conformance {
+            #[allow(unused_imports, reason = "the factory expression may name items of the parent")]
+            use super::*;
+            $(
+                #[test]
+                fn $check() {
+                    let factory = $factory;
+                    $crate::conformance::store::$check(&factory);
+                }
+            )*
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// A small deterministic generator (xorshift64*), so that failures reproduce.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub(crate) fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+
+    pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+pub(crate) fn serial(bytes: &[u8]) -> DeviceSerial {
+    DeviceSerial::new(bytes.to_vec()).expect("test serial is 1 to 40 bytes")
+}
+
+pub(crate) fn change(at: i64) -> Change {
+    Change {
+        at,
+        actor: "tester".into(),
+        reason: "conformance".into(),
+    }
+}
+
+/// A plain active device on generation 1.
+pub(crate) fn device(bytes: &[u8]) -> DeviceRecord {
+    DeviceRecord {
+        serial: serial(bytes),
+        she_uid: None,
+        labels: Vec::new(),
+        generation: 1,
+        revision: 0,
+        state: State::Active,
+        changed: change(1_700_000_000_000),
+        wrapped_root: None,
+        created_at: 1_700_000_000_000,
+    }
+}
+
+fn generation(number: u32, state: State) -> GenerationRecord {
+    GenerationRecord {
+        generation: number,
+        state,
+        changed: change(1_700_000_000_000),
+        created_at: 1_699_000_000_000,
+    }
+}
+
+fn fleet() -> FleetInfo {
+    FleetInfo {
+        id: "fleet-conformance".into(),
+        scheme: Scheme::Derived,
+        current_generation: Some(1),
+        created_at: 1,
+    }
+}
+
+fn draft(action: &str, at: i64, subjects: &[DeviceSerial]) -> AuditDraft {
+    AuditDraft {
+        at,
+        actor: "tester".into(),
+        action: action.into(),
+        generation: Some(1),
+        subjects: subjects.to_vec(),
+        details: json!({ "n": subjects.len() }),
+    }
+}
+
+/// Runs `f` in a transaction, panicking on error.
+pub(crate) fn tx<T>(store: &mut dyn Store, f: impl FnMut(&mut dyn Tx) -> Result<T, Error>) -> T {
+    transact(store, f).expect("transaction")
+}
+
+/// Every device matching `filter`, paging `page` at a time.
+pub(crate) fn list_all(
+    store: &mut dyn Store,
+    filter: &DeviceFilter,
+    page: usize,
+) -> Vec<DeviceRecord> {
+    let mut out: Vec<DeviceRecord> = Vec::new();
+    loop {
+        let after = out.last().map(|d| d.serial.clone());
+        let batch = tx(store, |tx| Ok(tx.devices(filter, after.as_ref(), page)?));
+        assert!(
+            batch.len() <= page,
+            "a page of {} for limit {page}",
+            batch.len()
+        );
+        let done = batch.len() < page;
+        out.extend(batch);
+        if done {
+            return out;
+        }
+    }
+}
+
+/// Every audit event matching `filter`, paging `page` at a time.
+pub(crate) fn audit_all(
+    store: &mut dyn Store,
+    filter: &AuditFilter,
+    page: usize,
+) -> Vec<AuditEvent> {
+    let mut out: Vec<AuditEvent> = Vec::new();
+    loop {
+        let after = out.last().map_or(0, |e| e.seq);
+        let batch = tx(store, |tx| Ok(tx.audit_events(filter, after, page)?));
+        assert!(batch.len() <= page);
+        let done = batch.len() < page;
+        out.extend(batch);
+        if done {
+            return out;
+        }
+    }
+}
+
+/// Verifies the whole chain against the recorded head; returns the event count.
+pub(crate) fn verify_chain(store: &mut dyn Store) -> u64 {
+    let events = audit_all(store, &AuditFilter::default(), 64);
+    let head = tx(store, |tx| Ok(tx.audit_head()?));
+    let mut verifier = ChainVerifier::new();
+    for e in &events {
+        verifier.push(e).expect("chain links");
+    }
+    verifier.finish(head).expect("chain ends at the head")
+}
+
+fn assert_duplicate(result: Result<(), StoreError>, name: &str) {
+    match result {
+        Err(StoreError::Duplicate(what)) => assert!(
+            what.contains(name),
+            "Duplicate({what:?}) does not name {name}"
+        ),
+        other => panic!("expected Duplicate naming {name}, got {other:?}"),
+    }
+}
+
+fn assert_not_found(result: Result<(), StoreError>, name: &str) {
+    match result {
+        Err(StoreError::NotFound(what)) => assert!(
+            what.contains(name),
+            "NotFound({what:?}) does not name {name}"
+        ),
+        other => panic!("expected NotFound naming {name}, got {other:?}"),
+    }
+}
+
+/// Everything a store holds, for before/after comparisons.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    fleet: Option<FleetInfo>,
+    generations: Vec<GenerationRecord>,
+    devices: Vec<DeviceRecord>,
+    audit: Vec<AuditEvent>,
+    head: Option<(u64, [u8; 32])>,
+    meta: Vec<Option<String>>,
+}
+
+const META_KEYS: [&str; 3] = ["idempotency.a", "records.sequence", "schema_version"];
+
+fn snapshot(store: &mut dyn Store) -> Snapshot {
+    let devices = list_all(store, &DeviceFilter::default(), 1000);
+    let audit = audit_all(store, &AuditFilter::default(), 1000);
+    tx(store, |tx| {
+        Ok(Snapshot {
+            fleet: tx.fleet()?,
+            generations: tx.generations()?,
+            devices: devices.clone(),
+            audit: audit.clone(),
+            head: tx.audit_head()?,
+            meta: META_KEYS
+                .iter()
+                .map(|k| tx.meta(k))
+                .collect::<Result<_, _>>()?,
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks
+
+pub(crate) fn fleet_put_get(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    assert_eq!(tx(store, |tx| Ok(tx.fleet()?)), None);
+    let mut info = fleet();
+    tx(store, |tx| Ok(tx.put_fleet(&info)?));
+    assert_eq!(tx(store, |tx| Ok(tx.fleet()?)), Some(info.clone()));
+    for (scheme, current) in [(Scheme::Stored, None), (Scheme::Governed, Some(u32::MAX))] {
+        info = FleetInfo {
+            id: "Flotte-\u{fc}-2".into(),
+            scheme,
+            current_generation: current,
+            created_at: i64::MAX,
+        };
+        tx(store, |tx| Ok(tx.put_fleet(&info)?));
+        assert_eq!(
+            tx(store, |tx| Ok(tx.fleet()?)),
+            Some(info.clone()),
+            "put_fleet replaces"
+        );
+    }
+}
+
+pub(crate) fn generations_insert_update_list(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    assert_eq!(tx(store, |tx| Ok(tx.generations()?)), vec![]);
+    for number in [3, 1, u32::MAX, 2, 0] {
+        tx(store, |tx| {
+            Ok(tx.insert_generation(&generation(number, State::PreActive))?)
+        });
+    }
+    let listed: Vec<u32> = tx(store, |tx| Ok(tx.generations()?))
+        .iter()
+        .map(|g| g.generation)
+        .collect();
+    assert_eq!(listed, vec![0, 1, 2, 3, u32::MAX], "ascending");
+
+    let dup = tx(store, |tx| {
+        Ok(tx.insert_generation(&generation(2, State::Active)))
+    });
+    assert_duplicate(dup, "generation 2");
+    assert_eq!(
+        tx(store, |tx| Ok(tx.generation(2)?)),
+        Some(generation(2, State::PreActive)),
+        "duplicate changed nothing"
+    );
+
+    let mut updated = generation(2, State::Active);
+    updated.changed = Change {
+        at: -5,
+        actor: "custodian \u{1f511}".into(),
+        reason: String::new(),
+    };
+    updated.created_at = 42;
+    tx(store, |tx| Ok(tx.update_generation(&updated)?));
+    assert_eq!(tx(store, |tx| Ok(tx.generation(2)?)), Some(updated.clone()));
+    for state in State::ALL {
+        let record = GenerationRecord {
+            state,
+            ..updated.clone()
+        };
+        tx(store, |tx| Ok(tx.update_generation(&record)?));
+        assert_eq!(tx(store, |tx| Ok(tx.generation(2)?)), Some(record));
+    }
+
+    let missing = tx(store, |tx| {
+        Ok(tx.update_generation(&generation(77, State::Active)))
+    });
+    assert_not_found(missing, "generation 77");
+    assert_eq!(tx(store, |tx| Ok(tx.generation(77)?)), None);
+    assert_eq!(tx(store, |tx| Ok(tx.generations()?)).len(), 5);
+}
+
+pub(crate) fn device_insert_get_update(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let first = device(b"ECU-0001");
+    tx(store, |tx| Ok(tx.insert_device(&first)?));
+    assert_eq!(
+        tx(store, |tx| Ok(tx.device(&first.serial)?)),
+        Some(first.clone())
+    );
+
+    let mut again = device(b"ECU-0001");
+    again.revision = 9;
+    assert_duplicate(
+        tx(store, |tx| Ok(tx.insert_device(&again))),
+        "device ECU-0001",
+    );
+    let raw = device(&[0xff, 0x00, 0x80]);
+    tx(store, |tx| Ok(tx.insert_device(&raw)?));
+    assert_duplicate(
+        tx(store, |tx| Ok(tx.insert_device(&raw))),
+        "device hex:ff0080",
+    );
+    assert_eq!(
+        tx(store, |tx| Ok(tx.device(&first.serial)?)),
+        Some(first.clone()),
+        "duplicate changed nothing"
+    );
+
+    let mut updated = first.clone();
+    updated.revision = 1;
+    updated.state = State::Suspended;
+    updated.labels = vec!["line=3".into()];
+    updated.changed = change(1_800_000_000_000);
+    tx(store, |tx| Ok(tx.update_device(&updated)?));
+    assert_eq!(tx(store, |tx| Ok(tx.device(&first.serial)?)), Some(updated));
+
+    assert_not_found(
+        tx(store, |tx| Ok(tx.update_device(&device(b"ECU-9999")))),
+        "device ECU-9999",
+    );
+    assert_eq!(tx(store, |tx| Ok(tx.device(&serial(b"ECU-9999"))?)), None);
+    assert_eq!(
+        tx(store, |tx| Ok(tx.count_devices(&DeviceFilter::default())?)),
+        2
+    );
+}
+
+pub(crate) fn device_fields_round_trip(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let uid: [u8; 15] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xa5);
+    let mut records = Vec::new();
+    for (i, state) in State::ALL.into_iter().enumerate() {
+        let i8 = i as u8;
+        records.push(DeviceRecord {
+            serial: serial(&[b'S', i8, 0xc3, 0x28]),
+            she_uid: (i % 2 == 0).then_some(uid),
+            labels: match i % 3 {
+                0 => vec![],
+                1 => vec![
+                    "line=3".into(),
+                    "model=T7".into(),
+                    "Sitz-\u{fc}".into(),
+                    "line=3".into(),
+                ],
+                _ => vec![String::new(), "with \"quotes\" and \\ and , and \n".into()],
+            },
+            generation: [0, 1, u32::MAX][i % 3],
+            revision: [u32::MAX, 0, 17][i % 3],
+            state,
+            changed: Change {
+                at: [i64::MIN, 0, i64::MAX][i % 3],
+                actor: ["", "operator \u{1f527}", "system"][i % 3].into(),
+                reason: ["", "field return", "x".repeat(500).as_str()][i % 3].into(),
+            },
+            wrapped_root: match i % 3 {
+                0 => None,
+                1 => Some(WrappedKey((0..=255).collect())),
+                _ => Some(WrappedKey(Vec::new())),
+            },
+            created_at: [-1, 1_700_000_000_123, i64::MAX][i % 3],
+        });
+    }
+    for bytes in [
+        vec![0u8],
+        vec![0xff; 40],
+        b"\xff\xfe not utf-8".to_vec(),
+        b"hex:6162".to_vec(),
+    ] {
+        let mut r = device(&bytes);
+        r.she_uid = Some([0; 15]);
+        records.push(r);
+    }
+    tx(store, |tx| {
+        for r in &records[..3] {
+            tx.insert_device(r)?;
+        }
+        Ok(tx.insert_devices(&records[3..])?)
+    });
+    let mut reopened = f.reopen();
+    for r in &records {
+        assert_eq!(
+            tx(store, |tx| Ok(tx.device(&r.serial)?)).as_ref(),
+            Some(r),
+            "{}",
+            r.serial
+        );
+        assert_eq!(
+            tx(&mut *reopened, |tx| Ok(tx.device(&r.serial)?)).as_ref(),
+            Some(r),
+            "reopened {}",
+            r.serial
+        );
+    }
+    // Update moves every field to another value and back.
+    for (a, b) in records.iter().zip(records.iter().skip(1)) {
+        let moved = DeviceRecord {
+            serial: a.serial.clone(),
+            ..b.clone()
+        };
+        tx(store, |tx| Ok(tx.update_device(&moved)?));
+        assert_eq!(tx(store, |tx| Ok(tx.device(&a.serial)?)), Some(moved));
+        tx(store, |tx| Ok(tx.update_device(a)?));
+        assert_eq!(tx(store, |tx| Ok(tx.device(&a.serial)?)).as_ref(), Some(a));
+    }
+    let mut sorted = records.clone();
+    sorted.sort_by(|a, b| a.serial.cmp(&b.serial));
+    assert_eq!(list_all(store, &DeviceFilter::default(), 3), sorted);
+}
+
+/// Serials that probe byte order: prefixes, NUL, high bytes, non-UTF-8.
+fn tricky_serials() -> Vec<Vec<u8>> {
+    vec![
+        b"A".to_vec(),
+        b"A\0".to_vec(),
+        b"A\0\0".to_vec(),
+        b"A\x01".to_vec(),
+        b"AB".to_vec(),
+        b"ABC".to_vec(),
+        b"B".to_vec(),
+        b"a".to_vec(),
+        vec![0x00],
+        vec![0x00, 0x00],
+        vec![0x7f],
+        vec![0x80],
+        vec![0xc3, 0x28],
+        vec![0xff],
+        vec![0xff, 0x00],
+        vec![0xff; 40],
+        b"ECU-".to_vec(),
+        "\u{fc}ber".as_bytes().to_vec(),
+    ]
+}
+
+pub(crate) fn bulk_insert_and_paginate_in_serial_byte_order(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let mut rng = Rng::new(0x5eed_0001);
+    let mut serials = tricky_serials();
+    while serials.len() < 10_000 {
+        let n = serials.len();
+        let bytes = if n.is_multiple_of(3) {
+            let len = 1 + rng.below(40);
+            (0..len).map(|_| rng.next() as u8).collect()
+        } else {
+            format!("ECU-{:06}", rng.below(1_000_000)).into_bytes()
+        };
+        if !serials.contains(&bytes) {
+            serials.push(bytes);
+        }
+    }
+    let records: Vec<DeviceRecord> = serials.iter().map(|s| device(s)).collect();
+    for chunk in records.chunks(1_000) {
+        tx(store, |tx| Ok(tx.insert_devices(chunk)?));
+    }
+    assert_eq!(
+        tx(store, |tx| Ok(tx.count_devices(&DeviceFilter::default())?)),
+        10_000
+    );
+
+    let mut expected: Vec<DeviceSerial> = records.iter().map(|d| d.serial.clone()).collect();
+    expected.sort();
+    for page in [1_000, 997, 10_000, 20_000] {
+        let listed = list_all(store, &DeviceFilter::default(), page);
+        let listed: Vec<DeviceSerial> = listed.into_iter().map(|d| d.serial).collect();
+        assert_eq!(listed.len(), expected.len(), "page size {page}");
+        assert!(
+            listed == expected,
+            "page size {page}: not in serial byte order"
+        );
+    }
+    // Keyset positions that are not stored serials.
+    for after in [
+        vec![0x00, 0x00, 0x00],
+        b"A\0\0\0".to_vec(),
+        b"ECU-5".to_vec(),
+        vec![0xff; 39],
+    ] {
+        let after = serial(&after);
+        let got = tx(store, |tx| {
+            Ok(tx.devices(&DeviceFilter::default(), Some(&after), 5)?)
+        });
+        let want: Vec<&DeviceSerial> = expected.iter().filter(|s| **s > after).take(5).collect();
+        assert_eq!(
+            got.iter().map(|d| &d.serial).collect::<Vec<_>>(),
+            want,
+            "after {after}"
+        );
+    }
+    let prefix_a = DeviceFilter {
+        serial_prefix: Some(b"A".to_vec()),
+        ..Default::default()
+    };
+    let listed: Vec<DeviceSerial> = list_all(store, &prefix_a, 3)
+        .into_iter()
+        .map(|d| d.serial)
+        .collect();
+    let want: Vec<DeviceSerial> = expected
+        .iter()
+        .filter(|s| s.as_bytes().starts_with(b"A"))
+        .cloned()
+        .collect();
+    assert_eq!(listed, want, "prefix A");
+    let probes = [&b"A"[..], b"A\0", b"A\0\0", b"A\x01", b"AB", b"ABC"].map(serial);
+    let order: Vec<&DeviceSerial> = listed.iter().filter(|s| probes.contains(s)).collect();
+    assert_eq!(
+        order,
+        probes.iter().collect::<Vec<_>>(),
+        "A < A\\0 < A\\0\\0 < A\\x01 < AB < ABC"
+    );
+}
+
+fn random_device(rng: &mut Rng, labels: &[&str]) -> DeviceRecord {
+    const ALPHABET: [u8; 5] = [0x00, b'A', b'B', 0x7f, 0xff];
+    let len = 1 + rng.below(6);
+    let bytes: Vec<u8> = (0..len).map(|_| *rng.pick(&ALPHABET)).collect();
+    let mut d = device(&bytes);
+    d.state = *rng.pick(&State::ALL);
+    d.generation = 1 + rng.below(3) as u32;
+    d.revision = rng.below(5) as u32;
+    d.labels = labels
+        .iter()
+        .filter(|_| rng.chance(30))
+        .map(|l| (*l).to_owned())
+        .collect();
+    d
+}
+
+pub(crate) fn device_filters_match_reference(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let mut rng = Rng::new(0x5eed_0002);
+    let labels = [
+        "line=1",
+        "line=2",
+        "model=T7",
+        "line",
+        "Sitz-\u{fc}",
+        "%",
+        "_",
+    ];
+    let mut all: BTreeMap<DeviceSerial, DeviceRecord> = BTreeMap::new();
+    while all.len() < 2_000 {
+        let d = random_device(&mut rng, &labels);
+        all.entry(d.serial.clone()).or_insert(d);
+    }
+    let records: Vec<DeviceRecord> = all.values().cloned().collect();
+    tx(store, |tx| Ok(tx.insert_devices(&records)?));
+
+    const PREFIX_BYTES: [u8; 4] = [0x00, b'A', 0x7f, 0xff];
+    for round in 0..300 {
+        let filter = DeviceFilter {
+            state: rng.chance(40).then(|| *rng.pick(&State::ALL)),
+            generation: rng.chance(40).then(|| 1 + rng.below(4) as u32),
+            labels: (0..rng.below(3))
+                .map(|_| (*rng.pick(&labels)).to_owned())
+                .collect(),
+            serial_prefix: rng.chance(50).then(|| {
+                (0..rng.below(4))
+                    .map(|_| *rng.pick(&PREFIX_BYTES))
+                    .collect()
+            }),
+        };
+        let want: Vec<&DeviceRecord> = all.values().filter(|d| filter.matches(d)).collect();
+        let page = 1 + rng.below(if round % 2 == 0 { 7 } else { 500 });
+        let got = list_all(store, &filter, page);
+        assert_eq!(
+            got.iter().collect::<Vec<_>>(),
+            want,
+            "filter {filter:?}, page {page}"
+        );
+        assert_eq!(
+            tx(store, |tx| Ok(tx.count_devices(&filter)?)),
+            want.len() as u64,
+            "count {filter:?}"
+        );
+
+        // From an arbitrary keyset position, stored or not.
+        let after = if rng.chance(50) {
+            records[rng.below(records.len())].serial.clone()
+        } else {
+            random_device(&mut rng, &[]).serial
+        };
+        let limit = 1 + rng.below(20);
+        let got = tx(store, |tx| Ok(tx.devices(&filter, Some(&after), limit)?));
+        let want: Vec<&DeviceRecord> = want
+            .into_iter()
+            .filter(|d| d.serial > after)
+            .take(limit)
+            .collect();
+        assert_eq!(
+            got.iter().collect::<Vec<_>>(),
+            want,
+            "filter {filter:?} after {after}"
+        );
+    }
+}
+
+pub(crate) fn failing_closure_rolls_back_everything(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let kept = device(b"kept");
+    tx(store, |tx| {
+        tx.put_fleet(&fleet())?;
+        tx.insert_generation(&generation(1, State::Active))?;
+        tx.insert_device(&kept)?;
+        tx.append_audit(draft("fleet.init", 1, &[]))?;
+        tx.put_meta("idempotency.a", "before")?;
+        Ok(())
+    });
+    let before = snapshot(store);
+
+    let mut runs = 0;
+    let result = store.transaction(&mut |tx| {
+        runs += 1;
+        tx.put_fleet(&FleetInfo {
+            id: "changed".into(),
+            ..fleet()
+        })?;
+        tx.insert_generation(&generation(2, State::PreActive))?;
+        tx.update_generation(&generation(1, State::Deactivated))?;
+        tx.insert_device(&device(b"new"))?;
+        tx.insert_devices(&[device(b"bulk-1"), device(b"bulk-2")])?;
+        tx.update_device(&DeviceRecord {
+            revision: 99,
+            wrapped_root: Some(WrappedKey(vec![7; 40])),
+            ..kept.clone()
+        })?;
+        tx.append_audit(draft("device.add", 2, &[serial(b"new")]))?;
+        tx.append_audit(draft("device.add", 3, &[serial(b"bulk-1")]))?;
+        tx.put_meta("idempotency.a", "after")?;
+        tx.put_meta("records.sequence", "7")?;
+        // Visible inside the transaction...
+        assert_eq!(tx.count_devices(&DeviceFilter::default())?, 4);
+        Err(Error::invalid(
+            "conformance",
+            "the closure fails on purpose",
+        ))
+    });
+    assert!(runs >= 1);
+    match result {
+        Err(Error::Invalid { field, .. }) => {
+            assert_eq!(field, "conformance", "the closure's error is returned")
+        }
+        other => panic!("expected the closure's error, got {other:?}"),
+    }
+    // ...and nowhere after.
+    assert_eq!(snapshot(store), before);
+    let mut other = f.reopen();
+    assert_eq!(snapshot(&mut *other), before);
+    assert_eq!(verify_chain(store), 1);
+}
+
+pub(crate) fn insert_devices_is_all_or_nothing(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    tx(store, |tx| Ok(tx.insert_device(&device(b"exists"))?));
+
+    // An existing serial in the middle of the batch, the caller going on after the error.
+    let batch: Vec<DeviceRecord> = [&b"new-1"[..], b"new-2", b"exists", b"new-3"]
+        .map(device)
+        .to_vec();
+    let result = tx(store, |tx| Ok(tx.insert_devices(&batch)));
+    assert_duplicate(result, "device exists");
+    assert_eq!(
+        tx(store, |tx| Ok(tx.count_devices(&DeviceFilter::default())?)),
+        1,
+        "nothing of the batch"
+    );
+
+    // A serial twice within the batch.
+    let batch: Vec<DeviceRecord> = [&b"x"[..], b"y", b"x"].map(device).to_vec();
+    assert_duplicate(tx(store, |tx| Ok(tx.insert_devices(&batch))), "device x");
+    assert_eq!(
+        tx(store, |tx| Ok(tx.count_devices(&DeviceFilter::default())?)),
+        1
+    );
+
+    // The error propagated: the transaction commits nothing either.
+    let batch: Vec<DeviceRecord> = [&b"p"[..], b"exists"].map(device).to_vec();
+    let result = transact(store, |tx| Ok(tx.insert_devices(&batch)?));
+    assert!(
+        matches!(result, Err(Error::Store(StoreError::Duplicate(_)))),
+        "{result:?}"
+    );
+    assert_eq!(tx(store, |tx| Ok(tx.device(&serial(b"p"))?)), None);
+
+    // An empty batch is fine.
+    tx(store, |tx| Ok(tx.insert_devices(&[])?));
+}
+
+pub(crate) fn errors_leave_the_transaction_usable(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    tx(store, |tx| {
+        tx.insert_device(&device(b"a"))?;
+        Ok(tx.insert_generation(&generation(1, State::Active))?)
+    });
+    tx(store, |tx| {
+        assert!(tx.insert_device(&device(b"a")).is_err());
+        assert!(tx.update_device(&device(b"missing")).is_err());
+        assert!(
+            tx.insert_generation(&generation(1, State::PreActive))
+                .is_err()
+        );
+        assert!(tx.update_generation(&generation(5, State::Active)).is_err());
+        assert!(tx.insert_devices(&[device(b"b"), device(b"a")]).is_err());
+        tx.insert_device(&device(b"c"))?;
+        tx.append_audit(draft("device.add", 5, &[serial(b"c")]))?;
+        Ok(())
+    });
+    let serials: Vec<DeviceSerial> = list_all(store, &DeviceFilter::default(), 10)
+        .into_iter()
+        .map(|d| d.serial)
+        .collect();
+    assert_eq!(serials, vec![serial(b"a"), serial(b"c")]);
+    assert_eq!(
+        tx(store, |tx| Ok(tx.generation(1)?)),
+        Some(generation(1, State::Active))
+    );
+    assert_eq!(verify_chain(store), 1);
+}
+
+pub(crate) fn audit_appends_chain(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    assert_eq!(tx(store, |tx| Ok(tx.audit_head()?)), None);
+    assert_eq!(verify_chain(store), 0);
+
+    let subjects: Vec<DeviceSerial> = tricky_serials().iter().map(|s| serial(s)).collect();
+    let mut appended: Vec<AuditEvent> = Vec::new();
+    for i in 0..40_usize {
+        let mut d = draft(
+            [
+                "fleet.init",
+                "device.add",
+                "device.refresh",
+                "generation.rotate",
+            ][i % 4],
+            i as i64 * 10,
+            &[],
+        );
+        d.subjects = subjects
+            .iter()
+            .skip(i % 5)
+            .step_by(1 + i % 3)
+            .take(i % 6)
+            .cloned()
+            .collect();
+        if i % 7 == 0 {
+            // Order and repetition of subjects are part of the event.
+            d.subjects.push(subjects[0].clone());
+            d.subjects.push(subjects[0].clone());
+        }
+        d.generation = (i % 3 != 0).then_some(i as u32);
+        d.actor = ["", "system", "operator \u{1f527}"][i % 3].into();
+        d.details = json!({
+            "from": "active", "to": "suspended", "revision": i, "negative": -(i as i64),
+            "nested": { "list": [1, "two", null, true], "empty": {} }, "text": "quote \" \u{fc}",
+        });
+        let event = if i % 4 == 3 {
+            // Several events in one transaction.
+            tx(store, |tx| {
+                tx.append_audit(draft("device.batch", 0, &[]))?;
+                Ok(tx.append_audit(d.clone())?)
+            })
+        } else {
+            tx(store, |tx| Ok(tx.append_audit(d.clone())?))
+        };
+        assert_eq!(event.draft, d, "the event carries its draft");
+        let prev = appended.last().map(|e| (e.seq, e.hash));
+        if i % 4 == 3 {
+            assert_eq!(event.seq, prev.map_or(0, |p| p.0) + 2);
+        } else {
+            assert_eq!(event, AuditEvent::seal(prev, d), "sealed against the head");
+        }
+        assert_eq!(
+            tx(store, |tx| Ok(tx.audit_head()?)),
+            Some((event.seq, event.hash))
+        );
+        appended.push(event);
+    }
+    assert_eq!(verify_chain(store), 50);
+    let read = audit_all(store, &AuditFilter::default(), 7);
+    for e in &appended {
+        assert_eq!(
+            read.iter().find(|r| r.seq == e.seq),
+            Some(e),
+            "event {} reads back as appended",
+            e.seq
+        );
+    }
+    let mut other = f.reopen();
+    assert_eq!(verify_chain(&mut *other), 50);
+}
+
+pub(crate) fn audit_filters_match_reference(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let mut rng = Rng::new(0x5eed_0003);
+    let pool: Vec<DeviceSerial> = tricky_serials()
+        .iter()
+        .take(10)
+        .map(|s| serial(s))
+        .collect();
+    let actions = [
+        "device",
+        "device.refresh",
+        "device.refresh.bulk",
+        "devices.import",
+        "device_x",
+        "generation.rotate",
+        "fleet.init",
+        "device-add",
+    ];
+    let mut events = Vec::new();
+    for chunk in 0..30 {
+        let drafts: Vec<AuditDraft> = (0..10)
+            .map(|_| {
+                let subjects = (0..rng.below(4))
+                    .map(|_| rng.pick(&pool).clone())
+                    .collect::<Vec<_>>();
+                let action = *rng.pick(&actions);
+                draft(
+                    action,
+                    (rng.below(1000) as i64 - 500) * 1000 + chunk,
+                    &subjects,
+                )
+            })
+            .collect();
+        events.extend(tx(store, |tx| {
+            drafts
+                .iter()
+                .map(|d| Ok(tx.append_audit(d.clone())?))
+                .collect::<Result<Vec<_>, Error>>()
+        }));
+    }
+    assert_eq!(verify_chain(store), 300);
+    let probes = [
+        "device",
+        "device.refresh",
+        "devices",
+        "dev",
+        "device.",
+        "generation",
+        "fleet.init",
+        "nothing",
+        "",
+    ];
+    for _ in 0..300 {
+        let since = rng
+            .chance(40)
+            .then(|| (rng.below(1000) as i64 - 500) * 1000);
+        let filter = AuditFilter {
+            device: rng.chance(40).then(|| {
+                if rng.chance(80) {
+                    rng.pick(&pool).clone()
+                } else {
+                    serial(b"never-a-subject")
+                }
+            }),
+            action: rng.chance(50).then(|| (*rng.pick(&probes)).to_owned()),
+            since,
+            until: rng
+                .chance(40)
+                .then(|| since.unwrap_or(-500_000) + rng.below(600_000) as i64),
+        };
+        let want: Vec<&AuditEvent> = events.iter().filter(|e| filter.matches(e)).collect();
+        let page = 1 + rng.below(40);
+        let got = audit_all(store, &filter, page);
+        assert_eq!(got.iter().collect::<Vec<_>>(), want, "filter {filter:?}");
+        let after = rng.below(320) as u64;
+        let got = tx(store, |tx| Ok(tx.audit_events(&filter, after, 5)?));
+        let want: Vec<&AuditEvent> = want.into_iter().filter(|e| e.seq > after).take(5).collect();
+        assert_eq!(
+            got.iter().collect::<Vec<_>>(),
+            want,
+            "filter {filter:?} after {after}"
+        );
+    }
+}
+
+pub(crate) fn meta_get_put(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    tx(store, |tx| {
+        Ok(tx.append_audit(draft("fleet.init", 1, &[]))?)
+    });
+    let head = tx(store, |tx| Ok(tx.audit_head()?));
+    assert_eq!(tx(store, |tx| Ok(tx.meta("records.sequence")?)), None);
+    tx(store, |tx| Ok(tx.put_meta("records.sequence", "1")?));
+    assert_eq!(
+        tx(store, |tx| Ok(tx.meta("records.sequence")?)),
+        Some("1".into())
+    );
+    tx(store, |tx| Ok(tx.put_meta("records.sequence", "2")?));
+    assert_eq!(
+        tx(store, |tx| Ok(tx.meta("records.sequence")?)),
+        Some("2".into())
+    );
+
+    // Keys that look like a store's own bookkeeping are plain values.
+    let keys = [
+        "schema_version",
+        "store.schema_version",
+        "store.audit_head_seq",
+        "audit_head",
+        "",
+        "k\u{fc}\u{1f511}",
+    ];
+    for (i, key) in keys.into_iter().enumerate() {
+        let value = format!("value {i} \u{fc} {{\"json\": true}}");
+        tx(store, |tx| Ok(tx.put_meta(key, &value)?));
+        assert_eq!(tx(store, |tx| Ok(tx.meta(key)?)), Some(value), "{key:?}");
+    }
+    tx(store, |tx| Ok(tx.put_meta("empty", "")?));
+    assert_eq!(tx(store, |tx| Ok(tx.meta("empty")?)), Some(String::new()));
+    assert_eq!(
+        tx(store, |tx| Ok(tx.audit_head()?)),
+        head,
+        "meta does not touch the audit head"
+    );
+
+    let mut other = f.reopen();
+    assert_eq!(
+        tx(&mut *other, |tx| Ok(tx.meta("store.schema_version")?)),
+        Some("value 1 \u{fc} {\"json\": true}".into())
+    );
+    assert_eq!(
+        tx(&mut *other, |tx| Ok(tx.meta("records.sequence")?)),
+        Some("2".into())
+    );
+    assert_eq!(verify_chain(&mut *other), 1);
+}
+
+pub(crate) fn writes_are_visible_to_the_next_transaction_and_other_handles(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let mut other = f.reopen();
+    let d = device(b"visible");
+    tx(&mut *store, |tx| {
+        tx.insert_device(&d)?;
+        tx.put_meta("k", "v")?;
+        tx.insert_generation(&generation(4, State::PreActive))?;
+        Ok(())
+    });
+    assert_eq!(
+        tx(&mut *store, |tx| Ok(tx.device(&d.serial)?)),
+        Some(d.clone())
+    );
+    assert_eq!(
+        tx(&mut *other, |tx| Ok(tx.device(&d.serial)?)),
+        Some(d.clone())
+    );
+    let bumped = DeviceRecord {
+        revision: 1,
+        ..d.clone()
+    };
+    tx(&mut *other, |tx| Ok(tx.update_device(&bumped)?));
+    assert_eq!(
+        tx(&mut *store, |tx| Ok(tx.device(&d.serial)?)),
+        Some(bumped)
+    );
+    assert_eq!(tx(&mut *store, |tx| Ok(tx.meta("k")?)), Some("v".into()));
+    assert_eq!(
+        tx(&mut *other, |tx| Ok(tx.generation(4)?)),
+        Some(generation(4, State::PreActive))
+    );
+    // Read your own writes inside one transaction.
+    tx(&mut *store, |tx| {
+        tx.insert_device(&device(b"inner"))?;
+        assert!(tx.device(&serial(b"inner"))?.is_some());
+        tx.append_audit(draft("device.add", 1, &[serial(b"inner")]))?;
+        assert_eq!(tx.audit_head()?.map(|h| h.0), Some(1));
+        assert_eq!(tx.audit_events(&AuditFilter::default(), 0, 10)?.len(), 1);
+        Ok(())
+    });
+}
+
+pub(crate) fn transact_returns_the_value(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let event = transact(store, |tx| {
+        Ok(tx.append_audit(draft("fleet.init", 1, &[]))?)
+    })
+    .expect("append");
+    assert_eq!(event.seq, 1);
+    assert!(!store.kind().is_empty());
+    let count =
+        transact(store, |tx| Ok(tx.count_devices(&DeviceFilter::default())?)).expect("count");
+    assert_eq!(count, 0);
+}
+
+pub(crate) fn empty_pages_and_limits(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let all = DeviceFilter::default();
+    assert!(tx(store, |tx| Ok(tx.devices(&all, None, 10)?)).is_empty());
+    assert!(
+        tx(store, |tx| Ok(tx.audit_events(
+            &AuditFilter::default(),
+            0,
+            10
+        )?))
+        .is_empty()
+    );
+    let records: Vec<DeviceRecord> = (0..5).map(|i| device(format!("d{i}").as_bytes())).collect();
+    tx(store, |tx| {
+        tx.insert_devices(&records)?;
+        for r in &records {
+            tx.append_audit(draft("device.add", 1, std::slice::from_ref(&r.serial)))?;
+        }
+        Ok(())
+    });
+    assert!(
+        tx(store, |tx| Ok(tx.devices(&all, None, 0)?)).is_empty(),
+        "limit 0"
+    );
+    assert_eq!(
+        tx(store, |tx| Ok(tx.devices(&all, None, usize::MAX)?)).len(),
+        5,
+        "limit usize::MAX"
+    );
+    assert!(
+        tx(store, |tx| Ok(tx.devices(
+            &all,
+            Some(&serial(b"d4")),
+            10
+        )?))
+        .is_empty(),
+        "after the last"
+    );
+    assert!(
+        tx(store, |tx| Ok(tx.audit_events(
+            &AuditFilter::default(),
+            0,
+            0
+        )?))
+        .is_empty()
+    );
+    assert_eq!(
+        tx(store, |tx| Ok(tx.audit_events(
+            &AuditFilter::default(),
+            0,
+            usize::MAX
+        )?))
+        .len(),
+        5
+    );
+    assert!(
+        tx(store, |tx| Ok(tx.audit_events(
+            &AuditFilter::default(),
+            5,
+            10
+        )?))
+        .is_empty()
+    );
+    assert!(
+        tx(store, |tx| Ok(tx.audit_events(
+            &AuditFilter::default(),
+            u64::MAX,
+            10
+        )?))
+        .is_empty()
+    );
+    let nobody = DeviceFilter {
+        labels: vec!["absent".into()],
+        ..Default::default()
+    };
+    assert_eq!(tx(store, |tx| Ok(tx.count_devices(&nobody)?)), 0);
+}
+
+pub(crate) fn purge_keeps_live_data(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let mut d = device(b"purged");
+    d.wrapped_root = Some(WrappedKey(vec![0x5a; 40]));
+    tx(store, |tx| {
+        tx.insert_device(&d)?;
+        tx.insert_device(&device(b"other"))?;
+        tx.append_audit(draft("device.add", 1, &[d.serial.clone()]))?;
+        Ok(())
+    });
+    d.wrapped_root = None;
+    d.state = State::Destroyed;
+    tx(store, |tx| Ok(tx.update_device(&d)?));
+    let before = snapshot(store);
+    store.purge().expect("purge");
+    store.purge().expect("purge twice");
+    assert_eq!(snapshot(store), before);
+    for file in store.files() {
+        assert!(file.is_absolute() || file.components().count() > 0);
+    }
+    tx(store, |tx| Ok(tx.insert_device(&device(b"after-purge"))?));
+    assert_eq!(verify_chain(store), 1);
+}
+
+pub(crate) fn concurrent_read_modify_write_serializes(f: &dyn StoreFactory) {
+    const BUMPS: u32 = 200;
+    let mut store = f.fresh();
+    let target = device(b"contended");
+    tx(&mut *store, |tx| Ok(tx.insert_device(&target)?));
+    drop(store);
+
+    std::thread::scope(|scope| {
+        for worker in 0..2 {
+            let target = target.serial.clone();
+            scope.spawn(move || {
+                let mut store = f.reopen();
+                for i in 0..BUMPS {
+                    tx(&mut *store, |tx| {
+                        let mut d = tx
+                            .device(&target)?
+                            .ok_or_else(|| Error::NotFound(target.to_string()))?;
+                        d.revision += 1;
+                        d.changed = Change {
+                            at: i64::from(i),
+                            actor: format!("worker-{worker}"),
+                            reason: String::new(),
+                        };
+                        tx.update_device(&d)?;
+                        let mut event = draft(
+                            "device.refresh",
+                            i64::from(i),
+                            std::slice::from_ref(&target),
+                        );
+                        event.details = json!({ "revision": d.revision, "worker": worker });
+                        tx.append_audit(event)?;
+                        Ok(())
+                    });
+                }
+            });
+        }
+    });
+
+    let mut store = f.reopen();
+    let d = tx(&mut *store, |tx| Ok(tx.device(&target.serial)?)).expect("device");
+    assert_eq!(d.revision, 2 * BUMPS, "no read-modify-write was lost");
+    assert_eq!(verify_chain(&mut *store), u64::from(2 * BUMPS));
+    let revisions: Vec<u64> = audit_all(&mut *store, &AuditFilter::default(), 100)
+        .iter()
+        .map(|e| e.draft.details["revision"].as_u64().expect("revision"))
+        .collect();
+    assert_eq!(
+        revisions,
+        (1..=u64::from(2 * BUMPS)).collect::<Vec<_>>(),
+        "audit order is commit order"
+    );
+}
