@@ -122,36 +122,48 @@ pub const fn truncate_fv(fv: u64, fv_bits: u32) -> u64 {
 /// With `fv_bits = 0` this is `latest + 1 + attempt`. The result is always above `latest`;
 /// `None` when it would pass `u64::MAX` or `fv_bits > 64` or `t` has more than `fv_bits` bits.
 pub fn reconstruct(latest: u64, t: u64, fv_bits: u32, attempt: u32) -> Option<u64> {
-    if fv_bits > 64 || u128::from(t) >> fv_bits != 0 {
+    if !fits(t, fv_bits) {
         return None;
     }
-    let modulus = 1u128 << fv_bits;
-    let latest = u128::from(latest);
-    let low = latest & (modulus - 1);
-    let high = latest >> fv_bits;
-    let base = if u128::from(t) > low {
-        (high << fv_bits) | u128::from(t)
+    if fv_bits == 64 {
+        return (attempt == 0 && t > latest).then_some(t);
+    }
+    let modulus = 1u64 << fv_bits;
+    let high = latest & !(modulus - 1);
+    let base = if t > latest & (modulus - 1) {
+        high | t
     } else {
-        ((high + 1) << fv_bits) | u128::from(t)
+        high.checked_add(modulus)? | t
     };
-    let candidate = base.checked_add(u128::from(attempt).checked_mul(modulus)?)?;
-    u64::try_from(candidate).ok()
+    base.checked_add(u64::from(attempt).checked_mul(modulus)?)
 }
 
 /// The most recent full FV at or below `latest` whose low `fv_bits` bits are `t`: the FV a
 /// replayed frame with truncated value `t` most likely carried. `None` when there is none above
 /// 0 (FV 0 is never sent).
 pub fn replay_candidate(latest: u64, t: u64, fv_bits: u32) -> Option<u64> {
-    if fv_bits > 64 || u128::from(t) >> fv_bits != 0 {
+    if !fits(t, fv_bits) {
         return None;
     }
-    let modulus = 1u128 << fv_bits;
-    let latest128 = u128::from(latest);
-    let base = (latest128 & !(modulus - 1)) | u128::from(t);
-    let candidate = if base <= latest128 {
-        base
+    let fv = if fv_bits == 64 {
+        t
     } else {
-        base.checked_sub(modulus)?
+        let modulus = 1u64 << fv_bits;
+        let base = (latest & !(modulus - 1)) | t;
+        if base <= latest {
+            base
+        } else {
+            base.checked_sub(modulus)?
+        }
     };
-    u64::try_from(candidate).ok().filter(|&fv| fv > 0)
+    (fv > 0 && fv <= latest).then_some(fv)
+}
+
+/// Whether `t` is a truncated value of `fv_bits` bits (`fv_bits` 0..=64).
+const fn fits(t: u64, fv_bits: u32) -> bool {
+    match fv_bits {
+        64 => true,
+        0..64 => t >> fv_bits == 0,
+        _ => false,
+    }
 }

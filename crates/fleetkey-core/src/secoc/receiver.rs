@@ -176,7 +176,7 @@ impl Receiver {
             return Err(Rejected);
         }
         let bits = self.profile.fv_bits();
-        for attempt in 0..=u32::from(self.attempts) {
+        for attempt in 0..u32::from(self.attempts) + 1 {
             let Some(fv) = reconstruct(self.latest, truncated, bits, attempt) else {
                 break;
             };

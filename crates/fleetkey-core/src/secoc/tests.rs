@@ -748,6 +748,25 @@ proptest! {
     }
 
     #[test]
+    fn reconstruction_matches_a_wide_integer_reference(
+        latest in any::<u64>(),
+        t in any::<u64>(),
+        bits in prop::sample::select(std::vec![0u32, 8, 16, 24, 32, 64]),
+        attempt in 0u32..=16,
+    ) {
+        let t = truncate_fv(t, bits);
+        // The rule of docs/secoc.md in u128 arithmetic, without the u64 shortcuts.
+        let modulus = 1u128 << bits;
+        let (high, low) = (u128::from(latest) / modulus, u128::from(latest) % modulus);
+        let base = if u128::from(t) > low { high * modulus + u128::from(t) } else { (high + 1) * modulus + u128::from(t) };
+        let want = u64::try_from(base + u128::from(attempt) * modulus).ok();
+        prop_assert_eq!(reconstruct(latest, t, bits, attempt), want);
+        let replay = (high * modulus + u128::from(t)).checked_sub(if high * modulus + u128::from(t) > u128::from(latest) { modulus } else { 0 });
+        let want = replay.filter(|&r| r > 0).and_then(|r| u64::try_from(r).ok());
+        prop_assert_eq!(replay_candidate(latest, t, bits), want);
+    }
+
+    #[test]
     fn reconstruction_is_always_above_latest(
         latest in any::<u64>(),
         t in any::<u64>(),

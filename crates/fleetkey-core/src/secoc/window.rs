@@ -80,6 +80,9 @@ pub struct KeyWindow {
     config: WindowConfig,
     current: Option<Epoch>,
     slots: [Option<EpochKey>; WINDOW_CAPACITY],
+    /// Slot indices in the order keys are tried; the first `tries` are valid.
+    order: [u8; WINDOW_CAPACITY],
+    tries: u8,
 }
 
 impl core::fmt::Debug for KeyWindow {
@@ -98,6 +101,8 @@ impl KeyWindow {
             config,
             current: None,
             slots: [None, None, None, None, None],
+            order: [0; WINDOW_CAPACITY],
+            tries: 0,
         }
     }
 
@@ -114,6 +119,7 @@ impl KeyWindow {
                 key: FrameKey::new(key),
             });
         }
+        window.update_order();
         window
     }
 
@@ -133,13 +139,13 @@ impl KeyWindow {
     }
 
     /// How many keys the window holds.
-    pub fn len(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_some()).count()
+    pub const fn len(&self) -> usize {
+        self.tries as usize
     }
 
     /// Whether the window holds no key.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub const fn is_empty(&self) -> bool {
+        self.tries == 0
     }
 
     /// The prepared key of `epoch`, if the window holds it.
@@ -197,17 +203,46 @@ impl KeyWindow {
                 });
             }
         }
+        self.update_order();
         Ok(())
+    }
+
+    /// Records the try order (current, earlier newest first, next) as slot indices, once per
+    /// advance, so that a verification does not search the slots.
+    fn update_order(&mut self) {
+        self.tries = 0;
+        let Some(current) = self.current else {
+            return;
+        };
+        let previous = u64::from(self.config.accept_previous);
+        let next = current.0.checked_add(1).filter(|_| self.config.accept_next);
+        let epochs = (0..=previous)
+            .filter_map(|back| current.0.checked_sub(back))
+            .chain(next);
+        for epoch in epochs {
+            let index = self
+                .slots
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|k| k.epoch.0 == epoch));
+            let (Some(index), Some(entry)) = (index, self.order.get_mut(usize::from(self.tries)))
+            else {
+                continue;
+            };
+            // WINDOW_CAPACITY is 5: a slot index always fits a u8.
+            *entry = index as u8;
+            self.tries += 1;
+        }
     }
 
     /// The keys in the order a receiver tries them: current, earlier (newest first), next.
     pub(crate) fn ordered(&self) -> impl Iterator<Item = (Epoch, &FrameKey)> {
-        let current = self.current;
-        let previous = u64::from(self.config.accept_previous);
-        let next = self.config.accept_next;
-        let order = (0..=previous)
-            .filter_map(move |back| current.and_then(|c| c.0.checked_sub(back)))
-            .chain(current.and_then(|c| c.0.checked_add(1)).filter(|_| next));
-        order.filter_map(move |e| self.key(Epoch(e)).map(|k| (Epoch(e), k)))
+        let order = self
+            .order
+            .get(..usize::from(self.tries))
+            .unwrap_or_default();
+        order
+            .iter()
+            .filter_map(|&i| self.slots.get(usize::from(i))?.as_ref())
+            .map(|k| (k.epoch, &k.key))
     }
 }
