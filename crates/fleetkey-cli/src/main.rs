@@ -43,6 +43,7 @@ enum Command {
     She(cmd::she::Command),
     #[command(subcommand)]
     Can(cmd::can::Command),
+    /// The walkthrough: a fleet, SHE key loads, authenticated frames, attacks, rotation, audit.
     Demo(cmd::demo::Args),
 }
 
@@ -61,7 +62,7 @@ fn main() -> std::process::ExitCode {
         Command::Roll(args) => cmd::roll::run(args),
         Command::She(command) => cmd::she::run(command),
         Command::Can(command) => cmd::can::run(command),
-        Command::Demo(args) => cmd::demo::run(args),
+        Command::Demo(args) => cmd::demo::run(global, args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
