@@ -1,8 +1,8 @@
 //! What a device receives: its key set, and the SHE memory updates that carry it.
 //!
 //! SHE slot mapping (docs/she.md): KEY_UPDATE key -> MASTER_ECU_KEY, AUTH key -> KEY_1 (a MAC
-//! key: KEY_USAGE set), ROLL_SEED -> KEY_2 (first 16 bytes) and KEY_3 (last 16 bytes), both
-//! plain keys. Every update's counter is the key revision.
+//! key: KEY_USAGE set), ROLL_SEED -> KEY_2 (first 16 bytes) and KEY_3 (last 16 bytes). Every
+//! update's counter is the key revision; with a known UID every slot also gets WILDCARD.
 
 use fleetkey_core::derive::{DeviceKeyInputs, Generation, Revision, Usage};
 use fleetkey_core::she::{self, Counter, KeyFlags, SlotId, Uid, UpdateRequest};
@@ -163,19 +163,22 @@ pub fn she_updates(
     let counter = Counter::new(revision).map_err(|e| Error::invalid(format!("{serial}: revision"), e))?;
     let (seed_a, seed_b) = new.roll_seed_halves();
     let mek = SlotId::MasterEcuKey;
+    // With a known UID, keys refuse later wildcard updates (SHE WILDCARD flag); a device
+    // without a UID is addressed by the wildcard, so its keys must keep accepting it.
+    let protect = if uid.is_wildcard() { KeyFlags::NONE } else { KeyFlags::WILDCARD };
     let mut out = Vec::with_capacity(4);
     let user_auth = match authoriser {
         Authoriser::Transport(transport) => {
-            out.push(update(uid, mek, (mek, transport), &new.key_update, counter, KeyFlags::NONE)?);
+            out.push(update(uid, mek, (mek, transport), &new.key_update, counter, protect)?);
             &new.key_update
         }
         Authoriser::Current(current) => current,
     };
-    out.push(update(uid, SlotId::Key1, (mek, user_auth), &new.auth, counter, KeyFlags::KEY_USAGE)?);
-    out.push(update(uid, SlotId::Key2, (mek, user_auth), &seed_a, counter, KeyFlags::NONE)?);
-    out.push(update(uid, SlotId::Key3, (mek, user_auth), &seed_b, counter, KeyFlags::NONE)?);
+    out.push(update(uid, SlotId::Key1, (mek, user_auth), &new.auth, counter, KeyFlags::KEY_USAGE.union(protect))?);
+    out.push(update(uid, SlotId::Key2, (mek, user_auth), &seed_a, counter, protect)?);
+    out.push(update(uid, SlotId::Key3, (mek, user_auth), &seed_b, counter, protect)?);
     if let Authoriser::Current(current) = authoriser {
-        out.push(update(uid, mek, (mek, current), &new.key_update, counter, KeyFlags::NONE)?);
+        out.push(update(uid, mek, (mek, current), &new.key_update, counter, protect)?);
     }
     Ok(out)
 }
