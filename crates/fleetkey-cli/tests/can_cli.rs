@@ -2,7 +2,7 @@
 //! exit 1, bad input with exit 2 and nothing on stdout.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const KEY: &str = "2b7e151628aed2a6abf7158809cf4f3c";
@@ -39,7 +39,7 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn write(dir: &PathBuf, name: &str, text: &str) -> String {
+fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_owned()
