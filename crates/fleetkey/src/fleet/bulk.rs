@@ -63,30 +63,35 @@ pub struct ImportReport {
     pub provisioned: u64,
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CsvRow {
-    serial: String,
-    #[serde(default)]
-    she_uid: Option<String>,
-    #[serde(default)]
-    labels: Option<String>,
-}
-
 /// Parses a device CSV: a header naming `serial` and optionally `she_uid` (30 hex characters)
 /// and `labels` (separated by `;`). Serials are text, or `hex:<hex>` for raw bytes. Each error
 /// names the line.
 pub fn parse_csv<R: std::io::Read>(reader: R) -> impl Iterator<Item = Result<ImportRow, Error>> {
     let mut csv = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(reader);
-    let headers = csv.headers().cloned();
-    let mut header_error = headers.as_ref().err().map(|e| Error::invalid("csv line 1", e));
-    if let Ok(h) = &headers {
-        if !h.iter().any(|c| c == "serial") {
-            header_error = Some(Error::invalid("csv line 1", "the header must name a `serial` column (and optionally she_uid, labels)"));
+    let columns = csv.byte_headers().map_err(|e| Error::invalid("csv line 1", e)).and_then(|h| {
+        let mut columns = [None; 3];
+        for (i, name) in h.iter().enumerate() {
+            let slot = match name {
+                b"serial" => 0,
+                b"she_uid" => 1,
+                b"labels" => 2,
+                other => {
+                    return Err(Error::invalid(
+                        "csv line 1",
+                        format_args!("unknown column {:?} (the columns are serial, she_uid, labels)", String::from_utf8_lossy(other)),
+                    ));
+                }
+            };
+            columns[slot] = Some(i);
         }
-    }
-    let headers = headers.unwrap_or_default();
-    let mut records = csv.into_records();
+        match columns {
+            [Some(serial), she_uid, labels] => Ok((serial, she_uid, labels)),
+            _ => Err(Error::invalid("csv line 1", "the header must name a `serial` column (and optionally she_uid, labels)")),
+        }
+    });
+    let mut header_error = columns.as_ref().err().map(|e| Error::invalid("csv line 1", e));
+    let columns = columns.unwrap_or((0, None, None));
+    let mut records = csv.into_byte_records();
     let mut failed = false;
     std::iter::from_fn(move || {
         if failed {
@@ -97,44 +102,49 @@ pub fn parse_csv<R: std::io::Read>(reader: R) -> impl Iterator<Item = Result<Imp
             return Some(Err(e));
         }
         let record = records.next()?;
-        let line = match &record {
-            Ok(r) => r.position().map_or(0, csv::Position::line),
-            Err(e) => e.position().map_or(0, csv::Position::line),
+        let result = match record {
+            Err(e) => {
+                let line = e.position().map_or(0, csv::Position::line);
+                Err(Error::invalid(format!("csv line {line}"), csv_problem(&e)))
+            }
+            Ok(record) => parse_row(&record, columns),
         };
-        let row = record.and_then(|r| r.deserialize::<CsvRow>(Some(&headers)));
-        let result = row.map_err(|e| Error::invalid(format!("csv line {line}"), csv_problem(&e))).and_then(|row| {
-            let field = |name: &str| format!("csv line {line}: {name}");
-            let serial = DeviceSerial::parse(&row.serial).map_err(|e| Error::invalid(field("serial"), e))?;
-            let she_uid = match row.she_uid.as_deref().filter(|s| !s.is_empty()) {
-                None => None,
-                Some(text) => {
-                    let bytes = hex::decode(text).map_err(|e| Error::invalid(field("she_uid"), format_args!("not hex ({e})")))?;
-                    let uid: SheUid = bytes.try_into().map_err(|b: Vec<u8>| {
-                        Error::invalid(field("she_uid"), format_args!("{} bytes, must be 15 (30 hex characters)", b.len()))
-                    })?;
-                    Some(uid)
-                }
-            };
-            let labels: Vec<String> = row
-                .labels
-                .as_deref()
-                .unwrap_or("")
-                .split(';')
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect();
-            validate_labels(&labels).map_err(|e| Error::invalid(field("labels"), e))?;
-            Ok(ImportRow { line, device: super::NewDevice { serial, she_uid, labels } })
-        });
         failed = result.is_err();
         Some(result)
     })
 }
 
+fn parse_row(record: &csv::ByteRecord, (serial_at, uid_at, labels_at): (usize, Option<usize>, Option<usize>)) -> Result<ImportRow, Error> {
+    let line = record.position().map_or(0, csv::Position::line);
+    let field = |name: &str| format!("csv line {line}: {name}");
+    let text = |i: Option<usize>, name: &str| -> Result<&str, Error> {
+        let bytes = i.and_then(|i| record.get(i)).unwrap_or(b"");
+        std::str::from_utf8(bytes).map_err(|_| Error::invalid(field(name), "not UTF-8"))
+    };
+    let serial = DeviceSerial::parse(text(Some(serial_at), "serial")?).map_err(|e| Error::invalid(field("serial"), e))?;
+    let she_uid = match text(uid_at, "she_uid")? {
+        "" => None,
+        hex_text => {
+            let mut uid: SheUid = [0; 15];
+            if hex_text.len() != 30 {
+                return Err(Error::invalid(field("she_uid"), format_args!("{} characters, must be 30 hex characters (15 bytes)", hex_text.len())));
+            }
+            hex::decode_to_slice(hex_text, &mut uid).map_err(|e| Error::invalid(field("she_uid"), format_args!("not hex ({e})")))?;
+            Some(uid)
+        }
+    };
+    let labels: Vec<String> = text(labels_at, "labels")?
+        .split(';')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    validate_labels(&labels).map_err(|e| Error::invalid(field("labels"), e))?;
+    Ok(ImportRow { line, device: super::NewDevice { serial, she_uid, labels } })
+}
+
 fn csv_problem(e: &csv::Error) -> String {
     match e.kind() {
-        csv::ErrorKind::Deserialize { err, .. } => err.to_string(),
         csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
             format!("{len} fields, the header has {expected_len}")
         }
@@ -142,12 +152,28 @@ fn csv_problem(e: &csv::Error) -> String {
     }
 }
 
-#[derive(Serialize)]
-struct ProvisionLine<'a> {
-    serial: &'a DeviceSerial,
-    generation: u32,
-    revision: u32,
-    keys: &'a super::material::KeysHex,
+/// One provisioning line, `{"serial":..,"generation":..,"revision":..,"keys":{"auth":..,
+/// "key_update":..,"roll_seed":..}}`, hex written straight into the (zeroized later) buffer.
+fn push_line(buf: &mut Vec<u8>, r: &DeviceRecord, keys: &super::material::DeviceKeys) -> Result<(), Error> {
+    fn push_hex(buf: &mut Vec<u8>, bytes: &[u8]) {
+        let mut text = zeroize::Zeroizing::new([0u8; 64]);
+        if let Some(t) = text.get_mut(..2 * bytes.len()) {
+            if hex::encode_to_slice(bytes, t).is_ok() {
+                buf.extend_from_slice(t);
+            }
+        }
+    }
+    buf.extend_from_slice(b"{\"serial\":");
+    serde_json::to_writer(&mut *buf, &r.serial).map_err(|e| Error::invalid("provisioning output", e))?;
+    write!(buf, ",\"generation\":{},\"revision\":{},\"keys\":{{\"auth\":\"", r.generation, r.revision)
+        .map_err(|source| Error::Io { path: "provisioning output".into(), source })?;
+    push_hex(buf, keys.auth.expose_secret());
+    buf.extend_from_slice(b"\",\"key_update\":\"");
+    push_hex(buf, keys.key_update.expose_secret());
+    buf.extend_from_slice(b"\",\"roll_seed\":\"");
+    push_hex(buf, keys.roll_seed.expose_secret());
+    buf.extend_from_slice(b"\"}}\n");
+    Ok(())
 }
 
 impl Fleet {
@@ -307,10 +333,7 @@ impl Fleet {
                     .ok_or_else(|| Error::invalid("generation", "no deriver"))?;
                 bulk_keys(deriver.as_mut(), r)?
             };
-            let hexed = super::material::KeysHex::from(&keys);
-            let line = ProvisionLine { serial: &r.serial, generation: r.generation, revision: r.revision, keys: &hexed };
-            serde_json::to_writer(&mut buf, &line).map_err(|e| Error::invalid("provisioning output", e))?;
-            buf.push(b'\n');
+            push_line(&mut buf, r, &keys)?;
         }
         out.write_all(&buf).map_err(io)?;
         out.flush().map_err(io)?;
