@@ -163,8 +163,8 @@ impl Receiver {
     /// For each candidate FV ([`reconstruct`] at attempts `0..=attempts`), every key of the
     /// window is tried in order (current, earlier, next); the first MAC that matches (constant
     /// time) accepts the frame and its FV becomes the latest. On failure, one more CMAC
-    /// classifies it: if the frame verifies under [`replay_candidate`] with the key of the
-    /// latest accepted frame's epoch (else the current one) it counts as a replay, otherwise as
+    /// classifies it: if the frame verifies under [`replay_candidate`] with any key of the window
+    /// (one CMAC per key, on failures only) it counts as a replay, otherwise as
     /// an authentication failure. Either way the caller only sees [`Rejected`].
     pub fn verify(&mut self, keys: &KeyWindow, frame: &[u8]) -> Result<Verified, Rejected> {
         let Some((payload, truncated, tag)) = self.split(frame) else {
@@ -193,13 +193,10 @@ impl Receiver {
                 }
             }
         }
-        let replay_key = self
-            .latest_epoch
-            .and_then(|e| keys.key(e))
-            .or_else(|| keys.current().and_then(|e| keys.key(e)));
-        let replayed = match (replay_candidate(self.latest, truncated, bits), replay_key) {
-            (Some(fv), Some(key)) => bool::from(self.check(key, payload, fv, tag)),
-            _ => false,
+        // Every key of the window, so a frame replayed from before a roll counts as a replay too.
+        let replayed = match replay_candidate(self.latest, truncated, bits) {
+            Some(fv) => keys.ordered().any(|(_, key)| bool::from(self.check(key, payload, fv, tag))),
+            None => false,
         };
         if replayed {
             self.stats.replay = self.stats.replay.saturating_add(1);
