@@ -107,7 +107,12 @@ fn derived_fleet_walkthrough_with_she_updates() {
     assert!(refused.to_string().contains("2 devices still depend"), "{refused}");
     let mut migrated = Vec::new();
     let filter = DeviceFilter { generation: Some(1), ..Default::default() };
-    let n = fleet.refresh_all(&filter, "migrate to 2", &mut |u| Ok(migrated.push(u.device.clone())), &()).unwrap();
+    let n = fleet
+        .refresh_all(&filter, "migrate to 2", &mut |u| {
+            migrated.push(u.device.clone());
+            Ok(())
+        }, &())
+        .unwrap();
     assert_eq!(n, 2);
     assert!(migrated.iter().all(|d| d.generation == 2));
     assert_eq!(fleet.rotation_status().unwrap().pending, 0);

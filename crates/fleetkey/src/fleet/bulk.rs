@@ -157,10 +157,10 @@ fn csv_problem(e: &csv::Error) -> String {
 fn push_line(buf: &mut Vec<u8>, r: &DeviceRecord, keys: &super::material::DeviceKeys) -> Result<(), Error> {
     fn push_hex(buf: &mut Vec<u8>, bytes: &[u8]) {
         let mut text = zeroize::Zeroizing::new([0u8; 64]);
-        if let Some(t) = text.get_mut(..2 * bytes.len()) {
-            if hex::encode_to_slice(bytes, t).is_ok() {
-                buf.extend_from_slice(t);
-            }
+        if let Some(t) = text.get_mut(..2 * bytes.len())
+            && hex::encode_to_slice(bytes, t).is_ok()
+        {
+            buf.extend_from_slice(t);
         }
     }
     buf.extend_from_slice(b"{\"serial\":");
@@ -203,7 +203,7 @@ impl Fleet {
                 ));
             }
             rows += 1;
-            if rows % BATCH as u64 == 0 {
+            if rows.is_multiple_of(BATCH as u64) {
                 progress.advance(BATCH as u64);
             }
         }
