@@ -30,3 +30,17 @@ fn zeroize_clears_the_bytes() {
     key.zeroize();
     assert_eq!(key.expose_secret(), &[0u8; 16]);
 }
+
+/// Every type that holds key material or key-equivalent state wipes itself when dropped.
+#[test]
+fn key_holders_zeroize_on_drop() {
+    fn wipes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    wipes_on_drop::<MasterKey>();
+    wipes_on_drop::<Key128>();
+    wipes_on_drop::<RollSeed>();
+    wipes_on_drop::<SessionKey>();
+    wipes_on_drop::<crate::derive::DeviceKey>();
+    wipes_on_drop::<crate::prf::PrkState>();
+    wipes_on_drop::<crate::secoc::FrameKey>();
+    wipes_on_drop::<crate::she::SoftShe>();
+}
