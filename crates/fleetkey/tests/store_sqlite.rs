@@ -483,70 +483,126 @@ fn audit_tampering_in_the_file_is_detected() {
     assert!(result.is_err(), "a changed subject fails verification");
 }
 
-/// Measures 1,000,000 `insert_devices` in batches of 10,000 (release build recommended).
+/// The reference for the bulk figure: plain rusqlite inserting the same rows into the same schema
+/// with the same pragmas, one prepared single-row `INSERT` per device, one transaction per batch.
+fn reference_insert(path: &Path, rows: &[DeviceRecord], batch: usize) -> Duration {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA page_size = 8192; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+         PRAGMA secure_delete = ON;",
+    )
+    .unwrap();
+    conn.execute_batch(include_str!("../src/store/sqlite/0001_initial.sql"))
+        .unwrap();
+    let started = Instant::now();
+    for chunk in rows.chunks(batch) {
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut insert = conn
+            .prepare_cached(
+                "INSERT INTO devices (serial, she_uid, labels, generation, revision, state, \
+                 changed_at, changed_actor, changed_reason, wrapped_root, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .unwrap();
+        for d in chunk {
+            let labels = serde_json::to_string(&d.labels).unwrap();
+            insert
+                .execute(rusqlite::params![
+                    d.serial.as_bytes(),
+                    d.she_uid.as_ref().map(|u| &u[..]),
+                    labels,
+                    d.generation,
+                    d.revision,
+                    d.state.name(),
+                    d.changed.at,
+                    d.changed.actor,
+                    d.changed.reason,
+                    d.wrapped_root.as_ref().map(|w| &w.0[..]),
+                    d.created_at,
+                ])
+                .unwrap();
+        }
+        drop(insert);
+        conn.execute_batch("COMMIT").unwrap();
+    }
+    started.elapsed()
+}
+
+/// Measures 1,000,000 `insert_devices` in batches of 10,000 beside the plain rusqlite reference
+/// (release build: see the top of this file).
 #[test]
 #[ignore = "a measurement: run in release with --ignored --nocapture"]
 fn bulk_insert_one_million_devices() {
     const TOTAL: usize = 1_000_000;
     const BATCH: usize = 10_000;
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = SqliteStore::open(dir.path().join("fleet.db")).unwrap();
-    let mut batch = Vec::with_capacity(BATCH);
-    let started = Instant::now();
-    let mut building = Duration::ZERO;
-    for start in (0..TOTAL).step_by(BATCH) {
-        let t = Instant::now();
-        batch.clear();
-        batch.extend((start..start + BATCH).map(|i| {
+    let rows: Vec<DeviceRecord> = (0..TOTAL)
+        .map(|i| {
             let mut d = device(format!("ECU-{i:08}").as_bytes());
             d.labels = vec!["line=3".into()];
             d
-        }));
-        building += t.elapsed();
-        tx(&mut store, |tx| Ok(tx.insert_devices(&batch)?));
-    }
-    let inserted = started.elapsed();
-    let count = tx(&mut store, |tx| {
-        Ok(tx.count_devices(&DeviceFilter::default())?)
-    });
-    let counted = started.elapsed() - inserted;
-    let t = Instant::now();
-    let line3 = tx(&mut store, |tx| {
-        Ok(tx.count_devices(&DeviceFilter {
-            labels: vec!["line=3".into()],
-            ..Default::default()
-        })?)
-    });
-    let label_count = t.elapsed();
-    let t = Instant::now();
-    let mut pages = 0;
-    let mut after = None;
-    loop {
-        let page = tx(&mut store, |tx| {
-            Ok(tx.devices(&DeviceFilter::default(), after.as_ref(), 10_000)?)
-        });
-        pages += 1;
-        match page.last() {
-            Some(last) => after = Some(last.serial.clone()),
-            None => break,
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for round in 1..=2 {
+        let reference = reference_insert(
+            &dir.path().join(format!("reference-{round}.db")),
+            &rows,
+            BATCH,
+        );
+        let mut store = SqliteStore::open(dir.path().join(format!("fleet-{round}.db"))).unwrap();
+        let started = Instant::now();
+        for chunk in rows.chunks(BATCH) {
+            tx(&mut store, |tx| Ok(tx.insert_devices(chunk)?));
+        }
+        let inserted = started.elapsed();
+        println!(
+            "round {round}: sqlite store: {TOTAL} devices inserted in {:.3} s (batches of {BATCH}); \
+             plain rusqlite reference {:.3} s; ratio {:.2}",
+            inserted.as_secs_f64(),
+            reference.as_secs_f64(),
+            inserted.as_secs_f64() / reference.as_secs_f64()
+        );
+        if round == 2 {
+            let t = Instant::now();
+            let count = tx(&mut store, |tx| {
+                Ok(tx.count_devices(&DeviceFilter::default())?)
+            });
+            let counted = t.elapsed();
+            let t = Instant::now();
+            let line3 = DeviceFilter {
+                labels: vec!["line=3".into()],
+                ..Default::default()
+            };
+            let labelled = tx(&mut store, |tx| Ok(tx.count_devices(&line3)?));
+            let label_count = t.elapsed();
+            let t = Instant::now();
+            let mut pages = 0;
+            let mut after = None;
+            loop {
+                let page = tx(&mut store, |tx| {
+                    Ok(tx.devices(&DeviceFilter::default(), after.as_ref(), BATCH)?)
+                });
+                pages += 1;
+                match page.last() {
+                    Some(last) => after = Some(last.serial.clone()),
+                    None => break,
+                }
+            }
+            let listed = t.elapsed();
+            let size = std::fs::metadata(store.path()).unwrap().len();
+            let t = Instant::now();
+            store.purge().unwrap();
+            let purged = t.elapsed();
+            assert_eq!((count, labelled), (TOTAL as u64, TOTAL as u64));
+            println!(
+                "count {:.3} s; count by label {:.3} s; listed in {pages} pages in {:.3} s; \
+                 database {} MiB; purge (vacuum + checkpoint) {:.3} s",
+                counted.as_secs_f64(),
+                label_count.as_secs_f64(),
+                listed.as_secs_f64(),
+                size / (1024 * 1024),
+                purged.as_secs_f64(),
+            );
         }
     }
-    let listed = t.elapsed();
-    let size = std::fs::metadata(store.path()).unwrap().len();
-    let t = Instant::now();
-    store.purge().unwrap();
-    let purged = t.elapsed();
-    assert_eq!((count, line3), (TOTAL as u64, TOTAL as u64));
-    println!(
-        "sqlite: {TOTAL} devices inserted in {:.3} s ({:.3} s of it building records) in batches of {BATCH}; \
-         count {:.3} s; count by label {:.3} s; listed in {pages} pages in {:.3} s; database {} MiB; \
-         purge (vacuum + checkpoint) {:.3} s",
-        inserted.as_secs_f64(),
-        building.as_secs_f64(),
-        counted.as_secs_f64(),
-        label_count.as_secs_f64(),
-        listed.as_secs_f64(),
-        size / (1024 * 1024),
-        purged.as_secs_f64(),
-    );
 }

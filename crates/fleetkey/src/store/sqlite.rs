@@ -47,6 +47,17 @@ const HEAD_HASH_KEY: &str = "store.audit_head_hash";
 /// `Tx::meta` keys are stored under this prefix, apart from the store's own.
 const APP_META_PREFIX: &str = "app.";
 
+/// The page size of a new database: 8 KiB pages made bulk inserts about 10% faster than 4 KiB
+/// (fewer page splits and WAL frames); a single-row change writes one more 4 KiB, which the
+/// fsync dominates.
+const PAGE_SIZE: i64 = 8192;
+
+/// Rows per `INSERT` statement in bulk inserts: fewer statement executions, 5-10% faster than
+/// one row per statement in the 1M-device measurement.
+const ROWS_PER_INSERT: usize = 32;
+/// Parameters per device row.
+const DEVICE_PARAMS: usize = 11;
+
 const DEVICE_COLUMNS: &str = "serial, she_uid, labels, generation, revision, state, changed_at, changed_actor, \
                               changed_reason, wrapped_root, created_at";
 
@@ -111,7 +122,10 @@ impl SqliteStore {
             .map_err(|e| backend("set busy timeout", e))?;
         conn.set_prepared_statement_cache_capacity(64);
         let err = |e| backend("configure", e);
-        // A file that is not a database fails here, on its first read.
+        // Takes effect only while the database is still empty (a new store); a file that is not
+        // a database fails here, on its first read.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)
+            .map_err(err)?;
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(err)?;
@@ -325,35 +339,54 @@ impl SqliteTx<'_> {
     }
 
     fn insert_device_row(&self, record: &DeviceRecord) -> Result<(), StoreError> {
-        let labels = labels_json(&record.labels)?;
-        let result = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO devices (serial, she_uid, labels, generation, revision, state, changed_at, changed_actor, \
-                 changed_reason, wrapped_root, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    record.serial.as_bytes(),
-                    record.she_uid.as_ref().map(|u| &u[..]),
-                    labels,
-                    record.generation,
-                    record.revision,
-                    record.state.name(),
-                    record.changed.at,
-                    record.changed.actor,
-                    record.changed.reason,
-                    record.wrapped_root.as_ref().map(|w| &w.0[..]),
-                    record.created_at,
-                ])
-            });
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Duplicate(format!("device {}", record.serial)))
+        self.insert_device_rows(std::slice::from_ref(record))
+    }
+
+    /// Inserts rows, [`ROWS_PER_INSERT`] per statement; a statement that fails is atomic in
+    /// SQLite, and its rows are then retried one by one to name the serial at fault.
+    fn insert_device_rows(&self, records: &[DeviceRecord]) -> Result<(), StoreError> {
+        let err = |e| backend("insert device", e);
+        let mut labels = Vec::new();
+        let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
+        if chunks.len() > 0 {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&insert_devices_sql(ROWS_PER_INSERT))
+                .map_err(err)?;
+            for chunk in chunks.by_ref() {
+                for (i, record) in chunk.iter().enumerate() {
+                    bind_device(&mut stmt, i * DEVICE_PARAMS, record, &mut labels)?;
+                }
+                match stmt.raw_execute() {
+                    Ok(_) => {}
+                    Err(e) if is_unique_violation(&e) => {
+                        return self.insert_device_rows_singly(chunk);
+                    }
+                    Err(e) => return Err(err(e)),
+                }
             }
-            Err(e) => Err(backend("insert device", e)),
         }
+        self.insert_device_rows_singly(chunks.remainder())
+    }
+
+    fn insert_device_rows_singly(&self, records: &[DeviceRecord]) -> Result<(), StoreError> {
+        let err = |e| backend("insert device", e);
+        let mut labels = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare_cached(&insert_devices_sql(1))
+            .map_err(err)?;
+        for record in records {
+            bind_device(&mut stmt, 0, record, &mut labels)?;
+            match stmt.raw_execute() {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Duplicate(format!("device {}", record.serial)));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(())
     }
 
     fn subjects(&self, seq: i64) -> Result<Vec<DeviceSerial>, StoreError> {
@@ -513,7 +546,7 @@ impl Tx for SqliteTx<'_> {
                 .map_err(|e| backend("insert devices", e))
         };
         run("SAVEPOINT insert_devices")?;
-        let result = records.iter().try_for_each(|r| self.insert_device_row(r));
+        let result = self.insert_device_rows(records);
         if result.is_err() {
             run("ROLLBACK TO insert_devices")?;
         }
@@ -803,8 +836,48 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// `INSERT INTO devices ... VALUES (...), (...)` for `rows` rows, parameters numbered in order.
+fn insert_devices_sql(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");
+    let row = format!("({})", vec!["?"; DEVICE_PARAMS].join(", "));
+    sql.push_str(&vec![row; rows].join(", "));
+    sql
+}
+
+/// Binds one device's columns, in [`DEVICE_COLUMNS`] order, at parameters `offset + 1 ..`.
+fn bind_device(
+    stmt: &mut rusqlite::Statement<'_>,
+    offset: usize,
+    record: &DeviceRecord,
+    labels: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    labels.clear();
+    labels_json_into(&record.labels, labels)?;
+    let labels = std::str::from_utf8(labels).map_err(|e| corrupt("labels", e))?;
+    let bind = |stmt: &mut rusqlite::Statement<'_>, i: usize, v: &dyn rusqlite::ToSql| {
+        stmt.raw_bind_parameter(offset + i, v)
+            .map_err(|e| backend("insert device", e))
+    };
+    bind(stmt, 1, &record.serial.as_bytes())?;
+    bind(stmt, 2, &record.she_uid.as_ref().map(|u| &u[..]))?;
+    bind(stmt, 3, &labels)?;
+    bind(stmt, 4, &record.generation)?;
+    bind(stmt, 5, &record.revision)?;
+    bind(stmt, 6, &record.state.name())?;
+    bind(stmt, 7, &record.changed.at)?;
+    bind(stmt, 8, &record.changed.actor)?;
+    bind(stmt, 9, &record.changed.reason)?;
+    bind(stmt, 10, &record.wrapped_root.as_ref().map(|w| &w.0[..]))?;
+    bind(stmt, 11, &record.created_at)
+}
+
 fn labels_json(labels: &[String]) -> Result<String, StoreError> {
     serde_json::to_string(labels).map_err(|e| encoding("encode labels", e))
+}
+
+/// Labels as a JSON array of strings, appended to `out`.
+fn labels_json_into(labels: &[String], out: &mut Vec<u8>) -> Result<(), StoreError> {
+    serde_json::to_writer(out, labels).map_err(|e| encoding("encode labels", e))
 }
 
 fn device_from_row(row: &Row<'_>) -> Result<DeviceRecord, StoreError> {

@@ -760,6 +760,32 @@ pub(crate) fn insert_devices_is_all_or_nothing(f: &dyn StoreFactory) {
     );
     assert_eq!(tx(store, |tx| Ok(tx.device(&serial(b"p"))?)), None);
 
+    // Large batches (a store may insert several rows per statement): the first offending serial
+    // is named, wherever it sits, and nothing is inserted.
+    let fresh = |i: usize| device(format!("n-{i:03}").as_bytes());
+    for (position, culprit, name) in [
+        (70, device(b"exists"), "device exists"),
+        (99, device(b"exists"), "device exists"),
+        (0, device(b"exists"), "device exists"),
+        (50, fresh(10), "device n-010"),
+        (97, fresh(96), "device n-096"),
+    ] {
+        let mut batch: Vec<DeviceRecord> = (0..100).map(fresh).collect();
+        batch[position] = culprit;
+        assert_duplicate(tx(store, |tx| Ok(tx.insert_devices(&batch))), name);
+        assert_eq!(
+            tx(store, |tx| Ok(tx.count_devices(&DeviceFilter::default())?)),
+            1
+        );
+    }
+    let batch: Vec<DeviceRecord> = (0..100).map(fresh).collect();
+    tx(store, |tx| Ok(tx.insert_devices(&batch)?));
+    let listed = list_all(store, &DeviceFilter::default(), 1000);
+    assert!(
+        listed.len() == 101 && listed[1..] == batch[..],
+        "exists, then the batch"
+    );
+
     // An empty batch is fine.
     tx(store, |tx| Ok(tx.insert_devices(&[])?));
 }
