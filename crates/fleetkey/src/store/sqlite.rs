@@ -839,7 +839,7 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 /// `INSERT INTO devices ... VALUES (...), (...)` for `rows` rows, parameters numbered in order.
 fn insert_devices_sql(rows: usize) -> String {
     let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");
-    let row = format!("({})", vec!["?"; DEVICE_PARAMS].join(", "));
+    let row = format!("({})", ["?"; DEVICE_PARAMS].join(", "));
     sql.push_str(&vec![row; rows].join(", "));
     sql
 }
