@@ -1,16 +1,20 @@
 //! The SQLite store: the embedded default, one database file in the fleet home.
 //!
 //! - Journal: WAL, `synchronous = FULL` (a committed revision bump survives power loss: a SHE
-//!   counter the registry forgot would be reused), `secure_delete = ON`, `foreign_keys = ON`.
-//! - Writers serialize on `BEGIN IMMEDIATE`: two processes cannot interleave a read-modify-write.
-//!   A writer waits up to the busy timeout (5 s by default) for another, then gets
-//!   [`StoreError::Busy`].
+//!   counter the registry forgot would be reused), `secure_delete = ON`, `foreign_keys = ON`,
+//!   `trusted_schema = OFF`, 8 KiB pages.
+//! - Every [`Store::transaction`] starts with `BEGIN IMMEDIATE`: two processes cannot interleave
+//!   a read-modify-write. The trait has no read-only transaction, so a listing waits for a writer
+//!   too. A transaction waits up to the busy timeout (5 s by default) for the lock, then fails
+//!   with [`StoreError::Busy`]; the closure runs once.
 //! - Schema: `sqlite/0001_initial.sql`; its version is in `meta`. A newer version than this
 //!   fleetkey knows is refused ([`StoreError::Schema`]).
-//! - Zeroization at rest ([`Store::purge`]): SQLite's `secure_delete` zeroes freed cells and
-//!   pages, but B-tree rebalancing can leave stale copies of moved cells in the unused middle of
-//!   a page. `purge` therefore rebuilds the database (`VACUUM`) and checkpoints and truncates the
-//!   WAL, so that a replaced wrapped root is in none of the files (main, `-wal`, `-shm`).
+//! - Zeroization at rest ([`Store::purge`]): `secure_delete` zeroes freed cells and pages, but
+//!   when SQLite rebuilds a fragmented page during rebalancing, the unused middle of the page
+//!   keeps stale copies of cells that moved to another page (`tests/store_sqlite.rs` shows one).
+//!   `purge` therefore rebuilds the database (`VACUUM`) and checkpoints and truncates the WAL,
+//!   so that a replaced wrapped root is in none of the files (main, `-wal`, `-shm`). It costs
+//!   about a second for a million devices.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
