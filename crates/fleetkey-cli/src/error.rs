@@ -18,17 +18,29 @@ pub(crate) struct CliError {
 impl CliError {
     /// Bad input: `field` names what was wrong.
     pub(crate) fn input(field: &str, problem: impl fmt::Display) -> Self {
-        Self { message: format!("{field}: {problem}"), hint: None, code: EXIT_INPUT }
+        Self {
+            message: format!("{field}: {problem}"),
+            hint: None,
+            code: EXIT_INPUT,
+        }
     }
 
     /// An operation that failed or was refused (exit 1).
     pub(crate) fn failed(message: impl fmt::Display) -> Self {
-        Self { message: message.to_string(), hint: None, code: EXIT_REJECTED }
+        Self {
+            message: message.to_string(),
+            hint: None,
+            code: EXIT_REJECTED,
+        }
     }
 
     /// A check that ran and failed.
     pub(crate) fn rejected(message: impl fmt::Display) -> Self {
-        Self { message: message.to_string(), hint: None, code: EXIT_REJECTED }
+        Self {
+            message: message.to_string(),
+            hint: None,
+            code: EXIT_REJECTED,
+        }
     }
 
     /// Adds what the user can do next.

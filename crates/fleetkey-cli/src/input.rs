@@ -18,7 +18,10 @@ pub(crate) fn hex_array<const N: usize>(field: &str, text: &str) -> Result<[u8; 
     let bytes = hex_bytes(field, text)?;
     let len = bytes.len();
     bytes.try_into().map_err(|_| {
-        CliError::input(field, format_args!("{len} bytes, expected {N} ({} hex characters)", 2 * N))
+        CliError::input(
+            field,
+            format_args!("{len} bytes, expected {N} ({} hex characters)", 2 * N),
+        )
     })
 }
 
@@ -29,7 +32,10 @@ pub(crate) fn key_from_stdin<const N: usize>(field: &str) -> Result<Zeroizing<[u
         .read_to_string(&mut text)
         .map_err(|e| CliError::input(field, format_args!("cannot read stdin ({e})")))?;
     key_from_text(field, &text).map_err(|e| {
-        e.hint(format_args!("pipe the {field} as {} hex characters on stdin", 2 * N))
+        e.hint(format_args!(
+            "pipe the {field} as {} hex characters on stdin",
+            2 * N
+        ))
     })
 }
 
@@ -49,7 +55,11 @@ fn key_from_text<const N: usize>(field: &str, text: &str) -> Result<Zeroizing<[u
     if text.len() != 2 * N {
         return Err(CliError::input(
             field,
-            format_args!("{} characters, expected {} hex characters", text.len(), 2 * N),
+            format_args!(
+                "{} characters, expected {} hex characters",
+                text.len(),
+                2 * N
+            ),
         ));
     }
     let mut key = Zeroizing::new([0u8; N]);

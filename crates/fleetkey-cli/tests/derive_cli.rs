@@ -31,7 +31,15 @@ fn fleetkey(args: &[&str], stdin: &str) -> Outcome {
 }
 
 fn derive_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["derive", "--usage", "auth", "--generation", "1", "--revision", "0"];
+    let mut args = vec![
+        "derive",
+        "--usage",
+        "auth",
+        "--generation",
+        "1",
+        "--revision",
+        "0",
+    ];
     args.extend_from_slice(extra);
     args
 }
@@ -48,7 +56,17 @@ fn derive_prints_the_contract_key() {
 #[test]
 fn roll_seed_is_32_bytes() {
     let out = fleetkey(
-        &["derive", "--usage", "roll-seed", "--generation", "1", "--revision", "0", "--serial", "A"],
+        &[
+            "derive",
+            "--usage",
+            "roll-seed",
+            "--generation",
+            "1",
+            "--revision",
+            "0",
+            "--serial",
+            "A",
+        ],
         &format!("{MASTER}\n"),
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -79,45 +97,113 @@ fn refused(args: &[&str], stdin: &str, field: &str) {
     let out = fleetkey(args, stdin);
     assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
     assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
-    assert!(out.stderr.contains(field), "{args:?}: stderr {:?} should name {field}", out.stderr);
+    assert!(
+        out.stderr.contains(field),
+        "{args:?}: stderr {:?} should name {field}",
+        out.stderr
+    );
 }
 
 #[test]
 fn bad_inputs_are_refused_naming_the_field() {
     let revision_max = |r: &str| {
-        vec!["derive", "--usage", "auth", "--generation", "1", "--revision", r, "--serial", "S"]
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>()
+        vec![
+            "derive",
+            "--usage",
+            "auth",
+            "--generation",
+            "1",
+            "--revision",
+            r,
+            "--serial",
+            "S",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
     };
     let too_high = revision_max("268435456");
-    refused(&too_high.iter().map(String::as_str).collect::<Vec<_>>(), MASTER, "--revision");
+    refused(
+        &too_high.iter().map(String::as_str).collect::<Vec<_>>(),
+        MASTER,
+        "--revision",
+    );
     let max = revision_max("268435455");
     let ok = fleetkey(&max.iter().map(String::as_str).collect::<Vec<_>>(), MASTER);
     assert_eq!(ok.code, 0);
     refused(
-        &["derive", "--usage", "auth", "--generation", "4294967296", "--revision", "0", "--serial", "S"],
+        &[
+            "derive",
+            "--usage",
+            "auth",
+            "--generation",
+            "4294967296",
+            "--revision",
+            "0",
+            "--serial",
+            "S",
+        ],
         MASTER,
         "--generation",
     );
     refused(
-        &["derive", "--usage", "auth", "--generation", "-1", "--revision", "0", "--serial", "S"],
+        &[
+            "derive",
+            "--usage",
+            "auth",
+            "--generation",
+            "-1",
+            "--revision",
+            "0",
+            "--serial",
+            "S",
+        ],
         MASTER,
         "--generation",
     );
     refused(&derive_args(&["--serial", ""]), MASTER, "--serial");
-    refused(&derive_args(&["--serial", &"x".repeat(41)]), MASTER, "--serial");
-    refused(&derive_args(&["--serial-hex", "zz"]), MASTER, "--serial-hex");
+    refused(
+        &derive_args(&["--serial", &"x".repeat(41)]),
+        MASTER,
+        "--serial",
+    );
+    refused(
+        &derive_args(&["--serial-hex", "zz"]),
+        MASTER,
+        "--serial-hex",
+    );
     refused(&derive_args(&["--serial-hex", ""]), MASTER, "--serial-hex");
     refused(
-        &["derive", "--usage", "frobnicate", "--generation", "1", "--revision", "0", "--serial", "S"],
+        &[
+            "derive",
+            "--usage",
+            "frobnicate",
+            "--generation",
+            "1",
+            "--revision",
+            "0",
+            "--serial",
+            "S",
+        ],
         MASTER,
         "--usage",
     );
     refused(&derive_args(&["--serial", "S"]), "00", "master");
     refused(&derive_args(&["--serial", "S"]), &"g".repeat(64), "master");
     refused(&derive_args(&["--serial", "S"]), &"0".repeat(66), "master");
-    refused(&["roll", "--epoch", "18446744073709551616", "--channel", "0"], MASTER, "--epoch");
-    refused(&["roll", "--epoch", "1", "--channel", "4294967296"], MASTER, "--channel");
-    refused(&["roll", "--epoch", "1", "--channel", "0"], &MASTER[..32], "roll seed");
+    refused(
+        &["roll", "--epoch", "18446744073709551616", "--channel", "0"],
+        MASTER,
+        "--epoch",
+    );
+    refused(
+        &["roll", "--epoch", "1", "--channel", "4294967296"],
+        MASTER,
+        "--channel",
+    );
+    refused(
+        &["roll", "--epoch", "1", "--channel", "0"],
+        &MASTER[..32],
+        "roll seed",
+    );
 }

@@ -9,7 +9,10 @@ const PASSPHRASE: &str = "correct horse battery staple";
 
 fn fleetkey(home: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetkey"));
-    cmd.arg("--home").arg(home).env("FLEETKEY_PASSPHRASE", PASSPHRASE).env("FLEETKEY_ACTOR", "tester");
+    cmd.arg("--home")
+        .arg(home)
+        .env("FLEETKEY_PASSPHRASE", PASSPHRASE)
+        .env("FLEETKEY_ACTOR", "tester");
     cmd.stdin(Stdio::null());
     cmd
 }
@@ -21,7 +24,11 @@ fn run(home: &Path, args: &[&str]) -> Output {
 #[track_caller]
 fn ok(home: &Path, args: &[&str]) -> String {
     let out = run(home, args);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -38,7 +45,10 @@ fn fails(home: &Path, args: &[&str], code: i32, message: &str) -> String {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
     assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
-    assert!(stderr.contains(message), "{args:?}: {stderr:?} should say {message:?}");
+    assert!(
+        stderr.contains(message),
+        "{args:?}: {stderr:?} should say {message:?}"
+    );
     stderr
 }
 
@@ -47,11 +57,24 @@ fn init(dir: &Path, scheme: &str) -> PathBuf {
     let transport = dir.join("transport.hex");
     std::fs::write(&transport, "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a\n").unwrap();
     let out = fleetkey(&home)
-        .args(["init", "--fleet", "tractors", "--scheme", scheme, "--kdf-log-n", "10", "--she-transport-key-file"])
+        .args([
+            "init",
+            "--fleet",
+            "tractors",
+            "--scheme",
+            scheme,
+            "--kdf-log-n",
+            "10",
+            "--she-transport-key-file",
+        ])
         .arg(&transport)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     home
 }
 
@@ -60,7 +83,11 @@ fn walkthrough_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let home = init(dir.path(), "derived");
     let csv = dir.path().join("devices.csv");
-    std::fs::write(&csv, "serial,she_uid,labels\nECU-1,000000000000000000000000001234,line=1\nECU-2,,line=2\n").unwrap();
+    std::fs::write(
+        &csv,
+        "serial,she_uid,labels\nECU-1,000000000000000000000000001234,line=1\nECU-2,,line=2\n",
+    )
+    .unwrap();
     let report = json(&home, &["device", "import", csv.to_str().unwrap()]);
     assert_eq!(report["added"], 2);
     let p = json(&home, &["device", "provision", "ECU-1"]);
@@ -72,25 +99,65 @@ fn walkthrough_from_the_command_line() {
     let g = json(&home, &["generation", "rotate", "--reason", "yearly"]);
     assert_eq!(g["generation"], 2);
     let keys = dir.path().join("keys.jsonl");
-    json(&home, &["device", "provision", "--all", "--out", keys.to_str().unwrap()]);
+    json(
+        &home,
+        &[
+            "device",
+            "provision",
+            "--all",
+            "--out",
+            keys.to_str().unwrap(),
+        ],
+    );
     assert_eq!(std::fs::read_to_string(&keys).unwrap().lines().count(), 1);
     let status = json(&home, &["rotation", "status"]);
     assert_eq!(status["pending"], 2);
-    fails(&home, &["generation", "destroy", "1", "--reason", "early"], 1, "2 devices still depend on generation 1");
+    fails(
+        &home,
+        &["generation", "destroy", "1", "--reason", "early"],
+        1,
+        "2 devices still depend on generation 1",
+    );
     let updates = dir.path().join("updates.jsonl");
-    json(&home, &["device", "refresh", "--all", "--generation", "1", "--out", updates.to_str().unwrap()]);
-    assert_eq!(std::fs::read_to_string(&updates).unwrap().lines().count(), 2);
+    json(
+        &home,
+        &[
+            "device",
+            "refresh",
+            "--all",
+            "--generation",
+            "1",
+            "--out",
+            updates.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&updates).unwrap().lines().count(),
+        2
+    );
     assert_eq!(json(&home, &["rotation", "status"])["pending"], 0);
-    json(&home, &["generation", "destroy", "1", "--reason", "migrated"]);
+    json(
+        &home,
+        &["generation", "destroy", "1", "--reason", "migrated"],
+    );
     json(&home, &["device", "revoke", "ECU-2", "--reason", "stolen"]);
-    let d = json(&home, &["device", "decommission", "ECU-2", "--reason", "scrapped"]);
+    let d = json(
+        &home,
+        &["device", "decommission", "ECU-2", "--reason", "scrapped"],
+    );
     assert_eq!(d["state"], "destroyed-compromised");
     let listed = json(&home, &["device", "list", "--state", "active"]);
     assert_eq!(listed.as_array().unwrap().len(), 1);
     let audit = json(&home, &["audit", "verify"]);
     assert_eq!(audit["ok"], true);
     let events = json(&home, &["audit", "show", "--device", "ECU-2"]);
-    assert!(events.as_array().unwrap().iter().any(|e| e["action"] == "device.revoke"));
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "device.revoke")
+    );
     assert!(ok(&home, &["status"]).contains("fleet tractors (derived scheme)"));
 }
 
@@ -105,28 +172,64 @@ fn errors_say_what_to_do_and_change_nothing() {
     fails(&home, &["device", "show", "nope"], 1, "no device nope");
     ok(&home, &["device", "add", "ECU-1"]);
     fails(&home, &["device", "add", "ECU-1"], 1, "already registered");
-    fails(&home, &["device", "suspend", "ECU-1", "--reason", "x"], 1, "cannot go from pre-active to suspended");
+    fails(
+        &home,
+        &["device", "suspend", "ECU-1", "--reason", "x"],
+        1,
+        "cannot go from pre-active to suspended",
+    );
     fails(&home, &["device", "add", &"x".repeat(41)], 2, "serial");
-    fails(&home, &["device", "add", "ECU-9", "--she-uid", "1234"], 2, "--she-uid");
-    fails(&home, &["device", "list", "--state", "sleeping"], 2, "--state");
+    fails(
+        &home,
+        &["device", "add", "ECU-9", "--she-uid", "1234"],
+        2,
+        "--she-uid",
+    );
+    fails(
+        &home,
+        &["device", "list", "--state", "sleeping"],
+        2,
+        "--state",
+    );
     let csv = dir.path().join("bad.csv");
     std::fs::write(&csv, "serial,she_uid\nA,\nB,nothex\n").unwrap();
-    fails(&home, &["device", "import", csv.to_str().unwrap()], 2, "csv line 3: she_uid");
-    let out = fleetkey(&home).env("FLEETKEY_PASSPHRASE", "wrong passphrase").args(["status"]).output().unwrap();
+    fails(
+        &home,
+        &["device", "import", csv.to_str().unwrap()],
+        2,
+        "csv line 3: she_uid",
+    );
+    let out = fleetkey(&home)
+        .env("FLEETKEY_PASSPHRASE", "wrong passphrase")
+        .args(["status"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("FLEETKEY_PASSPHRASE"));
-    let out = fleetkey(&home).env_remove("FLEETKEY_PASSPHRASE").args(["status"]).output().unwrap();
+    let out = fleetkey(&home)
+        .env_remove("FLEETKEY_PASSPHRASE")
+        .args(["status"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("FLEETKEY_PASSPHRASE is not set"));
     // Only the one `device add` changed anything.
     let after = json(&home, &["audit", "verify"])["events"].clone();
     assert_eq!(after.as_u64().unwrap(), before.as_u64().unwrap() + 1);
-    assert_eq!(json(&home, &["device", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        json(&home, &["device", "list"]).as_array().unwrap().len(),
+        1
+    );
 }
 
 fn registered(home: &Path) -> u64 {
     let status = json(home, &["status"]);
-    status["devices"].as_array().unwrap().iter().map(|pair| pair[1].as_u64().unwrap()).sum()
+    status["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| pair[1].as_u64().unwrap())
+        .sum()
 }
 
 /// A bulk import killed mid-way leaves whole batches and a verifying audit chain; a rerun
@@ -161,7 +264,10 @@ fn killed_import_is_completed_by_a_rerun() {
     let status = child.wait().unwrap();
     let after_kill = registered(&home);
     assert!(after_kill >= seen);
-    assert!(!status.success() || after_kill == DEVICES, "the import ran to completion before the kill");
+    assert!(
+        !status.success() || after_kill == DEVICES,
+        "the import ran to completion before the kill"
+    );
     assert_eq!(after_kill % 10_000, 0, "only whole batches are committed");
     assert_eq!(json(&home, &["audit", "verify"])["ok"], true);
     let report = json(&home, &["device", "import", csv.to_str().unwrap()]);

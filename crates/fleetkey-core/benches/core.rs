@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
 use criterion::{Criterion, Throughput};
-use fleetkey_core::derive::{self, DeviceKeyInputs, Deriver, Generation, Revision, Serial, Usage};
+use fleetkey_core::derive::{self, Deriver, DeviceKeyInputs, Generation, Revision, Serial, Usage};
 use fleetkey_core::roll::{Epoch, Roller};
 use fleetkey_core::secoc::{FrameKey, KeyWindow, Profile, Receiver, Sender};
 use fleetkey_core::{MasterKey, RollSeed, SessionKey};
@@ -107,7 +107,9 @@ fn frames(c: &mut Criterion) {
         let mut frame = [0u8; 64];
         group.bench_function(format!("sign_{frame_len}"), |b| {
             b.iter(|| {
-                let secured = sender.secure(&frame_key, black_box(&payload), &mut frame).unwrap();
+                let secured = sender
+                    .secure(&frame_key, black_box(&payload), &mut frame)
+                    .unwrap();
                 black_box(&frame[..secured.len]);
             });
         });
@@ -118,7 +120,11 @@ fn frames(c: &mut Criterion) {
         group.bench_function(format!("sign_verify_{frame_len}"), |b| {
             b.iter(|| {
                 let secured = sender.secure(&frame_key, &payload, &mut frame).unwrap();
-                black_box(receiver.verify(&window, black_box(&frame[..secured.len])).unwrap());
+                black_box(
+                    receiver
+                        .verify(&window, black_box(&frame[..secured.len]))
+                        .unwrap(),
+                );
             });
         });
     }
@@ -127,7 +133,11 @@ fn frames(c: &mut Criterion) {
 
 /// Mean nanoseconds per iteration of one benchmark, from criterion's estimates file.
 fn mean_ns(dir: &Path, group: &str, bench: &str) -> Option<f64> {
-    let path = dir.join(group).join(bench).join("new").join("estimates.json");
+    let path = dir
+        .join(group)
+        .join(bench)
+        .join("new")
+        .join("estimates.json");
     let text = std::fs::read_to_string(path).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json["mean"]["point_estimate"].as_f64()
@@ -135,18 +145,60 @@ fn mean_ns(dir: &Path, group: &str, bench: &str) -> Option<f64> {
 
 fn print_ratios(dir: &Path) {
     let rows: &[(&str, &str, &str, &str, f64)] = &[
-        ("derivation, single (pads per call)", "derive", "single", "sha256_two_compressions", 1.0),
-        ("derivation, bulk (precomputed pads)", "derive", "bulk", "sha256_two_compressions", 1.0),
-        ("derivation, hkdf crate from_prk+expand", "derive", "hkdf_crate_from_prk", "sha256_two_compressions", 1.0),
-        ("session key (roll v1)", "roll", "session_key", "sha256_two_compressions", 1.0),
-        ("SecOC sign, 8-byte frame (p1)", "secoc", "sign_8", "aes128_1_blocks", 1.0),
-        ("SecOC sign, 64-byte frame (fd64)", "secoc", "sign_64", "aes128_5_blocks", 1.0),
+        (
+            "derivation, single (pads per call)",
+            "derive",
+            "single",
+            "sha256_two_compressions",
+            1.0,
+        ),
+        (
+            "derivation, bulk (precomputed pads)",
+            "derive",
+            "bulk",
+            "sha256_two_compressions",
+            1.0,
+        ),
+        (
+            "derivation, hkdf crate from_prk+expand",
+            "derive",
+            "hkdf_crate_from_prk",
+            "sha256_two_compressions",
+            1.0,
+        ),
+        (
+            "session key (roll v1)",
+            "roll",
+            "session_key",
+            "sha256_two_compressions",
+            1.0,
+        ),
+        (
+            "SecOC sign, 8-byte frame (p1)",
+            "secoc",
+            "sign_8",
+            "aes128_1_blocks",
+            1.0,
+        ),
+        (
+            "SecOC sign, 64-byte frame (fd64)",
+            "secoc",
+            "sign_64",
+            "aes128_5_blocks",
+            1.0,
+        ),
     ];
     println!();
-    println!("{:<42} {:>12} {:>14} {:>8}   reference", "operation", "ops/s", "reference/s", "ratio");
+    println!(
+        "{:<42} {:>12} {:>14} {:>8}   reference",
+        "operation", "ops/s", "reference/s", "ratio"
+    );
     let reference_group = "reference";
     for (name, group, bench, reference, _) in rows {
-        let (Some(ns), Some(ref_ns)) = (mean_ns(dir, group, bench), mean_ns(dir, reference_group, reference)) else {
+        let (Some(ns), Some(ref_ns)) = (
+            mean_ns(dir, group, bench),
+            mean_ns(dir, reference_group, reference),
+        ) else {
             continue;
         };
         println!(
@@ -157,7 +209,11 @@ fn print_ratios(dir: &Path) {
         );
     }
     for len in [8, 64] {
-        let reference = if len == 8 { "aes128_1_blocks" } else { "aes128_5_blocks" };
+        let reference = if len == 8 {
+            "aes128_1_blocks"
+        } else {
+            "aes128_5_blocks"
+        };
         let (Some(both), Some(sign), Some(ref_ns)) = (
             mean_ns(dir, "secoc", &format!("sign_verify_{len}")),
             mean_ns(dir, "secoc", &format!("sign_{len}")),
@@ -167,7 +223,12 @@ fn print_ratios(dir: &Path) {
         };
         let verify = (both - sign).max(1e-3);
         let name = format!("SecOC verify, {len}-byte frame (sign+verify - sign)");
-        println!("{name:<42} {:>12.0} {:>14.0} {:>8.2}   {reference}", 1e9 / verify, 1e9 / ref_ns, ref_ns / verify);
+        println!(
+            "{name:<42} {:>12.0} {:>14.0} {:>8.2}   {reference}",
+            1e9 / verify,
+            1e9 / ref_ns,
+            ref_ns / verify
+        );
     }
     println!("ratio = reference time / operation time: 1.00 means as fast as the reference.");
 }

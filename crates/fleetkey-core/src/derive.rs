@@ -37,9 +37,17 @@ pub enum DeriveError {
 impl core::fmt::Display for DeriveError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::Usage(u) => write!(f, "usage: 0x{u:02x} is reserved (use 0x01 auth, 0x02 key-update or 0x03 roll-seed)"),
-            Self::Revision(r) => write!(f, "revision: {r} is above the maximum {MAX_REVISION} (2^28 - 1, the SHE counter range)"),
-            Self::SerialLength(n) => write!(f, "serial: {n} bytes, must be 1 to {MAX_SERIAL_LEN} bytes"),
+            Self::Usage(u) => write!(
+                f,
+                "usage: 0x{u:02x} is reserved (use 0x01 auth, 0x02 key-update or 0x03 roll-seed)"
+            ),
+            Self::Revision(r) => write!(
+                f,
+                "revision: {r} is above the maximum {MAX_REVISION} (2^28 - 1, the SHE counter range)"
+            ),
+            Self::SerialLength(n) => {
+                write!(f, "serial: {n} bytes, must be 1 to {MAX_SERIAL_LEN} bytes")
+            }
         }
     }
 }
@@ -193,7 +201,9 @@ pub struct DeviceKey {
 
 impl core::fmt::Debug for DeviceKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("DeviceKey").field("usage", &self.usage).finish_non_exhaustive()
+        f.debug_struct("DeviceKey")
+            .field("usage", &self.usage)
+            .finish_non_exhaustive()
     }
 }
 
@@ -235,12 +245,17 @@ pub struct Deriver {
 impl Deriver {
     /// Precomputes the derivation state of a master.
     pub fn new(master: &MasterKey) -> Self {
-        Self { state: PrkState::new(master.expose_secret()) }
+        Self {
+            state: PrkState::new(master.expose_secret()),
+        }
     }
 
     /// Derives one device key.
     pub fn derive(&self, inputs: &DeviceKeyInputs<'_>) -> DeviceKey {
-        let mut key = DeviceKey { usage: inputs.usage, bytes: [0; 32] };
+        let mut key = DeviceKey {
+            usage: inputs.usage,
+            bytes: [0; 32],
+        };
         let len = inputs.usage.key_len();
         if let Some(out) = key.bytes.get_mut(..len) {
             self.derive_into(inputs, out);

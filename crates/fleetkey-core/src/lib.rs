@@ -21,6 +21,8 @@ pub mod roll;
 pub mod secoc;
 pub mod she;
 
-pub use derive::{DeriveError, DeviceKey, DeviceKeyInputs, Deriver, Generation, Revision, Serial, Usage};
+pub use derive::{
+    DeriveError, Deriver, DeviceKey, DeviceKeyInputs, Generation, Revision, Serial, Usage,
+};
 pub use keys::{Key128, MasterKey, RollSeed, SessionKey};
 pub use roll::{Epoch, RollError, RollSchedule, Roller};

@@ -74,7 +74,10 @@ impl RollSchedule {
         if period_ms == 0 {
             Err(RollError::ZeroPeriod)
         } else {
-            Ok(Self { origin_ms, period_ms })
+            Ok(Self {
+                origin_ms,
+                period_ms,
+            })
         }
     }
 
@@ -125,14 +128,18 @@ pub struct Roller {
 impl Roller {
     /// Precomputes the state of a roll seed.
     pub fn new(seed: &RollSeed) -> Self {
-        Self { state: PrkState::new(seed.expose_secret()) }
+        Self {
+            state: PrkState::new(seed.expose_secret()),
+        }
     }
 
     /// The session key of one epoch on one channel (two SHA-256 compressions).
     pub fn session_key(&self, epoch: Epoch, channel: u32) -> SessionKey {
         let mut key = [0u8; 16];
         // A 16-byte info and a 16-byte output always fit the one-block path.
-        let _ = self.state.expand_one_block(&session_info(epoch, channel), &mut key);
+        let _ = self
+            .state
+            .expand_one_block(&session_info(epoch, channel), &mut key);
         let session = SessionKey::from_bytes(key);
         key.zeroize();
         session

@@ -100,7 +100,12 @@ impl AuditEvent {
         let (prev_seq, prev_hash) = prev.unwrap_or((0, GENESIS));
         let seq = prev_seq + 1;
         let hash = event_hash(&prev_hash, seq, &draft);
-        AuditEvent { seq, draft, prev_hash, hash }
+        AuditEvent {
+            seq,
+            draft,
+            prev_hash,
+            hash,
+        }
     }
 }
 
@@ -129,7 +134,9 @@ pub enum ChainBreak {
         seq: u64,
     },
     /// The chain ends before the recorded head.
-    #[error("the chain ends at event {last} but the recorded head is event {head}: newest events removed")]
+    #[error(
+        "the chain ends at event {last} but the recorded head is event {head}: newest events removed"
+    )]
     Truncated {
         /// The last event present.
         last: u64,
@@ -158,7 +165,10 @@ impl ChainVerifier {
         let (prev_seq, prev_hash) = self.last.unwrap_or((0, GENESIS));
         if event.seq != prev_seq + 1 {
             return Err(if event.seq > prev_seq + 1 {
-                ChainBreak::Missing { expected: prev_seq + 1, found: event.seq }
+                ChainBreak::Missing {
+                    expected: prev_seq + 1,
+                    found: event.seq,
+                }
             } else {
                 ChainBreak::Unlinked { seq: event.seq }
             });
@@ -181,7 +191,10 @@ impl ChainVerifier {
             (last, Some((head_seq, head_hash))) => {
                 let (seq, hash) = last.unwrap_or((0, GENESIS));
                 if seq < head_seq {
-                    Err(ChainBreak::Truncated { last: seq, head: head_seq })
+                    Err(ChainBreak::Truncated {
+                        last: seq,
+                        head: head_seq,
+                    })
                 } else if seq != head_seq || hash != head_hash {
                     Err(ChainBreak::HeadMismatch)
                 } else {
@@ -208,9 +221,15 @@ pub struct AuditFilter {
 impl AuditFilter {
     /// Whether an event matches (the reference semantics every store must implement).
     pub fn matches(&self, e: &AuditEvent) -> bool {
-        self.device.as_ref().is_none_or(|d| e.draft.subjects.contains(d))
+        self.device
+            .as_ref()
+            .is_none_or(|d| e.draft.subjects.contains(d))
             && self.action.as_ref().is_none_or(|a| {
-                e.draft.action == *a || e.draft.action.strip_prefix(a.as_str()).is_some_and(|r| r.starts_with('.'))
+                e.draft.action == *a
+                    || e.draft
+                        .action
+                        .strip_prefix(a.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
             })
             && self.since.is_none_or(|t| e.draft.at >= t)
             && self.until.is_none_or(|t| e.draft.at < t)

@@ -143,19 +143,24 @@ pub enum Error {
 impl Error {
     /// An invalid input.
     pub fn invalid(field: impl Into<String>, problem: impl std::fmt::Display) -> Self {
-        Error::Invalid { field: field.into(), problem: problem.to_string() }
+        Error::Invalid {
+            field: field.into(),
+            problem: problem.to_string(),
+        }
     }
 
     /// What the user can do next, when there is something to say.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Error::Module(ModuleError::Authentication) => {
-                Some("check FLEETKEY_PASSPHRASE (or the PIN); the key file itself is unchanged".into())
-            }
+            Error::Module(ModuleError::Authentication) => Some(
+                "check FLEETKEY_PASSPHRASE (or the PIN); the key file itself is unchanged".into(),
+            ),
             Error::Module(ModuleError::NoMaster(g)) => Some(format!(
                 "restore generation {g}'s master from its backup shares (`fleetkey master restore`), or rotate"
             )),
-            Error::Store(StoreError::Busy(_)) => Some("another fleetkey process holds the store; retry".into()),
+            Error::Store(StoreError::Busy(_)) => {
+                Some("another fleetkey process holds the store; retry".into())
+            }
             Error::Transition { source, .. } => Some(format!(
                 "from {} the allowed next states are: {}",
                 source.from,
@@ -167,7 +172,9 @@ impl Error {
                     .join(", ")
             )),
             Error::Refused { hint, .. } => Some(hint.clone()),
-            Error::Chain(_) => Some("restore the store from a backup and investigate who changed it".into()),
+            Error::Chain(_) => {
+                Some("restore the store from a backup and investigate who changed it".into())
+            }
             _ => None,
         }
     }

@@ -15,7 +15,9 @@ use crate::audit::{AuditDraft, AuditEvent, AuditFilter, ChainVerifier};
 use crate::error::{Error, StoreError};
 use crate::home::{FleetConfig, ModuleConfig, StoreConfig};
 use crate::lifecycle::State;
-use crate::model::{Change, DeviceSerial, FleetInfo, GenerationRecord, Scheme, UnixMillis, WrappedKey};
+use crate::model::{
+    Change, DeviceSerial, FleetInfo, GenerationRecord, Scheme, UnixMillis, WrappedKey,
+};
 use crate::module::KeyModule;
 pub use age::secrecy::SecretString;
 
@@ -32,7 +34,7 @@ pub mod material;
 
 pub use bulk::{BATCH, ImportReport, ImportRow, Progress, parse_csv};
 pub use devices::{KeyUpdate, NewDevice, Provisioning};
-pub use generations::{RotationStatus, GenerationCount};
+pub use generations::{GenerationCount, RotationStatus};
 
 /// The store meta key of the SHE transport key, wrapped under the module's KEK.
 const META_TRANSPORT_KEY: &str = "she.transport_key";
@@ -49,7 +51,9 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> UnixMillis {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
     }
 }
@@ -66,7 +70,9 @@ pub struct Access {
 
 impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Access").field("actor", &self.actor).finish_non_exhaustive()
+        f.debug_struct("Access")
+            .field("actor", &self.actor)
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,7 +101,10 @@ pub struct Fleet {
 
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fleet").field("home", &self.home).field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Fleet")
+            .field("home", &self.home)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -130,11 +139,19 @@ impl Fleet {
         }
         validate_fleet_id(&options.fleet_id)?;
         let created_dir = !home.exists();
-        std::fs::create_dir_all(home).map_err(|source| Error::Io { path: home.to_owned(), source })?;
+        std::fs::create_dir_all(home).map_err(|source| Error::Io {
+            path: home.to_owned(),
+            source,
+        })?;
         let config = FleetConfig::embedded(&options.fleet_id, options.scheme);
         let result = Self::create_in(home, config, options, access);
         if result.is_err() {
-            for file in [crate::home::KEY_FILE, crate::home::STORE_FILE, "fleet.db-wal", "fleet.db-shm"] {
+            for file in [
+                crate::home::KEY_FILE,
+                crate::home::STORE_FILE,
+                "fleet.db-wal",
+                "fleet.db-shm",
+            ] {
                 let _ = std::fs::remove_file(home.join(file));
             }
             if created_dir {
@@ -144,9 +161,18 @@ impl Fleet {
         result
     }
 
-    fn create_in(home: &Path, config: FleetConfig, options: InitOptions, access: Access) -> Result<Fleet, Error> {
+    fn create_in(
+        home: &Path,
+        config: FleetConfig,
+        options: InitOptions,
+        access: Access,
+    ) -> Result<Fleet, Error> {
         let module: Box<dyn KeyModule> = match &config.module {
-            ModuleConfig::Soft { file } => Box::new(SoftModule::create_with(home.join(file), access.passphrase.expose_secret(), options.work_factor)?),
+            ModuleConfig::Soft { file } => Box::new(SoftModule::create_with(
+                home.join(file),
+                access.passphrase.expose_secret(),
+                options.work_factor,
+            )?),
         };
         module.ensure_kek()?;
         let derived = options.scheme.derives_from_master();
@@ -157,11 +183,21 @@ impl Fleet {
             Scheme::Governed => Some(hex::encode(module.ensure_signing_key()?)),
             _ => None,
         };
-        let wrapped_transport = options.she_transport_key.as_ref().map(|k| module.wrap(k.expose_secret())).transpose()?;
+        let wrapped_transport = options
+            .she_transport_key
+            .as_ref()
+            .map(|k| module.wrap(k.expose_secret()))
+            .transpose()?;
         let store: Box<dyn Store> = match &config.store {
             StoreConfig::Sqlite { file } => Box::new(SqliteStore::open(home.join(file))?),
         };
-        let mut fleet = Fleet { home: home.to_owned(), config, module, store, access };
+        let mut fleet = Fleet {
+            home: home.to_owned(),
+            config,
+            module,
+            store,
+            access,
+        };
         let change = fleet.change("fleet created");
         let info = FleetInfo {
             id: options.fleet_id.clone(),
@@ -178,8 +214,18 @@ impl Fleet {
                                "she_transport_key": wrapped_transport.is_some()}),
         )];
         if derived {
-            drafts.push(fleet.draft("generation.create", Some(1), vec![], serde_json::json!({"state": "pre-active"})));
-            drafts.push(fleet.draft("generation.activate", Some(1), vec![], serde_json::json!({"state": "active", "current": true})));
+            drafts.push(fleet.draft(
+                "generation.create",
+                Some(1),
+                vec![],
+                serde_json::json!({"state": "pre-active"}),
+            ));
+            drafts.push(fleet.draft(
+                "generation.activate",
+                Some(1),
+                vec![],
+                serde_json::json!({"state": "active", "current": true}),
+            ));
         }
         transact(fleet.store.as_mut(), |tx| {
             if tx.fleet()?.is_some() {
@@ -213,12 +259,21 @@ impl Fleet {
     pub fn open(home: &Path, access: Access) -> Result<Fleet, Error> {
         let config = FleetConfig::load(home)?;
         let module: Box<dyn KeyModule> = match &config.module {
-            ModuleConfig::Soft { file } => Box::new(SoftModule::open(home.join(file), access.passphrase.expose_secret())?),
+            ModuleConfig::Soft { file } => Box::new(SoftModule::open(
+                home.join(file),
+                access.passphrase.expose_secret(),
+            )?),
         };
         let store: Box<dyn Store> = match &config.store {
             StoreConfig::Sqlite { file } => Box::new(SqliteStore::open_existing(home.join(file))?),
         };
-        Ok(Fleet { home: home.to_owned(), config, module, store, access })
+        Ok(Fleet {
+            home: home.to_owned(),
+            config,
+            module,
+            store,
+            access,
+        })
     }
 
     /// The home directory.
@@ -255,20 +310,34 @@ impl Fleet {
             let generations = tx.generations()?;
             let mut devices = Vec::new();
             for state in State::ALL {
-                let filter = crate::model::DeviceFilter { state: Some(state), ..Default::default() };
+                let filter = crate::model::DeviceFilter {
+                    state: Some(state),
+                    ..Default::default()
+                };
                 let n = tx.count_devices(&filter)?;
                 if n > 0 {
                     devices.push((state, n));
                 }
             }
             let audit_events = tx.audit_head()?.map_or(0, |(seq, _)| seq);
-            Ok(FleetStatus { fleet, module, store, generations, devices, audit_events })
+            Ok(FleetStatus {
+                fleet,
+                module,
+                store,
+                generations,
+                devices,
+                audit_events,
+            })
         })
     }
 
     /// A change record stamped now by the acting user.
     pub(crate) fn change(&self, reason: &str) -> Change {
-        Change { at: self.access.clock.now_ms(), actor: self.access.actor.clone(), reason: reason.to_owned() }
+        Change {
+            at: self.access.clock.now_ms(),
+            actor: self.access.actor.clone(),
+            reason: reason.to_owned(),
+        }
     }
 
     /// An audit draft stamped now by the acting user.
@@ -292,8 +361,11 @@ impl Fleet {
     /// The SHE transport key, unwrapped, if the fleet has one.
     pub(crate) fn transport_key(&mut self) -> Result<Option<Key128>, Error> {
         let wrapped = transact(self.store.as_mut(), |tx| Ok(tx.meta(META_TRANSPORT_KEY)?))?;
-        let Some(hex_text) = wrapped else { return Ok(None) };
-        let bytes = hex::decode(hex_text).map_err(|e| StoreError::Corrupt(format!("{META_TRANSPORT_KEY}: {e}")))?;
+        let Some(hex_text) = wrapped else {
+            return Ok(None);
+        };
+        let bytes = hex::decode(hex_text)
+            .map_err(|e| StoreError::Corrupt(format!("{META_TRANSPORT_KEY}: {e}")))?;
         let key = self.module.unwrap(&WrappedKey(bytes))?;
         Ok(Key128::from_slice(&key))
     }
@@ -301,7 +373,12 @@ impl Fleet {
     /// Sets (or replaces) the SHE transport key.
     pub fn set_transport_key(&mut self, key: &Key128) -> Result<(), Error> {
         let wrapped = self.module.wrap(key.expose_secret())?;
-        let draft = self.draft("fleet.she_transport_key", None, vec![], serde_json::json!({"set": true}));
+        let draft = self.draft(
+            "fleet.she_transport_key",
+            None,
+            vec![],
+            serde_json::json!({"set": true}),
+        );
         transact(self.store.as_mut(), |tx| {
             tx.put_meta(META_TRANSPORT_KEY, &hex::encode(&wrapped.0))?;
             tx.append_audit(draft.clone())?;
@@ -328,25 +405,38 @@ impl Fleet {
     }
 
     /// Audit events matching a filter, oldest first, after `after_seq`, at most `limit`.
-    pub fn audit_show(&mut self, filter: &AuditFilter, after_seq: u64, limit: usize) -> Result<Vec<AuditEvent>, Error> {
-        transact(self.store.as_mut(), |tx| Ok(tx.audit_events(filter, after_seq, limit)?))
+    pub fn audit_show(
+        &mut self,
+        filter: &AuditFilter,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, Error> {
+        transact(self.store.as_mut(), |tx| {
+            Ok(tx.audit_events(filter, after_seq, limit)?)
+        })
     }
 }
 
 fn validate_fleet_id(id: &str) -> Result<(), Error> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid("--fleet", "1 to 64 characters of A-Z a-z 0-9 - _ ."))
+        Err(Error::invalid(
+            "--fleet",
+            "1 to 64 characters of A-Z a-z 0-9 - _ .",
+        ))
     }
 }
 
 pub(crate) fn fleet_info(tx: &mut dyn Tx) -> Result<FleetInfo, Error> {
     tx.fleet()?.ok_or_else(|| Error::Refused {
         what: "the store holds no fleet".into(),
-        hint: "the fleet home is incomplete: run `fleetkey init` again in an empty directory".into(),
+        hint: "the fleet home is incomplete: run `fleetkey init` again in an empty directory"
+            .into(),
     })
 }

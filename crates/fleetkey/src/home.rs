@@ -67,8 +67,12 @@ impl FleetConfig {
             version: CONFIG_VERSION,
             fleet_id: fleet_id.to_owned(),
             scheme,
-            module: ModuleConfig::Soft { file: KEY_FILE.into() },
-            store: StoreConfig::Sqlite { file: STORE_FILE.into() },
+            module: ModuleConfig::Soft {
+                file: KEY_FILE.into(),
+            },
+            store: StoreConfig::Sqlite {
+                file: STORE_FILE.into(),
+            },
         }
     }
 
@@ -85,12 +89,15 @@ impl FleetConfig {
                 Error::Io { path: path.clone(), source }
             }
         })?;
-        let config: FleetConfig =
-            serde_json::from_str(&text).map_err(|e| Error::invalid(path.display().to_string(), e))?;
+        let config: FleetConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::invalid(path.display().to_string(), e))?;
         if config.version != CONFIG_VERSION {
             return Err(Error::invalid(
                 path.display().to_string(),
-                format_args!("version {}, this fleetkey reads version {CONFIG_VERSION}", config.version),
+                format_args!(
+                    "version {}, this fleetkey reads version {CONFIG_VERSION}",
+                    config.version
+                ),
             ));
         }
         Ok(config)
@@ -106,14 +113,19 @@ impl FleetConfig {
 /// Writes a file atomically: a temp file in the same directory, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     use std::io::Write;
-    let io = |source| Error::Io { path: path.to_owned(), source };
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
     Ok(())
 }
 
@@ -130,7 +142,14 @@ mod tests {
         let missing = FleetConfig::load(&dir.path().join("nope")).unwrap_err();
         assert!(missing.to_string().contains("no fleet at"));
         assert!(missing.hint().unwrap().contains("fleetkey init"));
-        std::fs::write(dir.path().join(CONFIG_FILE), b"{\"version\": 1, \"bogus\": true}").unwrap();
-        assert!(matches!(FleetConfig::load(dir.path()), Err(Error::Invalid { .. })));
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            b"{\"version\": 1, \"bogus\": true}",
+        )
+        .unwrap();
+        assert!(matches!(
+            FleetConfig::load(dir.path()),
+            Err(Error::Invalid { .. })
+        ));
     }
 }

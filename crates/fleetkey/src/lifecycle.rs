@@ -80,7 +80,11 @@ impl State {
 
     /// Checks `self -> to`.
     pub fn transition(self, to: State) -> Result<State, IllegalTransition> {
-        if self.can_become(to) { Ok(to) } else { Err(IllegalTransition { from: self, to }) }
+        if self.can_become(to) {
+            Ok(to)
+        } else {
+            Err(IllegalTransition { from: self, to })
+        }
     }
 
     /// Whether key material may still exist in this state.
@@ -118,7 +122,10 @@ mod tests {
     fn names_round_trip() {
         for s in State::ALL {
             assert_eq!(State::from_name(s.name()), Some(s));
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.name()));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.name())
+            );
         }
     }
 
@@ -132,7 +139,14 @@ mod tests {
 
     #[test]
     fn the_lifecycle_of_nist_sp_800_57() {
-        let path = [State::PreActive, State::Active, State::Suspended, State::Active, State::Deactivated, State::Destroyed];
+        let path = [
+            State::PreActive,
+            State::Active,
+            State::Suspended,
+            State::Active,
+            State::Deactivated,
+            State::Destroyed,
+        ];
         for pair in path.windows(2) {
             assert_eq!(pair[0].transition(pair[1]), Ok(pair[1]));
         }
@@ -140,7 +154,12 @@ mod tests {
         assert!(State::Compromised.transition(State::Active).is_err());
         assert!(State::Compromised.transition(State::Destroyed).is_err());
         assert!(State::Deactivated.transition(State::Active).is_err());
-        for s in [State::PreActive, State::Active, State::Suspended, State::Deactivated] {
+        for s in [
+            State::PreActive,
+            State::Active,
+            State::Suspended,
+            State::Deactivated,
+        ] {
             assert!(s.can_become(State::Compromised));
         }
     }

@@ -40,14 +40,17 @@ impl DeviceSerial {
     /// The core's borrowed serial.
     pub fn as_core(&self) -> fleetkey_core::Serial<'_> {
         // The length was checked on construction.
-        fleetkey_core::Serial::new(&self.0).unwrap_or_else(|_| unreachable!("serial length checked"))
+        fleetkey_core::Serial::new(&self.0)
+            .unwrap_or_else(|_| unreachable!("serial length checked"))
     }
 }
 
 impl std::fmt::Display for DeviceSerial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match std::str::from_utf8(&self.0) {
-            Ok(text) if !text.starts_with("hex:") && !text.chars().any(char::is_control) => f.write_str(text),
+            Ok(text) if !text.starts_with("hex:") && !text.chars().any(char::is_control) => {
+                f.write_str(text)
+            }
             _ => write!(f, "hex:{}", hex::encode(&self.0)),
         }
     }
@@ -202,11 +205,15 @@ mod option_hex15 {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 15]>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<[u8; 15]>, D::Error> {
         let text: Option<String> = Option::deserialize(d)?;
         text.map(|t| {
             let bytes = hex::decode(&t).map_err(serde::de::Error::custom)?;
-            bytes.try_into().map_err(|_| serde::de::Error::custom("she_uid: must be 15 bytes"))
+            bytes
+                .try_into()
+                .map_err(|_| serde::de::Error::custom("she_uid: must be 15 bytes"))
         })
         .transpose()
     }
@@ -231,7 +238,10 @@ impl DeviceFilter {
         self.state.is_none_or(|s| d.state == s)
             && self.generation.is_none_or(|g| d.generation == g)
             && self.labels.iter().all(|l| d.labels.contains(l))
-            && self.serial_prefix.as_ref().is_none_or(|p| d.serial.as_bytes().starts_with(p))
+            && self
+                .serial_prefix
+                .as_ref()
+                .is_none_or(|p| d.serial.as_bytes().starts_with(p))
     }
 }
 
@@ -241,9 +251,18 @@ mod tests {
 
     #[test]
     fn serial_display_round_trips() {
-        for bytes in [b"ECU-1".to_vec(), vec![0, 1, 0xff], b"hex:abc".to_vec(), "Sitz-\u{fc}".as_bytes().to_vec()] {
+        for bytes in [
+            b"ECU-1".to_vec(),
+            vec![0, 1, 0xff],
+            b"hex:abc".to_vec(),
+            "Sitz-\u{fc}".as_bytes().to_vec(),
+        ] {
             let serial = DeviceSerial::new(bytes.clone()).unwrap();
-            assert_eq!(DeviceSerial::parse(&serial.to_string()).unwrap(), serial, "{serial}");
+            assert_eq!(
+                DeviceSerial::parse(&serial.to_string()).unwrap(),
+                serial,
+                "{serial}"
+            );
         }
         assert!(DeviceSerial::new(Vec::new()).is_err());
         assert!(DeviceSerial::new(vec![b'x'; 41]).is_err());

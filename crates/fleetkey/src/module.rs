@@ -4,8 +4,8 @@
 //! Implementations: [`soft`] (a passphrase-encrypted file, the embedded default) and, later,
 //! PKCS#11. Both pass the same conformance suite (`crates/fleetkey/tests/conformance/module.rs`).
 
-use fleetkey_core::derive::{DeviceKey, DeviceKeyInputs, Generation};
 use fleetkey_core::MasterKey;
+use fleetkey_core::derive::{DeviceKey, DeviceKeyInputs, Generation};
 
 use crate::error::ModuleError;
 use crate::model::WrappedKey;
@@ -16,7 +16,11 @@ pub mod soft;
 /// (soft: precomputed HMAC pads; PKCS#11: one session and object handle per worker).
 pub trait BulkDeriver: Send {
     /// Derives one key into `out`, which must be `inputs.usage.key_len()` bytes.
-    fn derive_into(&mut self, inputs: &DeviceKeyInputs<'_>, out: &mut [u8]) -> Result<(), ModuleError>;
+    fn derive_into(
+        &mut self,
+        inputs: &DeviceKeyInputs<'_>,
+        out: &mut [u8],
+    ) -> Result<(), ModuleError>;
 }
 
 /// A module holding masters by generation, a KEK and an Ed25519 signing root.
@@ -37,10 +41,17 @@ pub trait KeyModule: Send + Sync {
     fn masters(&self) -> Result<Vec<Generation>, ModuleError>;
 
     /// Derives one device key from the generation's master (derivation v1).
-    fn derive(&self, generation: Generation, inputs: &DeviceKeyInputs<'_>) -> Result<DeviceKey, ModuleError>;
+    fn derive(
+        &self,
+        generation: Generation,
+        inputs: &DeviceKeyInputs<'_>,
+    ) -> Result<DeviceKey, ModuleError>;
 
     /// A deriver for many keys of one generation.
-    fn bulk_deriver(&self, generation: Generation) -> Result<Box<dyn BulkDeriver + '_>, ModuleError>;
+    fn bulk_deriver(
+        &self,
+        generation: Generation,
+    ) -> Result<Box<dyn BulkDeriver + '_>, ModuleError>;
 
     /// Destroys the generation's master (zeroized; the module object destroyed).
     fn destroy_master(&self, generation: Generation) -> Result<(), ModuleError>;
@@ -59,7 +70,11 @@ pub trait KeyModule: Send + Sync {
     fn new_wrapped_root(&self) -> Result<WrappedKey, ModuleError>;
 
     /// Stored scheme: derives a device key with a wrapped device root in the master's place.
-    fn derive_with_root(&self, root: &WrappedKey, inputs: &DeviceKeyInputs<'_>) -> Result<DeviceKey, ModuleError>;
+    fn derive_with_root(
+        &self,
+        root: &WrappedKey,
+        inputs: &DeviceKeyInputs<'_>,
+    ) -> Result<DeviceKey, ModuleError>;
 
     /// Creates the Ed25519 governance root if the module has none and returns its public key;
     /// idempotent.

@@ -78,7 +78,10 @@ pub trait Store: Send {
 
     /// Runs `f` in one serializable transaction; commits when it returns `Ok`, rolls back
     /// otherwise. May run `f` again after a conflict.
-    fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<(), Error>) -> Result<(), Error>;
+    fn transaction(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Tx) -> Result<(), Error>,
+    ) -> Result<(), Error>;
 
     /// Makes deleted and overwritten data unrecoverable from the store's files (zeroization at
     /// rest, IEC 62443-4-2 CR 4.2): SQLite checkpoints and truncates its WAL with `secure_delete`
@@ -99,5 +102,11 @@ pub fn transact<T>(
         out = Some(f(tx)?);
         Ok(())
     })?;
-    out.ok_or_else(|| StoreError::Backend { operation: "transaction", detail: "committed without a result".into() }.into())
+    out.ok_or_else(|| {
+        StoreError::Backend {
+            operation: "transaction",
+            detail: "committed without a result".into(),
+        }
+        .into()
+    })
 }

@@ -9,8 +9,8 @@ use fleetkey::fleet::{Access, Clock, Fleet, InitOptions, NewDevice, SecretString
 use fleetkey::lifecycle::State;
 use fleetkey::model::{DeviceFilter, DeviceSerial, Scheme};
 use fleetkey::module::soft::WorkFactor;
-use fleetkey_core::she::{M1, M2, M3, SlotId, SoftShe, Uid};
 use fleetkey_core::Key128;
+use fleetkey_core::she::{M1, M2, M3, SlotId, SoftShe, Uid};
 
 struct TestClock(AtomicI64);
 impl Clock for TestClock {
@@ -46,7 +46,11 @@ fn serial(s: &str) -> DeviceSerial {
 
 fn add(fleet: &mut Fleet, s: &str) {
     fleet
-        .add_device(NewDevice { serial: serial(s), she_uid: Some(UID), labels: vec!["line=1".into()] })
+        .add_device(NewDevice {
+            serial: serial(s),
+            she_uid: Some(UID),
+            labels: vec!["line=1".into()],
+        })
         .unwrap();
 }
 
@@ -55,7 +59,9 @@ fn load(she: &mut SoftShe, updates: &[fleetkey::fleet::material::SheUpdate]) {
         let m1 = M1::from_bytes(&hex::decode(&u.m1).unwrap()).unwrap();
         let m2 = M2::from_bytes(&hex::decode(&u.m2).unwrap()).unwrap();
         let m3 = M3::from_bytes(&hex::decode(&u.m3).unwrap()).unwrap();
-        let (m4, m5) = she.load_key(&m1, &m2, &m3).unwrap_or_else(|e| panic!("{} refused: {e}", u.slot));
+        let (m4, m5) = she
+            .load_key(&m1, &m2, &m3)
+            .unwrap_or_else(|e| panic!("{} refused: {e}", u.slot));
         assert_eq!(hex::encode(m4.to_bytes()), u.m4);
         assert_eq!(hex::encode(m5.to_bytes()), u.m5);
     }
@@ -75,7 +81,10 @@ fn derived_fleet_walkthrough_with_she_updates() {
     load(&mut she, p.she.as_ref().unwrap());
     let auth = hex::decode(&p.keys.auth).unwrap();
     let mac = she.generate_mac(SlotId::Key1, b"frame").unwrap();
-    assert_eq!(mac, fleetkey_core::she::cmac(&Key128::from_slice(&auth).unwrap(), b"frame"));
+    assert_eq!(
+        mac,
+        fleetkey_core::she::cmac(&Key128::from_slice(&auth).unwrap(), b"frame")
+    );
     // A station's retry gets the same material and changes nothing.
     let again = fleet.provision(&serial("ECU-1")).unwrap();
     assert_eq!(again.keys.auth, p.keys.auth);
@@ -88,7 +97,10 @@ fn derived_fleet_walkthrough_with_she_updates() {
     assert_ne!(refreshed.keys.auth, p.keys.auth);
     assert_eq!(
         she.generate_mac(SlotId::Key1, b"frame").unwrap(),
-        fleetkey_core::she::cmac(&Key128::from_slice(&hex::decode(&refreshed.keys.auth).unwrap()).unwrap(), b"frame")
+        fleetkey_core::she::cmac(
+            &Key128::from_slice(&hex::decode(&refreshed.keys.auth).unwrap()).unwrap(),
+            b"frame"
+        )
     );
     // Replaying the old update is refused by the SHE: the counter must go up.
     let m1 = M1::from_bytes(&hex::decode(&update.she[0].m1).unwrap()).unwrap();
@@ -104,29 +116,55 @@ fn derived_fleet_walkthrough_with_she_updates() {
     assert_eq!((status.current, status.pending), (Some(2), 2));
     // Generation 1 cannot be destroyed while devices depend on it.
     let refused = fleet.destroy_generation(1, "too early", false).unwrap_err();
-    assert!(refused.to_string().contains("2 devices still depend"), "{refused}");
+    assert!(
+        refused.to_string().contains("2 devices still depend"),
+        "{refused}"
+    );
     let mut migrated = Vec::new();
-    let filter = DeviceFilter { generation: Some(1), ..Default::default() };
+    let filter = DeviceFilter {
+        generation: Some(1),
+        ..Default::default()
+    };
     let n = fleet
-        .refresh_all(&filter, "migrate to 2", &mut |u| {
-            migrated.push(u.device.clone());
-            Ok(())
-        }, &())
+        .refresh_all(
+            &filter,
+            "migrate to 2",
+            &mut |u| {
+                migrated.push(u.device.clone());
+                Ok(())
+            },
+            &(),
+        )
         .unwrap();
     assert_eq!(n, 2);
     assert!(migrated.iter().all(|d| d.generation == 2));
     assert_eq!(fleet.rotation_status().unwrap().pending, 0);
     let g1 = fleet.destroy_generation(1, "migrated", false).unwrap();
     assert_eq!(g1.state, State::Destroyed);
-    assert!(!fleet.module().masters().unwrap().contains(&fleetkey_core::Generation(1)));
+    assert!(
+        !fleet
+            .module()
+            .masters()
+            .unwrap()
+            .contains(&fleetkey_core::Generation(1))
+    );
 
     // Lifecycle.
     fleet.suspend(&serial("ECU-2"), "workshop").unwrap();
-    assert!(matches!(fleet.refresh(&serial("ECU-2"), "x"), Err(Error::Refused { .. })));
-    assert!(matches!(fleet.suspend(&serial("ECU-2"), "again"), Err(Error::Transition { .. })));
+    assert!(matches!(
+        fleet.refresh(&serial("ECU-2"), "x"),
+        Err(Error::Refused { .. })
+    ));
+    assert!(matches!(
+        fleet.suspend(&serial("ECU-2"), "again"),
+        Err(Error::Transition { .. })
+    ));
     fleet.resume(&serial("ECU-2"), "back").unwrap();
     fleet.revoke(&serial("ECU-2"), "stolen").unwrap();
-    assert!(matches!(fleet.resume(&serial("ECU-2"), "no"), Err(Error::Transition { .. })));
+    assert!(matches!(
+        fleet.resume(&serial("ECU-2"), "no"),
+        Err(Error::Transition { .. })
+    ));
     let gone = fleet.decommission(&serial("ECU-2"), "scrapped").unwrap();
     assert_eq!(gone.state, State::DestroyedCompromised);
     let gone = fleet.decommission(&serial("ECU-1"), "end of life").unwrap();
@@ -135,10 +173,21 @@ fn derived_fleet_walkthrough_with_she_updates() {
     // Every step is in the audit chain, which verifies.
     let events = fleet.audit_verify().unwrap();
     assert!(events >= 15, "{events} events");
-    let filter = fleetkey::audit::AuditFilter { device: Some(serial("ECU-2")), ..Default::default() };
-    let actions: Vec<String> = fleet.audit_show(&filter, 0, 100).unwrap().into_iter().map(|e| e.draft.action).collect();
+    let filter = fleetkey::audit::AuditFilter {
+        device: Some(serial("ECU-2")),
+        ..Default::default()
+    };
+    let actions: Vec<String> = fleet
+        .audit_show(&filter, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.draft.action)
+        .collect();
     assert_eq!(actions.first().map(String::as_str), Some("device.add"));
-    assert!(actions.contains(&"device.revoke".to_owned()) && actions.contains(&"device.decommission".to_owned()));
+    assert!(
+        actions.contains(&"device.revoke".to_owned())
+            && actions.contains(&"device.decommission".to_owned())
+    );
 }
 
 #[test]
@@ -147,17 +196,35 @@ fn illegal_and_unknown_inputs_change_nothing() {
     let mut fleet = init(dir.path(), Scheme::Derived);
     add(&mut fleet, "ECU-1");
     let before = fleet.audit_verify().unwrap();
-    let dup = fleet.add_device(NewDevice { serial: serial("ECU-1"), she_uid: None, labels: vec![] }).unwrap_err();
+    let dup = fleet
+        .add_device(NewDevice {
+            serial: serial("ECU-1"),
+            she_uid: None,
+            labels: vec![],
+        })
+        .unwrap_err();
     assert!(dup.to_string().contains("already registered"), "{dup}");
     let missing = fleet.refresh(&serial("nope"), "x").unwrap_err();
     assert!(missing.to_string().contains("no device nope"));
     assert!(missing.hint().is_some());
     // Pre-active cannot be suspended or refreshed.
-    assert!(matches!(fleet.suspend(&serial("ECU-1"), "x"), Err(Error::Transition { .. })));
+    assert!(matches!(
+        fleet.suspend(&serial("ECU-1"), "x"),
+        Err(Error::Transition { .. })
+    ));
     assert!(fleet.refresh(&serial("ECU-1"), "x").is_err());
-    assert!(matches!(fleet.destroy_generation(1, "x", true), Err(Error::Refused { .. })), "current generation");
+    assert!(
+        matches!(
+            fleet.destroy_generation(1, "x", true),
+            Err(Error::Refused { .. })
+        ),
+        "current generation"
+    );
     assert_eq!(fleet.audit_verify().unwrap(), before);
-    assert_eq!(fleet.device(&serial("ECU-1")).unwrap().state, State::PreActive);
+    assert_eq!(
+        fleet.device(&serial("ECU-1")).unwrap().state,
+        State::PreActive
+    );
 }
 
 #[test]
@@ -186,7 +253,10 @@ fn init_refuses_an_existing_fleet() {
         she_transport_key: None,
         work_factor: WorkFactor::Log2(4),
     };
-    assert!(matches!(Fleet::init(&dir.path().join("home"), options, access()), Err(Error::Refused { .. })));
+    assert!(matches!(
+        Fleet::init(&dir.path().join("home"), options, access()),
+        Err(Error::Refused { .. })
+    ));
 }
 
 /// The stored scheme keeps each device root only wrapped; after decommission neither the wrapped
@@ -200,7 +270,10 @@ fn stored_scheme_decommission_leaves_no_key_bytes_on_disk() {
     let record = fleet.device(&serial("ECU-Z")).unwrap();
     let wrapped = record.wrapped_root.clone().unwrap().0;
     let p = fleet.provision(&serial("ECU-Z")).unwrap();
-    let keys: Vec<Vec<u8>> = [&p.keys.auth, &p.keys.key_update, &p.keys.roll_seed].iter().map(|h| hex::decode(h).unwrap()).collect();
+    let keys: Vec<Vec<u8>> = [&p.keys.auth, &p.keys.key_update, &p.keys.roll_seed]
+        .iter()
+        .map(|h| hex::decode(h).unwrap())
+        .collect();
     let home = fleet.home().to_owned();
     let contains = |needle: &[u8]| {
         std::fs::read_dir(&home).unwrap().any(|e| {
@@ -208,18 +281,36 @@ fn stored_scheme_decommission_leaves_no_key_bytes_on_disk() {
             bytes.windows(needle.len()).any(|w| w == needle)
         })
     };
-    assert!(contains(&wrapped), "the wrapped root is stored before decommission");
+    assert!(
+        contains(&wrapped),
+        "the wrapped root is stored before decommission"
+    );
     for k in &keys {
         assert!(!contains(k), "plaintext keys are never stored");
     }
     fleet.decommission(&serial("ECU-Z"), "end of life").unwrap();
-    assert!(fleet.device(&serial("ECU-Z")).unwrap().wrapped_root.is_none());
-    assert!(!contains(&wrapped), "the wrapped root is gone from every file");
+    assert!(
+        fleet
+            .device(&serial("ECU-Z"))
+            .unwrap()
+            .wrapped_root
+            .is_none()
+    );
+    assert!(
+        !contains(&wrapped),
+        "the wrapped root is gone from every file"
+    );
     for k in &keys {
         assert!(!contains(k));
     }
     // The other device is untouched.
-    assert!(fleet.device(&serial("ECU-KEEP")).unwrap().wrapped_root.is_some());
+    assert!(
+        fleet
+            .device(&serial("ECU-KEEP"))
+            .unwrap()
+            .wrapped_root
+            .is_some()
+    );
     fleet.audit_verify().unwrap();
 }
 
@@ -238,7 +329,11 @@ fn stored_scheme_refresh_draws_a_new_root() {
 
 fn write_csv(dir: &std::path::Path, rows: &[&str]) -> std::path::PathBuf {
     let path = dir.join("devices.csv");
-    std::fs::write(&path, format!("serial,she_uid,labels\n{}\n", rows.join("\n"))).unwrap();
+    std::fs::write(
+        &path,
+        format!("serial,she_uid,labels\n{}\n", rows.join("\n")),
+    )
+    .unwrap();
     path
 }
 
@@ -258,9 +353,19 @@ fn import_checks_the_whole_file_first_and_names_the_line() {
         let path = write_csv(dir.path(), &rows);
         let err = fleet.import_csv(&path, None, &()).unwrap_err();
         assert!(err.to_string().starts_with(field), "{rows:?}: {err}");
-        assert_eq!(fleet.devices(&DeviceFilter::default(), None, 10).unwrap().len(), 0, "nothing written");
+        assert_eq!(
+            fleet
+                .devices(&DeviceFilter::default(), None, 10)
+                .unwrap()
+                .len(),
+            0,
+            "nothing written"
+        );
     }
-    let path = write_csv(dir.path(), &[&format!("A-1,{uid},line=2;model=T7"), "A-2,,", "hex:00ff,,"]);
+    let path = write_csv(
+        dir.path(),
+        &[&format!("A-1,{uid},line=2;model=T7"), "A-2,,", "hex:00ff,,"],
+    );
     let report = fleet.import_csv(&path, None, &()).unwrap();
     assert_eq!((report.rows, report.added), (3, 3));
     let a1 = fleet.device(&serial("A-1")).unwrap();
@@ -280,19 +385,31 @@ fn bulk_provisioning_writes_material_and_activates() {
     let dir = tempfile::tempdir().unwrap();
     let mut fleet = init(dir.path(), Scheme::Derived);
     let rows: Vec<String> = (0..25_000).map(|i| format!("B-{i:06},,")).collect();
-    let path = write_csv(dir.path(), &rows.iter().map(String::as_str).collect::<Vec<_>>());
+    let path = write_csv(
+        dir.path(),
+        &rows.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     fleet.import_csv(&path, None, &()).unwrap();
     let mut out = Vec::new();
-    let n = fleet.provision_all(&DeviceFilter::default(), &mut out, &()).unwrap();
+    let n = fleet
+        .provision_all(&DeviceFilter::default(), &mut out, &())
+        .unwrap();
     assert_eq!(n, 25_000);
-    let lines: Vec<serde_json::Value> = out.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = out
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 25_000);
     // The bulk path gives the same keys as the single path.
     let one = fleet.provision(&serial("B-012345")).unwrap();
     let line = lines.iter().find(|l| l["serial"] == "B-012345").unwrap();
     assert_eq!(line["keys"]["auth"], one.keys.auth.as_str());
     assert_eq!(line["keys"]["roll_seed"], one.keys.roll_seed.as_str());
-    let active = DeviceFilter { state: Some(State::Active), ..Default::default() };
+    let active = DeviceFilter {
+        state: Some(State::Active),
+        ..Default::default()
+    };
     assert_eq!(fleet.devices(&active, None, 30_000).unwrap().len(), 25_000);
     fleet.audit_verify().unwrap();
 }

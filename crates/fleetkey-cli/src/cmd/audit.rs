@@ -13,7 +13,9 @@ pub(crate) enum Command {
     #[command(after_help = "Example:\n  fleetkey audit verify --json")]
     Verify,
     /// Events, oldest first.
-    #[command(after_help = "Example:\n  fleetkey audit show --device ECU-0001 --action device --since 2026-11-01T00:00:00Z")]
+    #[command(
+        after_help = "Example:\n  fleetkey audit show --device ECU-0001 --action device --since 2026-11-01T00:00:00Z"
+    )]
     Show {
         /// Only events concerning this device.
         #[arg(long)]
@@ -41,14 +43,18 @@ fn time(field: &str, text: &str) -> Result<i64, CliError> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
-    let ts: jiff::Timestamp = text
-        .parse()
-        .map_err(|e| CliError::input(field, format_args!("{text:?} is neither RFC 3339 nor Unix milliseconds ({e})")))?;
+    let ts: jiff::Timestamp = text.parse().map_err(|e| {
+        CliError::input(
+            field,
+            format_args!("{text:?} is neither RFC 3339 nor Unix milliseconds ({e})"),
+        )
+    })?;
     Ok(ts.as_millisecond())
 }
 
 fn show(e: &AuditEvent) -> String {
-    let at = jiff::Timestamp::from_millisecond(e.draft.at).map_or_else(|_| e.draft.at.to_string(), |t| t.to_string());
+    let at = jiff::Timestamp::from_millisecond(e.draft.at)
+        .map_or_else(|_| e.draft.at.to_string(), |t| t.to_string());
     let subjects = match e.draft.subjects.len() {
         0 => String::new(),
         1 => format!(" {}", e.draft.subjects[0]),
@@ -59,7 +65,9 @@ fn show(e: &AuditEvent) -> String {
         e.seq,
         e.draft.actor,
         e.draft.action,
-        e.draft.generation.map_or(String::new(), |g| format!(" gen {g}")),
+        e.draft
+            .generation
+            .map_or(String::new(), |g| format!(" gen {g}")),
         subjects,
         e.draft.details
     )
@@ -74,21 +82,37 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
             }),
             Err(e @ fleetkey::Error::Chain(_)) => {
                 if global.json {
-                    println!("{}", serde_json::json!({"ok": false, "error": e.to_string()}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"ok": false, "error": e.to_string()})
+                    );
                 }
                 Err(CliError::from(e))
             }
             Err(e) => Err(e.into()),
         },
-        Command::Show { device, action, since, until, after, limit } => {
+        Command::Show {
+            device,
+            action,
+            since,
+            until,
+            after,
+            limit,
+        } => {
             let filter = AuditFilter {
-                device: device.as_deref().map(DeviceSerial::parse).transpose().map_err(|e| CliError::input("--device", e))?,
+                device: device
+                    .as_deref()
+                    .map(DeviceSerial::parse)
+                    .transpose()
+                    .map_err(|e| CliError::input("--device", e))?,
                 action,
                 since: since.as_deref().map(|t| time("--since", t)).transpose()?,
                 until: until.as_deref().map(|t| time("--until", t)).transpose()?,
             };
             let events = fleet.audit_show(&filter, after, limit)?;
-            global.print(&events, |es| es.iter().map(show).collect::<Vec<_>>().join("\n"))
+            global.print(&events, |es| {
+                es.iter().map(show).collect::<Vec<_>>().join("\n")
+            })
         }
     }
 }

@@ -97,17 +97,24 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
     let start = Instant::now();
     let csv = dir.path().join("devices.csv");
     {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&csv).map_err(|e| io("csv", e))?);
+        let mut w = std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&csv).map_err(|e| io("csv", e))?,
+        );
         writeln!(w, "serial,labels").map_err(|e| io("csv", e))?;
         for i in 0..devices {
-            writeln!(w, "VIN{:014}-ECU{:02},line={}", i / 8, i % 8, i % 4).map_err(|e| io("csv", e))?;
+            writeln!(w, "VIN{:014}-ECU{:02},line={}", i / 8, i % 8, i % 4)
+                .map_err(|e| io("csv", e))?;
         }
         w.flush().map_err(|e| io("csv", e))?;
     }
     let csv_write_s = start.elapsed().as_secs_f64();
 
     let out_path = dir.path().join("keys.jsonl");
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&out_path).map_err(|e| io("output", e))?);
+    let mut out = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(&out_path).map_err(|e| io("output", e))?,
+    );
     let bar = Bar::new();
     let start = Instant::now();
     let (import_s, provision_s) = if one_pass {
@@ -126,9 +133,13 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
     let output_bytes = std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
 
     // Derivation throughput of the same path, and the reference, measured now.
-    let deriver = fleet.module().bulk_deriver(fleetkey_core::Generation(1)).map_err(fleetkey::Error::from)?;
+    let deriver = fleet
+        .module()
+        .bulk_deriver(fleetkey_core::Generation(1))
+        .map_err(fleetkey::Error::from)?;
     let mut deriver = deriver;
-    let serial = fleetkey_core::Serial::new(b"VIN00000000012345-ECU03").map_err(|e| CliError::input("serial", e))?;
+    let serial = fleetkey_core::Serial::new(b"VIN00000000012345-ECU03")
+        .map_err(|e| CliError::input("serial", e))?;
     let mut key = [0u8; 16];
     let t = Instant::now();
     let mut n = 0u64;
@@ -137,10 +148,13 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
             let inputs = fleetkey_core::DeviceKeyInputs {
                 usage: fleetkey_core::Usage::Auth,
                 generation: fleetkey_core::Generation(1),
-                revision: fleetkey_core::Revision::new(r).map_err(|e| CliError::input("revision", e))?,
+                revision: fleetkey_core::Revision::new(r)
+                    .map_err(|e| CliError::input("revision", e))?,
                 serial,
             };
-            deriver.derive_into(&inputs, &mut key).map_err(fleetkey::Error::from)?;
+            deriver
+                .derive_into(&inputs, &mut key)
+                .map_err(fleetkey::Error::from)?;
         }
         n += 1000;
     }

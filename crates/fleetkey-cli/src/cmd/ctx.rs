@@ -48,7 +48,11 @@ impl Global {
     }
 
     /// Prints a value: JSON with `--json`, else the human form.
-    pub(crate) fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T) -> String) -> Result<(), CliError> {
+    pub(crate) fn print<T: Serialize>(
+        &self,
+        value: &T,
+        human: impl FnOnce(&T) -> String,
+    ) -> Result<(), CliError> {
         let text = if self.json {
             serde_json::to_string_pretty(value).map_err(|e| CliError::input("output", e))?
         } else {
@@ -67,13 +71,17 @@ fn passphrase(confirm: bool) -> Result<SecretString, CliError> {
         return Ok(SecretString::from(p));
     }
     if !std::io::stdin().is_terminal() {
-        return Err(CliError::input("passphrase", "FLEETKEY_PASSPHRASE is not set and there is no terminal to ask")
-            .hint("export FLEETKEY_PASSPHRASE, or run at a terminal"));
+        return Err(CliError::input(
+            "passphrase",
+            "FLEETKEY_PASSPHRASE is not set and there is no terminal to ask",
+        )
+        .hint("export FLEETKEY_PASSPHRASE, or run at a terminal"));
     }
     let first = rpassword::prompt_password("fleet key file passphrase: ")
         .map_err(|e| CliError::input("passphrase", e))?;
     if confirm {
-        let second = rpassword::prompt_password("again: ").map_err(|e| CliError::input("passphrase", e))?;
+        let second =
+            rpassword::prompt_password("again: ").map_err(|e| CliError::input("passphrase", e))?;
         if first != second {
             return Err(CliError::input("passphrase", "the two entries differ"));
         }
@@ -103,7 +111,8 @@ pub(crate) struct Bar(indicatif::ProgressBar);
 
 impl Bar {
     pub(crate) fn new() -> Self {
-        let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
         Bar(bar)
     }
 }

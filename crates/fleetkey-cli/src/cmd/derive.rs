@@ -2,8 +2,8 @@
 
 use std::io::Write;
 
-use fleetkey_core::derive::{self, DeviceKeyInputs, Generation, Revision, Serial, Usage};
 use fleetkey_core::MasterKey;
+use fleetkey_core::derive::{self, DeviceKeyInputs, Generation, Revision, Serial, Usage};
 
 use crate::error::CliError;
 use crate::input;
@@ -28,7 +28,11 @@ pub(crate) struct Args {
     #[arg(long)]
     revision: String,
     /// Device serial as UTF-8 text, 1 to 40 bytes.
-    #[arg(long, conflicts_with = "serial_hex", required_unless_present = "serial_hex")]
+    #[arg(
+        long,
+        conflicts_with = "serial_hex",
+        required_unless_present = "serial_hex"
+    )]
     serial: Option<String>,
     /// Device serial as hex, 1 to 40 bytes.
     #[arg(long)]
@@ -59,7 +63,10 @@ pub(crate) fn number(field: &str, text: &str, max: u64) -> Result<u64, CliError>
         .parse()
         .map_err(|_| CliError::input(field, format_args!("{text:?} is not a whole number")))?;
     if value > max {
-        return Err(CliError::input(field, format_args!("{value} is above the maximum {max}")));
+        return Err(CliError::input(
+            field,
+            format_args!("{value} is above the maximum {max}"),
+        ));
     }
     Ok(value)
 }
@@ -67,8 +74,12 @@ pub(crate) fn number(field: &str, text: &str, max: u64) -> Result<u64, CliError>
 pub(crate) fn run(args: Args) -> Result<(), CliError> {
     let generation = number("--generation", &args.generation, u64::from(u32::MAX))?;
     let generation = Generation(u32::try_from(generation).unwrap_or(u32::MAX));
-    let revision = number("--revision", &args.revision, u64::from(derive::MAX_REVISION))
-        .map_err(|e| e.hint("revisions are SHE counters: 28 bits"))?;
+    let revision = number(
+        "--revision",
+        &args.revision,
+        u64::from(derive::MAX_REVISION),
+    )
+    .map_err(|e| e.hint("revisions are SHE counters: 28 bits"))?;
     let revision = Revision::new(u32::try_from(revision).unwrap_or(u32::MAX))
         .map_err(|e| CliError::input("--revision", e))?;
     let serial_bytes = match (&args.serial, &args.serial_hex) {
@@ -76,12 +87,24 @@ pub(crate) fn run(args: Args) -> Result<(), CliError> {
         (None, Some(hex)) => input::hex_bytes("--serial-hex", hex)?,
         (None, None) => return Err(CliError::input("--serial", "missing")),
     };
-    let field = if args.serial.is_some() { "--serial" } else { "--serial-hex" };
+    let field = if args.serial.is_some() {
+        "--serial"
+    } else {
+        "--serial-hex"
+    };
     let serial = Serial::new(&serial_bytes).map_err(|_| {
-        CliError::input(field, format_args!("{} bytes, must be 1 to 40 bytes", serial_bytes.len()))
+        CliError::input(
+            field,
+            format_args!("{} bytes, must be 1 to 40 bytes", serial_bytes.len()),
+        )
     })?;
     let master = MasterKey::from_bytes(*input::key_from_stdin::<32>("master")?);
-    let inputs = DeviceKeyInputs { usage: args.usage.into(), generation, revision, serial };
+    let inputs = DeviceKeyInputs {
+        usage: args.usage.into(),
+        generation,
+        revision,
+        serial,
+    };
     let key = derive::derive(&master, &inputs);
     print_secret_hex(key.expose_secret())
 }

@@ -15,7 +15,9 @@ use crate::input;
 #[derive(clap::Subcommand)]
 pub(crate) enum Command {
     /// Register one device (pre-active).
-    #[command(after_help = "Example:\n  fleetkey device add ECU-0001 --she-uid 000000000000000000000000001234 --label line=3")]
+    #[command(
+        after_help = "Example:\n  fleetkey device add ECU-0001 --she-uid 000000000000000000000000001234 --label line=3"
+    )]
     Add {
         /// Serial: text, or hex:<hex> for raw bytes (1 to 40 bytes).
         serial: String,
@@ -87,7 +89,9 @@ Examples:
     #[command(after_help = "Example:\n  fleetkey device suspend ECU-0001 --reason 'in workshop'")]
     Suspend(Lifecycle),
     /// Suspended -> active.
-    #[command(after_help = "Example:\n  fleetkey device resume ECU-0001 --reason 'back in service'")]
+    #[command(
+        after_help = "Example:\n  fleetkey device resume ECU-0001 --reason 'back in service'"
+    )]
     Resume(Lifecycle),
     /// Mark the device's keys compromised (revoked).
     #[command(after_help = "Example:\n  fleetkey device revoke ECU-0001 --reason 'ECU stolen'")]
@@ -102,7 +106,9 @@ Examples:
         serial: String,
     },
     /// Devices, in serial order.
-    #[command(after_help = "Example:\n  fleetkey device list --state active --generation 1 --label line=3 --limit 50")]
+    #[command(
+        after_help = "Example:\n  fleetkey device list --state active --generation 1 --label line=3 --limit 50"
+    )]
     List {
         #[command(flatten)]
         filter: FilterArgs,
@@ -190,7 +196,10 @@ fn updates_text(u: &KeyUpdate) -> String {
         u.device.serial, u.from.0, u.from.1, u.device.generation, u.device.revision
     );
     for s in &u.she {
-        out.push_str(&format!("  {:<15} (auth {}) M1 {} M2 {} M3 {}\n", s.slot, s.auth_slot, s.m1, s.m2, s.m3));
+        out.push_str(&format!(
+            "  {:<15} (auth {}) M1 {} M2 {} M3 {}\n",
+            s.slot, s.auth_slot, s.m1, s.m2, s.m3
+        ));
     }
     out.trim_end().to_owned()
 }
@@ -198,12 +207,25 @@ fn updates_text(u: &KeyUpdate) -> String {
 pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
     let mut fleet: Fleet = global.open()?;
     match command {
-        Command::Add { serial: s, she_uid, labels } => {
-            let she_uid: Option<SheUid> = she_uid.map(|h| input::hex_array::<15>("--she-uid", &h)).transpose()?;
-            let record = fleet.add_device(NewDevice { serial: serial(&s)?, she_uid, labels })?;
+        Command::Add {
+            serial: s,
+            she_uid,
+            labels,
+        } => {
+            let she_uid: Option<SheUid> = she_uid
+                .map(|h| input::hex_array::<15>("--she-uid", &h))
+                .transpose()?;
+            let record = fleet.add_device(NewDevice {
+                serial: serial(&s)?,
+                she_uid,
+                labels,
+            })?;
             global.print(&record, |d| format!("registered {}", line(d)))
         }
-        Command::Import { file, provision_out } => {
+        Command::Import {
+            file,
+            provision_out,
+        } => {
             let bar = Bar::new();
             let mut out = provision_out.as_ref().map(append).transpose()?;
             let writer: Option<&mut dyn Write> = match out.as_mut() {
@@ -218,7 +240,9 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
                 )
             })
         }
-        Command::Provision { serial: Some(s), .. } => {
+        Command::Provision {
+            serial: Some(s), ..
+        } => {
             let p = fleet.provision(&serial(&s)?)?;
             global.print(&p, |p| {
                 let mut out = format!(
@@ -242,26 +266,45 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
             let mut writer = append(&path)?;
             let n = fleet.provision_all(&filter.filter()?, &mut writer, &Bar::new())?;
             global.print(&serde_json::json!({"provisioned": n, "out": path}), |_| {
-                format!("provisioned {n} devices; key material appended to {}", path.display())
+                format!(
+                    "provisioned {n} devices; key material appended to {}",
+                    path.display()
+                )
             })
         }
-        Command::Refresh { serial: Some(s), reason, .. } => {
+        Command::Refresh {
+            serial: Some(s),
+            reason,
+            ..
+        } => {
             let u = fleet.refresh(&serial(&s)?, &reason)?;
             global.print(&u, updates_text)
         }
-        Command::Refresh { out, reason, filter, .. } => {
+        Command::Refresh {
+            out,
+            reason,
+            filter,
+            ..
+        } => {
             let path = out.ok_or_else(|| CliError::input("--out", "required with --all"))?;
             let mut writer = append(&path)?;
             let mut write = |u: &KeyUpdate| -> Result<(), fleetkey::Error> {
-                serde_json::to_writer(&mut writer, u).map_err(|e| fleetkey::Error::invalid("--out", e))?;
+                serde_json::to_writer(&mut writer, u)
+                    .map_err(|e| fleetkey::Error::invalid("--out", e))?;
                 writer
                     .write_all(b"\n")
                     .and_then(|()| writer.flush())
-                    .map_err(|source| fleetkey::Error::Io { path: path.clone(), source })
+                    .map_err(|source| fleetkey::Error::Io {
+                        path: path.clone(),
+                        source,
+                    })
             };
             let n = fleet.refresh_all(&filter.filter()?, &reason, &mut write, &Bar::new())?;
             global.print(&serde_json::json!({"refreshed": n, "out": path}), |_| {
-                format!("refreshed {n} devices; SHE updates appended to {}", path.display())
+                format!(
+                    "refreshed {n} devices; SHE updates appended to {}",
+                    path.display()
+                )
             })
         }
         Command::Suspend(a) => lifecycle(global, &mut fleet, a, Fleet::suspend),
@@ -286,10 +329,16 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
                 )
             })
         }
-        Command::List { filter, after, limit } => {
+        Command::List {
+            filter,
+            after,
+            limit,
+        } => {
             let after = after.as_deref().map(serial).transpose()?;
             let devices = fleet.devices(&filter.filter()?, after.as_ref(), limit)?;
-            global.print(&devices, |ds| ds.iter().map(line).collect::<Vec<_>>().join("\n"))
+            global.print(&devices, |ds| {
+                ds.iter().map(line).collect::<Vec<_>>().join("\n")
+            })
         }
     }
 }

@@ -12,7 +12,9 @@ pub(crate) enum Command {
     #[command(after_help = "Example:\n  fleetkey generation list --json")]
     List,
     /// Create the next generation (pre-active) with a fresh master in the key module.
-    #[command(after_help = "Example:\n  fleetkey generation create --reason 'prepare 2027 rotation'")]
+    #[command(
+        after_help = "Example:\n  fleetkey generation create --reason 'prepare 2027 rotation'"
+    )]
     Create(Reason),
     /// Activate a generation and make it current.
     #[command(after_help = "Example:\n  fleetkey generation activate 2 --reason 'rotation'")]
@@ -81,14 +83,20 @@ pub(crate) struct Retire {
 impl Retire {
     fn forced(&self) -> Result<bool, CliError> {
         if self.force && self.confirm != Some(self.generation) {
-            return Err(CliError::input("--confirm", format_args!("must repeat the generation ({})", self.generation)));
+            return Err(CliError::input(
+                "--confirm",
+                format_args!("must repeat the generation ({})", self.generation),
+            ));
         }
         Ok(self.force)
     }
 }
 
 fn text(g: &GenerationRecord) -> String {
-    format!("generation {} is {} (by {}: {})", g.generation, g.state, g.changed.actor, g.changed.reason)
+    format!(
+        "generation {} is {} (by {}: {})",
+        g.generation, g.state, g.changed.actor, g.changed.reason
+    )
 }
 
 pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
@@ -99,7 +107,17 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
             let current = fleet.info()?.current_generation;
             global.print(&gens, |gs| {
                 gs.iter()
-                    .map(|g| format!("{}{}", text(g), if current == Some(g.generation) { "  [current]" } else { "" }))
+                    .map(|g| {
+                        format!(
+                            "{}{}",
+                            text(g),
+                            if current == Some(g.generation) {
+                                "  [current]"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             })
@@ -138,7 +156,9 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
         }
         Command::Revoke(t) => {
             let g = fleet.compromise_generation(t.generation, &t.reason)?;
-            global.print(&g, |g| format!("{}; migrate its devices, then destroy it", text(g)))
+            global.print(&g, |g| {
+                format!("{}; migrate its devices, then destroy it", text(g))
+            })
         }
     }
 }

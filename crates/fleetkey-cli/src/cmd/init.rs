@@ -48,14 +48,19 @@ pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
         SchemeArg::Governed => Scheme::Governed,
     };
     let she_transport_key = match &args.she_transport_key_file {
-        Some(path) => Some(Key128::from_bytes(*input::key_from_file::<16>("--she-transport-key-file", path)?)),
+        Some(path) => Some(Key128::from_bytes(*input::key_from_file::<16>(
+            "--she-transport-key-file",
+            path,
+        )?)),
         None => None,
     };
     let options = InitOptions {
         fleet_id: args.fleet,
         scheme,
         she_transport_key,
-        work_factor: args.kdf_log_n.map_or(WorkFactor::AgeDefault, WorkFactor::Log2),
+        work_factor: args
+            .kdf_log_n
+            .map_or(WorkFactor::AgeDefault, WorkFactor::Log2),
     };
     let mut fleet = Fleet::init(&global.home, options, global.access_for_init()?)?;
     let status = fleet.status()?;
@@ -93,7 +98,9 @@ pub(crate) fn status(global: &Global, _: StatusArgs) -> Result<(), CliError> {
             s.fleet.scheme.name(),
             s.store,
             s.module,
-            s.fleet.current_generation.map_or("-".into(), |g| g.to_string())
+            s.fleet
+                .current_generation
+                .map_or("-".into(), |g| g.to_string())
         );
         for g in &s.generations {
             out.push_str(&format!("  generation {:>3}  {}\n", g.generation, g.state));

@@ -1,7 +1,7 @@
 //! `fleetkey roll`: one session key from a roll seed on stdin (rolling session keys v1).
 
-use fleetkey_core::roll::{self, Epoch};
 use fleetkey_core::RollSeed;
+use fleetkey_core::roll::{self, Epoch};
 
 use crate::cmd::derive::{number, print_secret_hex};
 use crate::error::CliError;

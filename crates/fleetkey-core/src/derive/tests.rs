@@ -15,7 +15,10 @@ fn contract_vectors() {
     let cases = vectors()["cases"].as_array().unwrap().clone();
     assert!(cases.len() >= 30);
     for case in cases {
-        let master: [u8; 32] = hex::decode(case["master"].as_str().unwrap()).unwrap().try_into().unwrap();
+        let master: [u8; 32] = hex::decode(case["master"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
         let serial: Vec<u8> = match case.get("serial") {
             Some(text) => text.as_str().unwrap().as_bytes().to_vec(),
             None => hex::decode(case["serial_hex"].as_str().unwrap()).unwrap(),
@@ -23,14 +26,19 @@ fn contract_vectors() {
         let inputs = DeviceKeyInputs {
             usage: usage_named(case["usage"].as_str().unwrap()),
             generation: Generation(u32::try_from(case["generation"].as_u64().unwrap()).unwrap()),
-            revision: Revision::new(u32::try_from(case["revision"].as_u64().unwrap()).unwrap()).unwrap(),
+            revision: Revision::new(u32::try_from(case["revision"].as_u64().unwrap()).unwrap())
+                .unwrap(),
             serial: Serial::new(&serial).unwrap(),
         };
         let mut info = [0u8; MAX_INFO_LEN];
         let len = inputs.encode_info(&mut info);
         assert_eq!(hex::encode(&info[..len]), case["info"].as_str().unwrap());
         let key = derive(&MasterKey::from_bytes(master), &inputs);
-        assert_eq!(hex::encode(key.expose_secret()), case["key"].as_str().unwrap(), "{case}");
+        assert_eq!(
+            hex::encode(key.expose_secret()),
+            case["key"].as_str().unwrap(),
+            "{case}"
+        );
     }
 }
 
@@ -39,8 +47,14 @@ fn out_of_range_inputs_are_refused() {
     assert_eq!(Usage::from_code(0), Err(DeriveError::Usage(0)));
     assert_eq!(Usage::from_code(4), Err(DeriveError::Usage(4)));
     assert_eq!(Revision::new(1 << 28), Err(DeriveError::Revision(1 << 28)));
-    assert_eq!(Revision::new(MAX_REVISION).unwrap().next(), Err(DeriveError::Revision(1 << 28)));
-    assert_eq!(Revision::new(u32::MAX).unwrap_err(), DeriveError::Revision(u32::MAX));
+    assert_eq!(
+        Revision::new(MAX_REVISION).unwrap().next(),
+        Err(DeriveError::Revision(1 << 28))
+    );
+    assert_eq!(
+        Revision::new(u32::MAX).unwrap_err(),
+        DeriveError::Revision(u32::MAX)
+    );
     assert_eq!(Serial::new(b""), Err(DeriveError::SerialLength(0)));
     assert_eq!(Serial::new(&[b'x'; 41]), Err(DeriveError::SerialLength(41)));
     assert!(Serial::new(&[b'x'; 40]).is_ok());
@@ -50,15 +64,28 @@ fn out_of_range_inputs_are_refused() {
 fn errors_name_the_field() {
     use std::string::ToString;
     assert!(DeriveError::Usage(9).to_string().starts_with("usage:"));
-    assert!(DeriveError::Revision(1 << 28).to_string().starts_with("revision:"));
-    assert!(DeriveError::SerialLength(0).to_string().starts_with("serial:"));
+    assert!(
+        DeriveError::Revision(1 << 28)
+            .to_string()
+            .starts_with("revision:")
+    );
+    assert!(
+        DeriveError::SerialLength(0)
+            .to_string()
+            .starts_with("serial:")
+    );
 }
 
 #[test]
 fn typed_conversions_follow_usage() {
     let deriver = Deriver::new(&MasterKey::from_bytes([3; 32]));
     let serial = Serial::new(b"S").unwrap();
-    let inputs = |usage| DeviceKeyInputs { usage, generation: Generation(1), revision: Revision::ZERO, serial };
+    let inputs = |usage| DeviceKeyInputs {
+        usage,
+        generation: Generation(1),
+        revision: Revision::ZERO,
+        serial,
+    };
     let auth = deriver.derive(&inputs(Usage::Auth));
     assert!(auth.to_key128().is_some() && auth.to_roll_seed().is_none());
     let seed = deriver.derive(&inputs(Usage::RollSeed));
@@ -81,7 +108,11 @@ fn derive_into_refuses_a_wrong_length_buffer() {
 }
 
 fn usage_strategy() -> impl Strategy<Value = Usage> {
-    prop_oneof![Just(Usage::Auth), Just(Usage::KeyUpdate), Just(Usage::RollSeed)]
+    prop_oneof![
+        Just(Usage::Auth),
+        Just(Usage::KeyUpdate),
+        Just(Usage::RollSeed)
+    ]
 }
 
 proptest! {

@@ -13,8 +13,14 @@ fn debug_never_prints_key_bytes() {
 
 #[test]
 fn equality_is_by_value() {
-    assert_eq!(SessionKey::from_bytes([1; 16]), SessionKey::from_bytes([1; 16]));
-    assert_ne!(SessionKey::from_bytes([1; 16]), SessionKey::from_bytes([2; 16]));
+    assert_eq!(
+        SessionKey::from_bytes([1; 16]),
+        SessionKey::from_bytes([1; 16])
+    );
+    assert_ne!(
+        SessionKey::from_bytes([1; 16]),
+        SessionKey::from_bytes([2; 16])
+    );
 }
 
 #[test]

@@ -3,8 +3,10 @@ use proptest::prelude::*;
 use std::vec::Vec;
 
 fn rfc5869() -> serde_json::Value {
-    serde_json::from_str(include_str!("../../../../tests/vectors/rfc5869-hkdf-sha256.json"))
-        .unwrap()
+    serde_json::from_str(include_str!(
+        "../../../../tests/vectors/rfc5869-hkdf-sha256.json"
+    ))
+    .unwrap()
 }
 
 fn hexf(v: &serde_json::Value) -> Vec<u8> {
@@ -45,8 +47,14 @@ fn rfc5869_one_block_path_gives_t1() {
 #[test]
 fn output_length_is_checked() {
     let state = PrkState::new(&[7; 32]);
-    assert_eq!(state.expand_one_block(b"x", &mut []), Err(ExpandError::OutputLength));
-    assert_eq!(state.expand_one_block(b"x", &mut [0; 33]), Err(ExpandError::OutputLength));
+    assert_eq!(
+        state.expand_one_block(b"x", &mut []),
+        Err(ExpandError::OutputLength)
+    );
+    assert_eq!(
+        state.expand_one_block(b"x", &mut [0; 33]),
+        Err(ExpandError::OutputLength)
+    );
     assert_eq!(
         state.expand_one_block(&[0; MAX_INFO + 1], &mut [0; 16]),
         Err(ExpandError::InfoTooLong)

@@ -9,12 +9,20 @@ fn contract_vectors() {
     let cases = vectors()["cases"].as_array().unwrap().clone();
     assert!(cases.len() >= 20);
     for case in cases {
-        let seed = RollSeed::from_slice(&hex::decode(case["seed"].as_str().unwrap()).unwrap()).unwrap();
+        let seed =
+            RollSeed::from_slice(&hex::decode(case["seed"].as_str().unwrap()).unwrap()).unwrap();
         let epoch = Epoch(case["epoch"].as_u64().unwrap());
         let channel = u32::try_from(case["channel"].as_u64().unwrap()).unwrap();
-        assert_eq!(hex::encode(session_info(epoch, channel)), case["info"].as_str().unwrap());
+        assert_eq!(
+            hex::encode(session_info(epoch, channel)),
+            case["info"].as_str().unwrap()
+        );
         let key = session_key(&seed, epoch, channel);
-        assert_eq!(hex::encode(key.expose_secret()), case["key"].as_str().unwrap(), "{case}");
+        assert_eq!(
+            hex::encode(key.expose_secret()),
+            case["key"].as_str().unwrap(),
+            "{case}"
+        );
     }
 }
 
@@ -28,7 +36,10 @@ fn epochs_follow_the_time_base() {
     assert_eq!(schedule.epoch_start(Epoch(2)), Some(121_000));
     assert_eq!(schedule.epoch_start(Epoch(u64::MAX)), None);
     assert_eq!(RollSchedule::new(0, 0), Err(RollError::ZeroPeriod));
-    assert_eq!(RollSchedule::new(0, 1).unwrap().epoch_at(u64::MAX), Ok(Epoch(u64::MAX)));
+    assert_eq!(
+        RollSchedule::new(0, 1).unwrap().epoch_at(u64::MAX),
+        Ok(Epoch(u64::MAX))
+    );
 }
 
 #[test]

@@ -195,7 +195,9 @@ impl Receiver {
         }
         // Every key of the window, so a frame replayed from before a roll counts as a replay too.
         let replayed = match replay_candidate(self.latest, truncated, bits) {
-            Some(fv) => keys.ordered().any(|(_, key)| bool::from(self.check(key, payload, fv, tag))),
+            Some(fv) => keys
+                .ordered()
+                .any(|(_, key)| bool::from(self.check(key, payload, fv, tag))),
             None => false,
         };
         if replayed {

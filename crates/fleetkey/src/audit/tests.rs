@@ -49,7 +49,13 @@ fn a_removed_event_is_found() {
     let mut events = chain(5);
     events.remove(1);
     let head = events.last().map(|e| (e.seq, e.hash));
-    assert_eq!(verify(&events, head), Err(ChainBreak::Missing { expected: 2, found: 3 }));
+    assert_eq!(
+        verify(&events, head),
+        Err(ChainBreak::Missing {
+            expected: 2,
+            found: 3
+        })
+    );
 }
 
 #[test]
@@ -70,18 +76,34 @@ fn reordered_events_are_found() {
 fn removing_the_newest_events_is_found_against_the_head() {
     let events = chain(5);
     let head = events.last().map(|e| (e.seq, e.hash));
-    assert_eq!(verify(&events[..3], head), Err(ChainBreak::Truncated { last: 3, head: 5 }));
+    assert_eq!(
+        verify(&events[..3], head),
+        Err(ChainBreak::Truncated { last: 3, head: 5 })
+    );
 }
 
 #[test]
 fn filters_match_device_action_and_time() {
     let events = chain(3);
-    let f = AuditFilter { device: Some(DeviceSerial::new("ECU-1").unwrap()), ..Default::default() };
+    let f = AuditFilter {
+        device: Some(DeviceSerial::new("ECU-1").unwrap()),
+        ..Default::default()
+    };
     assert_eq!(events.iter().filter(|e| f.matches(e)).count(), 1);
-    let f = AuditFilter { action: Some("device".into()), ..Default::default() };
+    let f = AuditFilter {
+        action: Some("device".into()),
+        ..Default::default()
+    };
     assert_eq!(events.iter().filter(|e| f.matches(e)).count(), 3);
-    let f = AuditFilter { action: Some("dev".into()), ..Default::default() };
+    let f = AuditFilter {
+        action: Some("dev".into()),
+        ..Default::default()
+    };
     assert_eq!(events.iter().filter(|e| f.matches(e)).count(), 0);
-    let f = AuditFilter { since: Some(1_700_000_000_001), until: Some(1_700_000_000_002), ..Default::default() };
+    let f = AuditFilter {
+        since: Some(1_700_000_000_001),
+        until: Some(1_700_000_000_002),
+        ..Default::default()
+    };
     assert_eq!(events.iter().filter(|e| f.matches(e)).count(), 1);
 }

@@ -67,29 +67,43 @@ pub struct ImportReport {
 /// and `labels` (separated by `;`). Serials are text, or `hex:<hex>` for raw bytes. Each error
 /// names the line.
 pub fn parse_csv<R: std::io::Read>(reader: R) -> impl Iterator<Item = Result<ImportRow, Error>> {
-    let mut csv = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(reader);
-    let columns = csv.byte_headers().map_err(|e| Error::invalid("csv line 1", e)).and_then(|h| {
-        let mut columns = [None; 3];
-        for (i, name) in h.iter().enumerate() {
-            let slot = match name {
-                b"serial" => 0,
-                b"she_uid" => 1,
-                b"labels" => 2,
-                other => {
-                    return Err(Error::invalid(
-                        "csv line 1",
-                        format_args!("unknown column {:?} (the columns are serial, she_uid, labels)", String::from_utf8_lossy(other)),
-                    ));
-                }
-            };
-            columns[slot] = Some(i);
-        }
-        match columns {
-            [Some(serial), she_uid, labels] => Ok((serial, she_uid, labels)),
-            _ => Err(Error::invalid("csv line 1", "the header must name a `serial` column (and optionally she_uid, labels)")),
-        }
-    });
-    let mut header_error = columns.as_ref().err().map(|e| Error::invalid("csv line 1", e));
+    let mut csv = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(reader);
+    let columns = csv
+        .byte_headers()
+        .map_err(|e| Error::invalid("csv line 1", e))
+        .and_then(|h| {
+            let mut columns = [None; 3];
+            for (i, name) in h.iter().enumerate() {
+                let slot = match name {
+                    b"serial" => 0,
+                    b"she_uid" => 1,
+                    b"labels" => 2,
+                    other => {
+                        return Err(Error::invalid(
+                            "csv line 1",
+                            format_args!(
+                                "unknown column {:?} (the columns are serial, she_uid, labels)",
+                                String::from_utf8_lossy(other)
+                            ),
+                        ));
+                    }
+                };
+                columns[slot] = Some(i);
+            }
+            match columns {
+                [Some(serial), she_uid, labels] => Ok((serial, she_uid, labels)),
+                _ => Err(Error::invalid(
+                    "csv line 1",
+                    "the header must name a `serial` column (and optionally she_uid, labels)",
+                )),
+            }
+        });
+    let mut header_error = columns
+        .as_ref()
+        .err()
+        .map(|e| Error::invalid("csv line 1", e));
     let columns = columns.unwrap_or((0, None, None));
     let mut records = csv.into_byte_records();
     let mut failed = false;
@@ -114,22 +128,33 @@ pub fn parse_csv<R: std::io::Read>(reader: R) -> impl Iterator<Item = Result<Imp
     })
 }
 
-fn parse_row(record: &csv::ByteRecord, (serial_at, uid_at, labels_at): (usize, Option<usize>, Option<usize>)) -> Result<ImportRow, Error> {
+fn parse_row(
+    record: &csv::ByteRecord,
+    (serial_at, uid_at, labels_at): (usize, Option<usize>, Option<usize>),
+) -> Result<ImportRow, Error> {
     let line = record.position().map_or(0, csv::Position::line);
     let field = |name: &str| format!("csv line {line}: {name}");
     let text = |i: Option<usize>, name: &str| -> Result<&str, Error> {
         let bytes = i.and_then(|i| record.get(i)).unwrap_or(b"");
         std::str::from_utf8(bytes).map_err(|_| Error::invalid(field(name), "not UTF-8"))
     };
-    let serial = DeviceSerial::parse(text(Some(serial_at), "serial")?).map_err(|e| Error::invalid(field("serial"), e))?;
+    let serial = DeviceSerial::parse(text(Some(serial_at), "serial")?)
+        .map_err(|e| Error::invalid(field("serial"), e))?;
     let she_uid = match text(uid_at, "she_uid")? {
         "" => None,
         hex_text => {
             let mut uid: SheUid = [0; 15];
             if hex_text.len() != 30 {
-                return Err(Error::invalid(field("she_uid"), format_args!("{} characters, must be 30 hex characters (15 bytes)", hex_text.len())));
+                return Err(Error::invalid(
+                    field("she_uid"),
+                    format_args!(
+                        "{} characters, must be 30 hex characters (15 bytes)",
+                        hex_text.len()
+                    ),
+                ));
             }
-            hex::decode_to_slice(hex_text, &mut uid).map_err(|e| Error::invalid(field("she_uid"), format_args!("not hex ({e})")))?;
+            hex::decode_to_slice(hex_text, &mut uid)
+                .map_err(|e| Error::invalid(field("she_uid"), format_args!("not hex ({e})")))?;
             Some(uid)
         }
     };
@@ -140,12 +165,21 @@ fn parse_row(record: &csv::ByteRecord, (serial_at, uid_at, labels_at): (usize, O
         .map(str::to_owned)
         .collect();
     validate_labels(&labels).map_err(|e| Error::invalid(field("labels"), e))?;
-    Ok(ImportRow { line, device: super::NewDevice { serial, she_uid, labels } })
+    Ok(ImportRow {
+        line,
+        device: super::NewDevice {
+            serial,
+            she_uid,
+            labels,
+        },
+    })
 }
 
 fn csv_problem(e: &csv::Error) -> String {
     match e.kind() {
-        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => {
             format!("{len} fields, the header has {expected_len}")
         }
         _ => e.to_string(),
@@ -154,7 +188,11 @@ fn csv_problem(e: &csv::Error) -> String {
 
 /// One provisioning line, `{"serial":..,"generation":..,"revision":..,"keys":{"auth":..,
 /// "key_update":..,"roll_seed":..}}`, hex written straight into the (zeroized later) buffer.
-fn push_line(buf: &mut Vec<u8>, r: &DeviceRecord, keys: &super::material::DeviceKeys) -> Result<(), Error> {
+fn push_line(
+    buf: &mut Vec<u8>,
+    r: &DeviceRecord,
+    keys: &super::material::DeviceKeys,
+) -> Result<(), Error> {
     fn push_hex(buf: &mut Vec<u8>, bytes: &[u8]) {
         let mut text = zeroize::Zeroizing::new([0u8; 64]);
         if let Some(t) = text.get_mut(..2 * bytes.len())
@@ -164,9 +202,17 @@ fn push_line(buf: &mut Vec<u8>, r: &DeviceRecord, keys: &super::material::Device
         }
     }
     buf.extend_from_slice(b"{\"serial\":");
-    serde_json::to_writer(&mut *buf, &r.serial).map_err(|e| Error::invalid("provisioning output", e))?;
-    write!(buf, ",\"generation\":{},\"revision\":{},\"keys\":{{\"auth\":\"", r.generation, r.revision)
-        .map_err(|source| Error::Io { path: "provisioning output".into(), source })?;
+    serde_json::to_writer(&mut *buf, &r.serial)
+        .map_err(|e| Error::invalid("provisioning output", e))?;
+    write!(
+        buf,
+        ",\"generation\":{},\"revision\":{},\"keys\":{{\"auth\":\"",
+        r.generation, r.revision
+    )
+    .map_err(|source| Error::Io {
+        path: "provisioning output".into(),
+        source,
+    })?;
     push_hex(buf, keys.auth.expose_secret());
     buf.extend_from_slice(b"\",\"key_update\":\"");
     push_hex(buf, keys.key_update.expose_secret());
@@ -188,8 +234,15 @@ impl Fleet {
         provision_out: Option<&mut dyn Write>,
         progress: &dyn Progress,
     ) -> Result<ImportReport, Error> {
-        let open = || std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_owned(), source });
-        let registered = transact(self.store.as_mut(), |tx| Ok(tx.count_devices(&DeviceFilter::default())?))?;
+        let open = || {
+            std::fs::File::open(path).map_err(|source| Error::Io {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let registered = transact(self.store.as_mut(), |tx| {
+            Ok(tx.count_devices(&DeviceFilter::default())?)
+        })?;
         // Pass 1: check everything before writing anything.
         let mut seen: HashSet<Box<[u8]>> = HashSet::new();
         let mut rows = 0u64;
@@ -210,9 +263,19 @@ impl Fleet {
         drop(seen);
         progress.finish();
         // Pass 2: register in batches.
-        let mut report = ImportReport { rows, ..Default::default() };
+        let mut report = ImportReport {
+            rows,
+            ..Default::default()
+        };
         let mut out = provision_out;
-        progress.start(if out.is_some() { "importing and provisioning" } else { "importing" }, rows);
+        progress.start(
+            if out.is_some() {
+                "importing and provisioning"
+            } else {
+                "importing"
+            },
+            rows,
+        );
         let mut batch: Vec<ImportRow> = Vec::with_capacity(BATCH);
         let mut parsed = parse_csv(std::io::BufReader::with_capacity(1 << 20, open()?));
         loop {
@@ -227,7 +290,8 @@ impl Fleet {
                 Some(ref mut w) => Some(&mut **w),
                 None => None,
             };
-            let (added, present, provisioned) = self.import_batch(&batch, registered > 0, writer)?;
+            let (added, present, provisioned) =
+                self.import_batch(&batch, registered > 0, writer)?;
             report.added += added;
             report.already_present += present;
             report.provisioned += provisioned;
@@ -245,10 +309,25 @@ impl Fleet {
     ) -> Result<(u64, u64, u64), Error> {
         let provision = out.is_some();
         let scheme = self.config.scheme;
-        let (state, reason) = if provision { (State::Active, "imported and provisioned") } else { (State::PreActive, "imported") };
+        let (state, reason) = if provision {
+            (State::Active, "imported and provisioned")
+        } else {
+            (State::PreActive, "imported")
+        };
         let change = self.change(reason);
-        let mut draft = self.draft(if provision { "device.import_provision" } else { "device.import" }, None, vec![], serde_json::json!({}));
-        let current = transact(self.store.as_mut(), |tx| Ok(fleet_info(tx)?.current_generation))?;
+        let mut draft = self.draft(
+            if provision {
+                "device.import_provision"
+            } else {
+                "device.import"
+            },
+            None,
+            vec![],
+            serde_json::json!({}),
+        );
+        let current = transact(self.store.as_mut(), |tx| {
+            Ok(fleet_info(tx)?.current_generation)
+        })?;
         // Which rows are new (only a resumed import finds registered ones).
         let mut fresh: Vec<&ImportRow> = Vec::with_capacity(batch.len());
         let mut present = 0u64;
@@ -259,11 +338,18 @@ impl Fleet {
                 for row in batch {
                     match tx.device(&row.device.serial)? {
                         None => fresh.push(row),
-                        Some(d) if d.she_uid == row.device.she_uid && d.labels == row.device.labels => present += 1,
+                        Some(d)
+                            if d.she_uid == row.device.she_uid && d.labels == row.device.labels =>
+                        {
+                            present += 1
+                        }
                         Some(_) => {
                             return Err(Error::invalid(
                                 format!("csv line {}: serial", row.line),
-                                format_args!("{} is already registered with another SHE UID or labels", row.device.serial),
+                                format_args!(
+                                    "{} is already registered with another SHE UID or labels",
+                                    row.device.serial
+                                ),
                             ));
                         }
                     }
@@ -316,15 +402,26 @@ impl Fleet {
 
     /// Writes provisioning lines for devices and flushes them.
     fn write_material(&self, records: &[DeviceRecord], out: &mut dyn Write) -> Result<(), Error> {
-        let io = |source| Error::Io { path: "provisioning output".into(), source };
+        let io = |source| Error::Io {
+            path: "provisioning output".into(),
+            source,
+        };
         let mut buf = Vec::with_capacity(records.len() * 220);
         let mut derivers: Vec<(u32, Box<dyn crate::module::BulkDeriver + '_>)> = Vec::new();
         for r in records {
             let keys = if r.wrapped_root.is_some() {
-                super::material::DeviceKeys::derive(self.module.as_ref(), r, r.generation, r.revision)?
+                super::material::DeviceKeys::derive(
+                    self.module.as_ref(),
+                    r,
+                    r.generation,
+                    r.revision,
+                )?
             } else {
                 if !derivers.iter().any(|(g, _)| *g == r.generation) {
-                    derivers.push((r.generation, self.module.bulk_deriver(Generation(r.generation))?));
+                    derivers.push((
+                        r.generation,
+                        self.module.bulk_deriver(Generation(r.generation))?,
+                    ));
                 }
                 let deriver = derivers
                     .iter_mut()
@@ -343,7 +440,12 @@ impl Fleet {
 
     /// Provisions every device matching `filter` that is still pre-active: writes its key
     /// material to `out`, then marks the batch active.
-    pub fn provision_all(&mut self, filter: &DeviceFilter, out: &mut dyn Write, progress: &dyn Progress) -> Result<u64, Error> {
+    pub fn provision_all(
+        &mut self,
+        filter: &DeviceFilter,
+        out: &mut dyn Write,
+        progress: &dyn Progress,
+    ) -> Result<u64, Error> {
         let mut filter = filter.clone();
         filter.state = Some(State::PreActive);
         let total = transact(self.store.as_mut(), |tx| Ok(tx.count_devices(&filter)?))?;
@@ -351,12 +453,19 @@ impl Fleet {
         let mut done = 0;
         let mut after: Option<DeviceSerial> = None;
         loop {
-            let mut page = transact(self.store.as_mut(), |tx| Ok(tx.devices(&filter, after.as_ref(), BATCH)?))?;
+            let mut page = transact(self.store.as_mut(), |tx| {
+                Ok(tx.devices(&filter, after.as_ref(), BATCH)?)
+            })?;
             let Some(last) = page.last() else { break };
             after = Some(last.serial.clone());
             self.write_material(&page, out)?;
             let change = self.change("provisioned");
-            let mut draft = self.draft("device.provision", None, page.iter().map(|d| d.serial.clone()).collect(), serde_json::json!({"count": page.len(), "state": "active"}));
+            let mut draft = self.draft(
+                "device.provision",
+                None,
+                page.iter().map(|d| d.serial.clone()).collect(),
+                serde_json::json!({"count": page.len(), "state": "active"}),
+            );
             draft.generation = page.first().map(|d| d.generation);
             for d in &mut page {
                 d.state = State::Active;
@@ -399,11 +508,16 @@ impl Fleet {
         let mut after: Option<DeviceSerial> = None;
         let mut done = 0;
         loop {
-            let page = transact(self.store.as_mut(), |tx| Ok(tx.devices(&filter, after.as_ref(), 1_000)?))?;
+            let page = transact(self.store.as_mut(), |tx| {
+                Ok(tx.devices(&filter, after.as_ref(), 1_000)?)
+            })?;
             let Some(last) = page.last() else { break };
             after = Some(last.serial.clone());
             let roots = match self.config.scheme {
-                Scheme::Stored => page.iter().map(|_| self.module.new_wrapped_root().map(Some)).collect::<Result<Vec<_>, _>>()?,
+                Scheme::Stored => page
+                    .iter()
+                    .map(|_| self.module.new_wrapped_root().map(Some))
+                    .collect::<Result<Vec<_>, _>>()?,
                 _ => vec![None; page.len()],
             };
             let change = self.change(reason);
@@ -418,7 +532,8 @@ impl Fleet {
                     if current.state != State::Active || current.revision != d.revision {
                         continue; // changed since the page was read; a rerun picks it up
                     }
-                    let (update, _) = refresh_one(tx, module, &fleet, current, root.clone(), &change, &draft)?;
+                    let (update, _) =
+                        refresh_one(tx, module, &fleet, current, root.clone(), &change, &draft)?;
                     subjects.push(update.device.serial.clone());
                     updates.push(update);
                 }
@@ -439,9 +554,17 @@ impl Fleet {
     }
 }
 
-fn bulk_keys(deriver: &mut dyn crate::module::BulkDeriver, r: &DeviceRecord) -> Result<super::material::DeviceKeys, Error> {
+fn bulk_keys(
+    deriver: &mut dyn crate::module::BulkDeriver,
+    r: &DeviceRecord,
+) -> Result<super::material::DeviceKeys, Error> {
     let revision = Revision::new(r.revision).map_err(|e| Error::invalid("revision", e))?;
-    let inputs = |usage| DeviceKeyInputs { usage, generation: Generation(r.generation), revision, serial: r.serial.as_core() };
+    let inputs = |usage| DeviceKeyInputs {
+        usage,
+        generation: Generation(r.generation),
+        revision,
+        serial: r.serial.as_core(),
+    };
     let mut auth = zeroize::Zeroizing::new([0u8; 16]);
     let mut key_update = zeroize::Zeroizing::new([0u8; 16]);
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);

@@ -56,7 +56,12 @@ impl Fleet {
             Scheme::Derived | Scheme::Governed => None,
         };
         let change = self.change("registered");
-        let draft = self.draft("device.add", None, vec![new.serial.clone()], serde_json::json!({"state": "pre-active"}));
+        let draft = self.draft(
+            "device.add",
+            None,
+            vec![new.serial.clone()],
+            serde_json::json!({"state": "pre-active"}),
+        );
         transact(self.store.as_mut(), |tx| {
             let fleet = fleet_info(tx)?;
             let record = DeviceRecord {
@@ -70,7 +75,8 @@ impl Fleet {
                 wrapped_root: wrapped_root.clone(),
                 created_at: change.at,
             };
-            tx.insert_device(&record).map_err(|e| duplicate_serial(e, &record.serial))?;
+            tx.insert_device(&record)
+                .map_err(|e| duplicate_serial(e, &record.serial))?;
             let mut d = draft.clone();
             d.generation = Some(record.generation);
             tx.append_audit(d)?;
@@ -84,8 +90,15 @@ impl Fleet {
     }
 
     /// Devices matching a filter, in serial order, after `after`, at most `limit`.
-    pub fn devices(&mut self, filter: &DeviceFilter, after: Option<&DeviceSerial>, limit: usize) -> Result<Vec<DeviceRecord>, Error> {
-        transact(self.store.as_mut(), |tx| Ok(tx.devices(filter, after, limit)?))
+    pub fn devices(
+        &mut self,
+        filter: &DeviceFilter,
+        after: Option<&DeviceSerial>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, Error> {
+        transact(self.store.as_mut(), |tx| {
+            Ok(tx.devices(filter, after, limit)?)
+        })
     }
 
     /// The key material a provisioning station needs, and the SHE initial load. A pre-active
@@ -94,7 +107,12 @@ impl Fleet {
     pub fn provision(&mut self, serial: &DeviceSerial) -> Result<Provisioning, Error> {
         let transport = self.transport_key()?;
         let change = self.change("provisioned");
-        let draft = self.draft("device.provision", None, vec![serial.clone()], serde_json::json!({}));
+        let draft = self.draft(
+            "device.provision",
+            None,
+            vec![serial.clone()],
+            serde_json::json!({}),
+        );
         let module = self.module.as_ref();
         transact(self.store.as_mut(), |tx| {
             let mut record = device(tx, serial)?;
@@ -110,9 +128,13 @@ impl Fleet {
             }
             let keys = DeviceKeys::derive(module, &record, record.generation, record.revision)?;
             let she = match &transport {
-                Some(t) if record.revision == 0 => {
-                    Some(she_updates(serial, she_uid(&record), Authoriser::Transport(t), &keys, 0)?)
-                }
+                Some(t) if record.revision == 0 => Some(she_updates(
+                    serial,
+                    she_uid(&record),
+                    Authoriser::Transport(t),
+                    &keys,
+                    0,
+                )?),
                 _ => None,
             };
             if first {
@@ -122,7 +144,11 @@ impl Fleet {
                 d.details = serde_json::json!({"state": "active", "revision": record.revision});
                 tx.append_audit(d)?;
             }
-            Ok(Provisioning { keys: KeysHex::from(&keys), device: record, she })
+            Ok(Provisioning {
+                keys: KeysHex::from(&keys),
+                device: record,
+                she,
+            })
         })
     }
 
@@ -134,18 +160,27 @@ impl Fleet {
             Scheme::Derived | Scheme::Governed => None,
         };
         let change = self.change(reason);
-        let draft = self.draft("device.refresh", None, vec![serial.clone()], serde_json::json!({}));
+        let draft = self.draft(
+            "device.refresh",
+            None,
+            vec![serial.clone()],
+            serde_json::json!({}),
+        );
         let module = self.module.as_ref();
         transact(self.store.as_mut(), |tx| {
             let fleet = fleet_info(tx)?;
             let old = device(tx, serial)?;
             if old.state != State::Active {
                 return Err(Error::Refused {
-                    what: format!("device {serial} is {}; only active devices are refreshed", old.state),
+                    what: format!(
+                        "device {serial} is {}; only active devices are refreshed",
+                        old.state
+                    ),
                     hint: "resume a suspended device first (`fleetkey device resume`)".into(),
                 });
             }
-            let (update, event) = refresh_one(tx, module, &fleet, old, new_root.clone(), &change, &draft)?;
+            let (update, event) =
+                refresh_one(tx, module, &fleet, old, new_root.clone(), &change, &draft)?;
             tx.append_audit(event)?;
             Ok(update)
         })
@@ -153,12 +188,24 @@ impl Fleet {
 
     /// Active -> suspended.
     pub fn suspend(&mut self, serial: &DeviceSerial, reason: &str) -> Result<DeviceRecord, Error> {
-        self.set_state(serial, &[State::Active], &[State::Suspended], "device.suspend", reason)
+        self.set_state(
+            serial,
+            &[State::Active],
+            &[State::Suspended],
+            "device.suspend",
+            reason,
+        )
     }
 
     /// Suspended -> active.
     pub fn resume(&mut self, serial: &DeviceSerial, reason: &str) -> Result<DeviceRecord, Error> {
-        self.set_state(serial, &[State::Suspended], &[State::Active], "device.resume", reason)
+        self.set_state(
+            serial,
+            &[State::Suspended],
+            &[State::Active],
+            "device.resume",
+            reason,
+        )
     }
 
     /// Revoke: the device's keys are (suspected) compromised. Its keys are never issued again.
@@ -169,11 +216,19 @@ impl Fleet {
     /// Decommission: the device leaves the fleet and its key material is destroyed (stored
     /// scheme: the wrapped root is overwritten and the store purged). Active and suspended
     /// devices pass through deactivated; compromised ones end destroyed-compromised.
-    pub fn decommission(&mut self, serial: &DeviceSerial, reason: &str) -> Result<DeviceRecord, Error> {
+    pub fn decommission(
+        &mut self,
+        serial: &DeviceSerial,
+        reason: &str,
+    ) -> Result<DeviceRecord, Error> {
         let record = self.set_state(
             serial,
             &[],
-            &[State::Deactivated, State::Destroyed, State::DestroyedCompromised],
+            &[
+                State::Deactivated,
+                State::Destroyed,
+                State::DestroyedCompromised,
+            ],
             "device.decommission",
             reason,
         )?;
@@ -259,7 +314,13 @@ pub(super) fn refresh_one(
     }
     new.changed = change.clone();
     let new_keys = DeviceKeys::derive(module, &new, new.generation, new.revision)?;
-    let she = she_updates(&serial, she_uid(&new), Authoriser::Current(&old_keys.key_update), &new_keys, revision)?;
+    let she = she_updates(
+        &serial,
+        she_uid(&new),
+        Authoriser::Current(&old_keys.key_update),
+        &new_keys,
+        revision,
+    )?;
     tx.update_device(&new)?;
     let mut d = draft.clone();
     d.subjects = vec![serial];
@@ -269,7 +330,14 @@ pub(super) fn refresh_one(
         "to": {"generation": new.generation, "revision": new.revision},
         "reason": change.reason,
     });
-    Ok((KeyUpdate { from: (old.generation, old.revision), device: new, she }, d))
+    Ok((
+        KeyUpdate {
+            from: (old.generation, old.revision),
+            device: new,
+            she,
+        },
+        d,
+    ))
 }
 
 pub(super) fn device(tx: &mut dyn Tx, serial: &DeviceSerial) -> Result<DeviceRecord, Error> {
@@ -283,14 +351,18 @@ pub(super) fn transition(record: &DeviceRecord, to: State) -> Result<State, Erro
     record
         .state
         .transition(to)
-        .map_err(|source| Error::Transition { subject: format!("device {}", record.serial), source })
+        .map_err(|source| Error::Transition {
+            subject: format!("device {}", record.serial),
+            source,
+        })
 }
 
 pub(super) fn duplicate_serial(e: StoreError, serial: &DeviceSerial) -> Error {
     match e {
         StoreError::Duplicate(_) => Error::Refused {
             what: format!("device {serial} is already registered"),
-            hint: "serials are unique in a fleet; `fleetkey device show` shows the existing one".into(),
+            hint: "serials are unique in a fleet; `fleetkey device show` shows the existing one"
+                .into(),
         },
         other => other.into(),
     }
@@ -298,8 +370,12 @@ pub(super) fn duplicate_serial(e: StoreError, serial: &DeviceSerial) -> Error {
 
 pub(super) fn validate_labels(labels: &[String]) -> Result<(), Error> {
     for l in labels {
-        if l.is_empty() || l.len() > 64 || l.chars().any(|c| c.is_control() || c == ';' || c == ',') {
-            return Err(Error::invalid("label", format_args!("{l:?}: 1 to 64 characters, no control characters, ';' or ','")));
+        if l.is_empty() || l.len() > 64 || l.chars().any(|c| c.is_control() || c == ';' || c == ',')
+        {
+            return Err(Error::invalid(
+                "label",
+                format_args!("{l:?}: 1 to 64 characters, no control characters, ';' or ','"),
+            ));
         }
     }
     Ok(())

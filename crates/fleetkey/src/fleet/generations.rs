@@ -54,7 +54,10 @@ impl Fleet {
     pub fn create_generation(&mut self, reason: &str) -> Result<GenerationRecord, Error> {
         self.require_derived("create generation")?;
         let next = transact(self.store.as_mut(), |tx| {
-            Ok(tx.generations()?.last().map_or(1, |g| g.generation.saturating_add(1)))
+            Ok(tx
+                .generations()?
+                .last()
+                .map_or(1, |g| g.generation.saturating_add(1)))
         })?;
         if self.module.masters()?.contains(&Generation(next)) {
             // A master left by an interrupted earlier attempt: never reuse key material whose
@@ -63,9 +66,19 @@ impl Fleet {
         }
         self.module.create_master(Generation(next))?;
         let change = self.change(reason);
-        let draft = self.draft("generation.create", Some(next), vec![], serde_json::json!({"state": "pre-active"}));
+        let draft = self.draft(
+            "generation.create",
+            Some(next),
+            vec![],
+            serde_json::json!({"state": "pre-active"}),
+        );
         transact(self.store.as_mut(), |tx| {
-            let record = GenerationRecord { generation: next, state: State::PreActive, changed: change.clone(), created_at: change.at };
+            let record = GenerationRecord {
+                generation: next,
+                state: State::PreActive,
+                changed: change.clone(),
+                created_at: change.at,
+            };
             tx.insert_generation(&record)?;
             tx.append_audit(draft.clone())?;
             Ok(record)
@@ -73,13 +86,22 @@ impl Fleet {
     }
 
     /// Activates a generation and makes it current: new devices and refreshes use it.
-    pub fn activate_generation(&mut self, generation: u32, reason: &str) -> Result<GenerationRecord, Error> {
+    pub fn activate_generation(
+        &mut self,
+        generation: u32,
+        reason: &str,
+    ) -> Result<GenerationRecord, Error> {
         self.require_derived("activate generation")?;
         if !self.module.masters()?.contains(&Generation(generation)) {
             return Err(crate::error::ModuleError::NoMaster(generation).into());
         }
         let change = self.change(reason);
-        let draft = self.draft("generation.activate", Some(generation), vec![], serde_json::json!({"current": true}));
+        let draft = self.draft(
+            "generation.activate",
+            Some(generation),
+            vec![],
+            serde_json::json!({"current": true}),
+        );
         transact(self.store.as_mut(), |tx| {
             let mut record = generation_record(tx, generation)?;
             if record.state != State::Active {
@@ -116,25 +138,56 @@ impl Fleet {
                 if !current {
                     pending += devices;
                 }
-                generations.push(GenerationCount { generation: g.generation, state: g.state, current, devices });
+                generations.push(GenerationCount {
+                    generation: g.generation,
+                    state: g.state,
+                    current,
+                    devices,
+                });
             }
-            Ok(RotationStatus { current: fleet.current_generation, generations, pending })
+            Ok(RotationStatus {
+                current: fleet.current_generation,
+                generations,
+                pending,
+            })
         })
     }
 
     /// Active or suspended -> deactivated: no longer used for new keys. Refused for the current
     /// generation, and while devices still depend on it unless `force`.
-    pub fn deactivate_generation(&mut self, generation: u32, reason: &str, force: bool) -> Result<GenerationRecord, Error> {
+    pub fn deactivate_generation(
+        &mut self,
+        generation: u32,
+        reason: &str,
+        force: bool,
+    ) -> Result<GenerationRecord, Error> {
         self.require_derived("deactivate generation")?;
-        self.retire(generation, State::Deactivated, "generation.deactivate", reason, force)
+        self.retire(
+            generation,
+            State::Deactivated,
+            "generation.deactivate",
+            reason,
+            force,
+        )
     }
 
     /// Destroys a generation: its master is destroyed in the key module (zeroized). Refused while
     /// any device still depends on it, unless `force` (those devices' keys can then never be
     /// derived again).
-    pub fn destroy_generation(&mut self, generation: u32, reason: &str, force: bool) -> Result<GenerationRecord, Error> {
+    pub fn destroy_generation(
+        &mut self,
+        generation: u32,
+        reason: &str,
+        force: bool,
+    ) -> Result<GenerationRecord, Error> {
         self.require_derived("destroy generation")?;
-        let record = self.retire(generation, State::Destroyed, "generation.destroy", reason, force)?;
+        let record = self.retire(
+            generation,
+            State::Destroyed,
+            "generation.destroy",
+            reason,
+            force,
+        )?;
         match self.module.destroy_master(Generation(generation)) {
             Ok(()) | Err(crate::error::ModuleError::NoMaster(_)) => {}
             Err(e) => return Err(e.into()),
@@ -143,12 +196,29 @@ impl Fleet {
     }
 
     /// Marks a generation compromised: devices on it must be migrated and the master destroyed.
-    pub fn compromise_generation(&mut self, generation: u32, reason: &str) -> Result<GenerationRecord, Error> {
+    pub fn compromise_generation(
+        &mut self,
+        generation: u32,
+        reason: &str,
+    ) -> Result<GenerationRecord, Error> {
         self.require_derived("revoke generation")?;
-        self.retire(generation, State::Compromised, "generation.revoke", reason, true)
+        self.retire(
+            generation,
+            State::Compromised,
+            "generation.revoke",
+            reason,
+            true,
+        )
     }
 
-    fn retire(&mut self, generation: u32, to: State, action: &str, reason: &str, force: bool) -> Result<GenerationRecord, Error> {
+    fn retire(
+        &mut self,
+        generation: u32,
+        to: State,
+        action: &str,
+        reason: &str,
+        force: bool,
+    ) -> Result<GenerationRecord, Error> {
         let change = self.change(reason);
         let draft = self.draft(action, Some(generation), vec![], serde_json::json!({}));
         transact(self.store.as_mut(), |tx| {
@@ -193,7 +263,11 @@ impl Fleet {
 fn holding_devices(tx: &mut dyn Tx, generation: u32) -> Result<u64, Error> {
     let mut n = 0;
     for state in State::ALL.into_iter().filter(|s| s.holds_key_material()) {
-        n += tx.count_devices(&DeviceFilter { state: Some(state), generation: Some(generation), ..Default::default() })?;
+        n += tx.count_devices(&DeviceFilter {
+            state: Some(state),
+            generation: Some(generation),
+            ..Default::default()
+        })?;
     }
     Ok(n)
 }
@@ -209,5 +283,8 @@ fn gen_transition(record: &GenerationRecord, to: State) -> Result<State, Error> 
     record
         .state
         .transition(to)
-        .map_err(|source| Error::Transition { subject: format!("generation {}", record.generation), source })
+        .map_err(|source| Error::Transition {
+            subject: format!("generation {}", record.generation),
+            source,
+        })
 }

@@ -46,11 +46,18 @@ impl DeviceKeys {
                 None => module.derive(Generation(generation), &inputs)?,
             })
         };
-        let broken = |what| ModuleError::Corrupt(format!("derived {what} key has the wrong length"));
+        let broken =
+            |what| ModuleError::Corrupt(format!("derived {what} key has the wrong length"));
         Ok(DeviceKeys {
-            auth: one(Usage::Auth)?.to_key128().ok_or_else(|| broken("auth"))?,
-            key_update: one(Usage::KeyUpdate)?.to_key128().ok_or_else(|| broken("key-update"))?,
-            roll_seed: one(Usage::RollSeed)?.to_roll_seed().ok_or_else(|| broken("roll-seed"))?,
+            auth: one(Usage::Auth)?
+                .to_key128()
+                .ok_or_else(|| broken("auth"))?,
+            key_update: one(Usage::KeyUpdate)?
+                .to_key128()
+                .ok_or_else(|| broken("key-update"))?,
+            roll_seed: one(Usage::RollSeed)?
+                .to_roll_seed()
+                .ok_or_else(|| broken("roll-seed"))?,
         })
     }
 
@@ -120,8 +127,16 @@ pub struct SheUpdate {
     pub m5: String,
 }
 
-fn update(uid: Uid, slot: SlotId, auth: (SlotId, &Key128), new_key: &Key128, counter: Counter, flags: KeyFlags) -> Result<SheUpdate, Error> {
-    let request = UpdateRequest::new(uid, slot, auth.0, counter, flags).map_err(|e| Error::invalid("she", e))?;
+fn update(
+    uid: Uid,
+    slot: SlotId,
+    auth: (SlotId, &Key128),
+    new_key: &Key128,
+    counter: Counter,
+    flags: KeyFlags,
+) -> Result<SheUpdate, Error> {
+    let request = UpdateRequest::new(uid, slot, auth.0, counter, flags)
+        .map_err(|e| Error::invalid("she", e))?;
     let m = she::build(auth.1, new_key, &request);
     Ok(SheUpdate {
         slot: slot.name(),
@@ -160,25 +175,65 @@ pub fn she_updates(
     new: &DeviceKeys,
     revision: u32,
 ) -> Result<Vec<SheUpdate>, Error> {
-    let counter = Counter::new(revision).map_err(|e| Error::invalid(format!("{serial}: revision"), e))?;
+    let counter =
+        Counter::new(revision).map_err(|e| Error::invalid(format!("{serial}: revision"), e))?;
     let (seed_a, seed_b) = new.roll_seed_halves();
     let mek = SlotId::MasterEcuKey;
     // With a known UID, keys refuse later wildcard updates (SHE WILDCARD flag); a device
     // without a UID is addressed by the wildcard, so its keys must keep accepting it.
-    let protect = if uid.is_wildcard() { KeyFlags::NONE } else { KeyFlags::WILDCARD };
+    let protect = if uid.is_wildcard() {
+        KeyFlags::NONE
+    } else {
+        KeyFlags::WILDCARD
+    };
     let mut out = Vec::with_capacity(4);
     let user_auth = match authoriser {
         Authoriser::Transport(transport) => {
-            out.push(update(uid, mek, (mek, transport), &new.key_update, counter, protect)?);
+            out.push(update(
+                uid,
+                mek,
+                (mek, transport),
+                &new.key_update,
+                counter,
+                protect,
+            )?);
             &new.key_update
         }
         Authoriser::Current(current) => current,
     };
-    out.push(update(uid, SlotId::Key1, (mek, user_auth), &new.auth, counter, KeyFlags::KEY_USAGE.union(protect))?);
-    out.push(update(uid, SlotId::Key2, (mek, user_auth), &seed_a, counter, protect)?);
-    out.push(update(uid, SlotId::Key3, (mek, user_auth), &seed_b, counter, protect)?);
+    out.push(update(
+        uid,
+        SlotId::Key1,
+        (mek, user_auth),
+        &new.auth,
+        counter,
+        KeyFlags::KEY_USAGE.union(protect),
+    )?);
+    out.push(update(
+        uid,
+        SlotId::Key2,
+        (mek, user_auth),
+        &seed_a,
+        counter,
+        protect,
+    )?);
+    out.push(update(
+        uid,
+        SlotId::Key3,
+        (mek, user_auth),
+        &seed_b,
+        counter,
+        protect,
+    )?);
     if let Authoriser::Current(current) = authoriser {
-        out.push(update(uid, mek, (mek, current), &new.key_update, counter, protect)?);
+        out.push(update(
+            uid,
+            mek,
+            (mek, current),
+            &new.key_update,
+            counter,
+            protect,
+        )?);
     }
     Ok(out)
 }
