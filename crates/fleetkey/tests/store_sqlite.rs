@@ -477,10 +477,7 @@ fn audit_tampering_in_the_file_is_detected() {
         .execute("UPDATE audit SET actor = 'tester' WHERE seq = 2", [])
         .unwrap();
     raw(&path)
-        .execute(
-            "UPDATE audit_subjects SET serial = x'6439' WHERE seq = 1",
-            [],
-        )
+        .execute("UPDATE audit SET subjects = x'026439' WHERE seq = 1", [])
         .unwrap();
     let result =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| verify_chain(&mut *store)));

@@ -392,21 +392,34 @@ impl SqliteTx<'_> {
         }
         Ok(())
     }
+}
 
-    fn subjects(&self, seq: i64) -> Result<Vec<DeviceSerial>, StoreError> {
-        let err = |e| backend("read audit subjects", e);
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT serial FROM audit_subjects WHERE seq = ?1 ORDER BY pos")
-            .map_err(err)?;
-        let mut rows = stmt.query([seq]).map_err(err)?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(err)? {
-            let bytes: Vec<u8> = row.get(0).map_err(err)?;
-            out.push(DeviceSerial::new(bytes).map_err(|e| corrupt("audit subject", e))?);
-        }
-        Ok(out)
+/// Up to this many subjects an event also gets an `audit_subjects` row per subject (an indexed
+/// lookup for `audit show --device`); bulk events are found by scanning their subject lists.
+const INDEXED_SUBJECTS: usize = 16;
+
+/// The subject list as stored: each serial as (length byte || bytes), in order.
+fn encode_subjects(subjects: &[DeviceSerial]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(subjects.iter().map(|s| s.as_bytes().len() + 1).sum());
+    for s in subjects {
+        let bytes = s.as_bytes();
+        // Serials are 1..=40 bytes.
+        out.push(u8::try_from(bytes.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(bytes);
     }
+    out
+}
+
+fn decode_subjects(mut blob: &[u8]) -> Result<Vec<DeviceSerial>, StoreError> {
+    let mut out = Vec::new();
+    while let Some((&len, rest)) = blob.split_first() {
+        let (serial, rest) = rest
+            .split_at_checked(usize::from(len))
+            .ok_or_else(|| StoreError::Corrupt("audit subject list is truncated".into()))?;
+        out.push(DeviceSerial::new(serial).map_err(|e| corrupt("audit subject", e))?);
+        blob = rest;
+    }
+    Ok(out)
 }
 
 impl Tx for SqliteTx<'_> {
@@ -653,8 +666,8 @@ impl Tx for SqliteTx<'_> {
         let err = |e| backend("append audit", e);
         self.conn
             .prepare_cached(
-                "INSERT INTO audit (seq, at, actor, action, generation, details, prev_hash, hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO audit (seq, at, actor, action, generation, details, prev_hash, hash, \
+                 subjects, n_subjects) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -666,18 +679,21 @@ impl Tx for SqliteTx<'_> {
                     details,
                     &event.prev_hash[..],
                     &event.hash[..],
+                    encode_subjects(&event.draft.subjects),
+                    i64::try_from(event.draft.subjects.len()).unwrap_or(i64::MAX),
                 ])
             })
             .map_err(err)?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("INSERT INTO audit_subjects (seq, pos, serial) VALUES (?1, ?2, ?3)")
-            .map_err(err)?;
-        for (pos, serial) in (0_i64..).zip(&event.draft.subjects) {
-            stmt.execute(params![seq, pos, serial.as_bytes()])
+        if event.draft.subjects.len() <= INDEXED_SUBJECTS {
+            let mut stmt = self
+                .conn
+                .prepare_cached("INSERT INTO audit_subjects (seq, pos, serial) VALUES (?1, ?2, ?3)")
                 .map_err(err)?;
+            for (pos, serial) in (0_i64..).zip(&event.draft.subjects) {
+                stmt.execute(params![seq, pos, serial.as_bytes()])
+                    .map_err(err)?;
+            }
         }
-        drop(stmt);
         self.put_meta_value(HEAD_SEQ_KEY, Value::Integer(seq))?;
         self.put_meta_value(HEAD_HASH_KEY, Value::Blob(event.hash.to_vec()))?;
         Ok(event)
@@ -697,12 +713,20 @@ impl Tx for SqliteTx<'_> {
         }
         let err = |e| backend("read audit", e);
         let mut sql = String::from(
-            "SELECT seq, at, actor, action, generation, details, prev_hash, hash FROM audit WHERE seq > ?",
+            "SELECT seq, at, actor, action, generation, details, prev_hash, hash, subjects \
+             FROM audit WHERE seq > ?",
         );
-        let mut values = vec![Value::Integer(after_seq)];
+        let mut values = Vec::new();
         if let Some(device) = &filter.device {
-            sql.push_str(" AND seq IN (SELECT seq FROM audit_subjects WHERE serial = ?)");
+            // Indexed for point events; a scan of the few bulk events' lists, whose substring
+            // matches are confirmed below.
+            let encoded = encode_subjects(std::slice::from_ref(device));
+            sql.push_str(
+                " AND (seq IN (SELECT seq FROM audit_subjects WHERE serial = ?) \
+                 OR (n_subjects > 16 AND instr(subjects, ?) > 0))",
+            );
             values.push(Value::Blob(device.as_bytes().to_vec()));
+            values.push(Value::Blob(encoded));
         }
         if let Some(action) = &filter.action {
             // The action itself, or `action.` followed by anything: `action.` <= a < `action/`.
@@ -720,21 +744,31 @@ impl Tx for SqliteTx<'_> {
             values.push(Value::Integer(until));
         }
         sql.push_str(" ORDER BY seq LIMIT ?");
-        values.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        let page = i64::try_from(limit).unwrap_or(i64::MAX);
 
-        let mut rows_out = Vec::new();
-        {
-            let mut stmt = self.conn.prepare_cached(&sql).map_err(err)?;
-            let mut rows = stmt.query(params_from_iter(values)).map_err(err)?;
+        let mut out = Vec::new();
+        let mut after = after_seq;
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(err)?;
+        loop {
+            let mut bound = vec![Value::Integer(after)];
+            bound.extend(values.iter().cloned());
+            bound.push(Value::Integer(page));
+            let mut rows = stmt.query(params_from_iter(bound)).map_err(err)?;
+            let mut read = 0usize;
             while let Some(row) = rows.next().map_err(err)? {
-                rows_out.push(audit_row(row)?);
-            }
-        }
-        rows_out
-            .into_iter()
-            .map(|r| {
-                let subjects = self.subjects(r.seq)?;
-                Ok(AuditEvent {
+                read += 1;
+                let r = audit_row(row)?;
+                after = r.seq;
+                let blob: Vec<u8> = row.get(8).map_err(err)?;
+                let subjects = decode_subjects(&blob)?;
+                if filter
+                    .device
+                    .as_ref()
+                    .is_some_and(|d| !subjects.contains(d))
+                {
+                    continue; // a substring match across two serials of a bulk list
+                }
+                out.push(AuditEvent {
                     seq: u64::try_from(r.seq).map_err(|e| corrupt("audit sequence", e))?,
                     draft: AuditDraft {
                         at: r.at,
@@ -746,9 +780,15 @@ impl Tx for SqliteTx<'_> {
                     },
                     prev_hash: r.prev_hash,
                     hash: r.hash,
-                })
-            })
-            .collect()
+                });
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+            if read < limit {
+                return Ok(out);
+            }
+        }
     }
 
     fn audit_head(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError> {

@@ -899,11 +899,16 @@ pub(crate) fn audit_filters_match_reference(f: &dyn StoreFactory) {
     let mut store = f.fresh();
     let store = &mut *store;
     let mut rng = Rng::new(0x5eed_0003);
-    let pool: Vec<DeviceSerial> = tricky_serials()
+    let mut pool: Vec<DeviceSerial> = tricky_serials()
         .iter()
         .take(10)
         .map(|s| serial(s))
         .collect();
+    // A serial whose bytes contain another's length-prefixed form: a store that finds bulk
+    // events by searching encoded subject lists must not report "X-1" for an event about
+    // "Q\x03X-1".
+    pool.push(serial(b"X-1"));
+    pool.push(serial(b"Q\x03X-1"));
     let actions = [
         "device",
         "device.refresh",
@@ -918,9 +923,13 @@ pub(crate) fn audit_filters_match_reference(f: &dyn StoreFactory) {
     for chunk in 0..30 {
         let drafts: Vec<AuditDraft> = (0..10)
             .map(|_| {
-                let subjects = (0..rng.below(4))
-                    .map(|_| rng.pick(&pool).clone())
-                    .collect::<Vec<_>>();
+                // Mostly point events; some bulk ones (a batch names many devices).
+                let n = if rng.chance(15) {
+                    17 + rng.below(30)
+                } else {
+                    rng.below(4)
+                };
+                let subjects = (0..n).map(|_| rng.pick(&pool).clone()).collect::<Vec<_>>();
                 let action = *rng.pick(&actions);
                 draft(
                     action,
@@ -936,7 +945,21 @@ pub(crate) fn audit_filters_match_reference(f: &dyn StoreFactory) {
                 .collect::<Result<Vec<_>, Error>>()
         }));
     }
-    assert_eq!(verify_chain(store), 300);
+    let bulk_about_q: Vec<DeviceSerial> = (0..20).map(|_| serial(b"Q\x03X-1")).collect();
+    events.push(tx(store, |tx| {
+        Ok(tx.append_audit(draft("device.import", 0, &bulk_about_q))?)
+    }));
+    let only_x1 = AuditFilter {
+        device: Some(serial(b"X-1")),
+        ..Default::default()
+    };
+    assert!(
+        audit_all(store, &only_x1, 7)
+            .iter()
+            .all(|e| e.draft.subjects.contains(&serial(b"X-1"))),
+        "an event about Q\\x03X-1 is not about X-1"
+    );
+    assert_eq!(verify_chain(store), 301);
     let probes = [
         "device",
         "device.refresh",
@@ -970,7 +993,7 @@ pub(crate) fn audit_filters_match_reference(f: &dyn StoreFactory) {
         let page = 1 + rng.below(40);
         let got = audit_all(store, &filter, page);
         assert_eq!(got.iter().collect::<Vec<_>>(), want, "filter {filter:?}");
-        let after = rng.below(320) as u64;
+        let after = rng.below(321) as u64;
         let got = tx(store, |tx| Ok(tx.audit_events(&filter, after, 5)?));
         let want: Vec<&AuditEvent> = want.into_iter().filter(|e| e.seq > after).take(5).collect();
         assert_eq!(

@@ -53,10 +53,17 @@ CREATE TABLE audit (
     generation INTEGER,
     details    TEXT NOT NULL,                      -- JSON, exactly as hashed
     prev_hash  BLOB NOT NULL CHECK (length(prev_hash) = 32),
-    hash       BLOB NOT NULL CHECK (length(hash) = 32)
+    hash       BLOB NOT NULL CHECK (length(hash) = 32),
+    -- Every subject serial, in hashed order, each as (length byte || bytes).
+    subjects   BLOB NOT NULL,
+    n_subjects INTEGER NOT NULL
 ) STRICT;
 
--- The devices an event concerns, in the order they were hashed.
+-- Bulk events (more than 16 subjects) are found by scanning their subject lists: there are few
+-- of them (one per batch of 10,000 devices), and indexing each subject would cost a row per device.
+CREATE INDEX audit_bulk ON audit (seq) WHERE n_subjects > 16;
+
+-- The devices an event with at most 16 subjects concerns, in the order they were hashed.
 CREATE TABLE audit_subjects (
     seq    INTEGER NOT NULL REFERENCES audit (seq),
     pos    INTEGER NOT NULL,
