@@ -25,10 +25,10 @@ pub(crate) enum Command {
         /// How many devices.
         #[arg(long, default_value_t = 1_000_000)]
         devices: u64,
-        /// Import and provision in one pass (`device import --provision-out`) rather than import,
-        /// then `device provision --all`.
+        /// Import, then `device provision --all`, instead of one pass
+        /// (`device import --provision-out`, what a production line does).
         #[arg(long)]
-        one_pass: bool,
+        two_pass: bool,
     },
 }
 
@@ -78,7 +78,8 @@ fn reference_rate(duration: Duration) -> f64 {
 }
 
 pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
-    let Command::Provision { devices, one_pass } = command;
+    let Command::Provision { devices, two_pass } = command;
+    let one_pass = !two_pass;
     let dir = tempfile::tempdir().map_err(|e| CliError::input("temporary directory", e))?;
     let io = |what: &str, e: std::io::Error| CliError::input(what, e);
     let access = Access {

@@ -21,6 +21,43 @@ use crate::lifecycle::State;
 use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, Scheme, SheUid};
 use crate::store::transact;
 
+/// A 128-bit digest of a serial (truncated SHA-256): duplicates in a file are found by digest,
+/// without keeping a million serials in memory. Distinct serials collide with probability about
+/// n^2 / 2^129, about 2^-89 for a million rows.
+fn serial_digest(serial: &DeviceSerial) -> u128 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(serial.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
+    u128::from_le_bytes(first)
+}
+
+/// Hashes a digest by taking its low bits: it is uniformly distributed already.
+#[derive(Default, Clone, Copy)]
+struct DigestHasher(u64);
+
+impl std::hash::BuildHasher for DigestHasher {
+    type Hasher = DigestHasher;
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        // Truncation is the point: the low 64 bits of a uniform digest.
+        self.0 = n as u64;
+    }
+}
+
 /// Devices per transaction in bulk work.
 pub const BATCH: usize = 10_000;
 
@@ -244,12 +281,12 @@ impl Fleet {
             Ok(tx.count_devices(&DeviceFilter::default())?)
         })?;
         // Pass 1: check everything before writing anything.
-        let mut seen: HashSet<Box<[u8]>> = HashSet::new();
+        let mut seen: HashSet<u128, DigestHasher> = HashSet::default();
         let mut rows = 0u64;
         progress.start("checking", 0);
         for row in parse_csv(std::io::BufReader::with_capacity(1 << 20, open()?)) {
             let row = row?;
-            if !seen.insert(row.device.serial.as_bytes().into()) {
+            if !seen.insert(serial_digest(&row.device.serial)) {
                 return Err(Error::invalid(
                     format!("csv line {}: serial", row.line),
                     format_args!("{} appears twice in the file", row.device.serial),
