@@ -8,7 +8,12 @@ use clap::{Parser, Subcommand};
 
 /// fleetkey: symmetric key management for CAN and CAN FD device fleets.
 #[derive(Parser)]
-#[command(name = "fleetkey", version, about, long_about = None)]
+#[command(
+    name = "fleetkey",
+    version,
+    about = "fleetkey: symmetric key management for CAN and CAN FD device fleets",
+    after_help = "Start with `fleetkey demo`, or `fleetkey init --help`. Docs: docs/manager.md."
+)]
 struct Cli {
     #[command(flatten)]
     global: cmd::ctx::Global,
@@ -39,8 +44,10 @@ enum Command {
     Bench(cmd::bench::Command),
     Derive(cmd::derive::Args),
     Roll(cmd::roll::Args),
+    /// SHE memory update messages M1-M5: build and verify.
     #[command(subcommand)]
     She(cmd::she::Command),
+    /// Secure and verify frames in candump log format (SecOC profiles).
     #[command(subcommand)]
     Can(cmd::can::Command),
     /// The walkthrough: a fleet, SHE key loads, authenticated frames, attacks, rotation, audit.
