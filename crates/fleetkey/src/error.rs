@@ -129,6 +129,9 @@ pub enum Error {
     /// The audit chain is broken.
     #[error("audit chain broken: {0}")]
     Chain(#[from] ChainBreak),
+    /// A master backup (custodian shares) failed or was refused.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     /// A file of the fleet home could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -172,6 +175,15 @@ impl Error {
                     .join(", ")
             )),
             Error::Refused { hint, .. } => Some(hint.clone()),
+            Error::Backup(crate::backup::BackupError::Exists { .. }) => Some(
+                "move the old share files away (they may be of an interrupted ceremony), or choose another --shares-dir".into(),
+            ),
+            Error::Backup(crate::backup::BackupError::NotEnough { need, .. }) => Some(format!(
+                "bring at least {need} share files of the same fleet and generation"
+            )),
+            Error::Backup(crate::backup::BackupError::MasterKcv { .. }) => Some(
+                "check that every file is of the same ceremony: `fleetkey master verify --shares ...`".into(),
+            ),
             Error::Chain(_) => {
                 Some("restore the store from a backup and investigate who changed it".into())
             }

@@ -6,11 +6,13 @@
 //!   the audit chain (SQLite by default).
 //! - [`model`]: the records both traits speak in; [`lifecycle`]: NIST SP 800-57 / KMIP states;
 //!   [`audit`]: the SHA-256 hash chain.
+//! - [`backup`]: the master key ceremony's M-of-N custodian shares (Shamir over GF(256)).
 //! - [`canlog`]: the candump log format.
 
 pub use fleetkey_core as core;
 
 pub mod audit;
+pub mod backup;
 pub mod canlog;
 pub mod error;
 pub mod fleet;
