@@ -15,6 +15,7 @@
 extern crate std;
 
 pub mod derive;
+pub mod governance;
 pub mod keys;
 pub mod prf;
 pub mod roll;

@@ -16,6 +16,7 @@ pub mod backup;
 pub mod canlog;
 pub mod error;
 pub mod fleet;
+pub mod governance;
 pub mod home;
 pub mod lifecycle;
 pub mod model;

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Cross-check governance records v1 (docs/governance.md) with independent implementations:
+`cbor2` (CBOR) and `cryptography` (Ed25519).
+
+1. tests/vectors/governance-v1.json (written by the Rust manager with coset): every record is
+   decoded with cbor2, its Sig_structure rebuilt here and its signature verified under the root;
+   every field is compared with the JSON; the kid is SHA-256(public key)[:8]; and every record is
+   rebuilt here from its fields with the vectors' root seed, byte for byte (Ed25519 is
+   deterministic, so equal bytes mean equal encodings).
+2. tests/vectors/governance-v1-python.json: records built here (another fleet, another root) that
+   the Rust device core must accept (`vectors_from_the_manager_and_python` in the core's tests).
+   The file must equal what this script builds; `--write` rewrites it.
+
+Run from the repository root: python3 tests/crosscheck/check_governance.py
+"""
+import hashlib
+import json
+import sys
+
+try:
+    import cbor2
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+except ImportError as e:  # pragma: no cover
+    sys.exit(f"governance: missing Python package ({e}); pip install cbor2 cryptography")
+
+RUST = "tests/vectors/governance-v1.json"
+PYTHON = "tests/vectors/governance-v1-python.json"
+AAD = b"fleetkey governance v1"
+POP = b"fleetkey pop v1"
+
+
+def fail(msg):
+    sys.exit(f"governance: MISMATCH: {msg}")
+
+
+def kid_of(pk: bytes) -> bytes:
+    return hashlib.sha256(pk).digest()[:8]
+
+
+def payload_map(r: dict) -> dict:
+    """The payload map (labels as in docs/governance.md) of a record described in JSON."""
+    m = {1: r["kind"], 2: r["fleet"], 3: r["not_before"], 4: r["not_after"]}
+    if r["kind"] == 1:
+        m.update({5: r["sequence"], 6: r["current"], 7: r["accepted"], 8: r["revoked"], 9: r["denied"]})
+    elif r["kind"] == 2:
+        m.update({
+            10: r["grant_id"], 11: r["subject"], 12: r["role"],
+            13: [bytes.fromhex(p) for p in r["scope"]], 14: bytes.fromhex(r["subject_key"]),
+        })
+    else:
+        fail(f"unknown kind {r['kind']}")
+    return m
+
+
+def sign1(sk: Ed25519PrivateKey, kid: bytes, payload: bytes) -> bytes:
+    protected = cbor2.dumps({1: -8, 4: kid}, canonical=True)
+    tbs = cbor2.dumps(["Signature1", protected, AAD, payload])
+    sig = sk.sign(tbs)
+    return cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, sig]))
+
+
+def check_rust(doc: dict) -> int:
+    seed = bytes.fromhex(doc["root_seed"])
+    sk = Ed25519PrivateKey.from_private_bytes(seed)
+    pk = bytes.fromhex(doc["root_public_key"])
+    if sk.public_key().public_bytes_raw() != pk:
+        fail("root seed and public key disagree")
+    kid = bytes.fromhex(doc["root_kid"])
+    if kid != kid_of(pk):
+        fail("root kid is not SHA-256(public key)[:8]")
+    if bytes.fromhex(doc["external_aad"]) != AAD:
+        fail("external_aad")
+    vk = Ed25519PublicKey.from_public_bytes(pk)
+    n = 0
+    for i, r in enumerate(doc["records"]):
+        cose = bytes.fromhex(r["cose"])
+        top = cbor2.loads(cose)
+        if not isinstance(top, cbor2.CBORTag) or top.tag != 18 or len(top.value) != 4:
+            fail(f"record {i}: not a tagged COSE_Sign1")
+        protected, unprotected, payload, sig = top.value
+        if cbor2.loads(protected) != {1: -8, 4: kid}:
+            fail(f"record {i}: protected header {cbor2.loads(protected)!r}")
+        if unprotected != {} or len(sig) != 64:
+            fail(f"record {i}: unprotected header or signature length")
+        tbs = cbor2.dumps(["Signature1", protected, AAD, payload])
+        try:
+            vk.verify(sig, tbs)
+        except Exception:
+            fail(f"record {i}: signature does not verify over the independently built Sig_structure")
+        decoded = cbor2.loads(payload)
+        expected = payload_map(r)
+        if decoded != expected:
+            fail(f"record {i}: payload {decoded!r} != fields {expected!r}")
+        if list(decoded.keys()) != sorted(decoded.keys()):
+            fail(f"record {i}: labels not ascending")
+        if cbor2.dumps(expected, canonical=True) != payload or payload.hex() != r["payload"]:
+            fail(f"record {i}: payload not the deterministic encoding")
+        if sign1(sk, kid, payload) != cose:
+            fail(f"record {i}: rebuilt in Python, bytes differ")
+        n += 1
+    return n
+
+
+def python_doc() -> dict:
+    seed = bytes(range(32))
+    sk = Ed25519PrivateKey.from_private_bytes(seed)
+    pk = sk.public_key().public_bytes_raw()
+    kid = kid_of(pk)
+    subject_seed = bytes([0x5e] * 32)
+    subject = Ed25519PrivateKey.from_private_bytes(subject_seed)
+    now = 1_800_000_000
+    fleet = "fleet-py"
+    recs = [
+        {"kind": 1, "fleet": fleet, "not_before": now - 60, "not_after": now + 86400,
+         "sequence": 10, "current": 3, "accepted": [2], "revoked": [1], "denied": [5]},
+        {"kind": 2, "fleet": fleet, "not_before": now - 60, "not_after": now + 3600,
+         "grant_id": 6, "subject": "bob@python", "role": 2, "scope": [b"VIN-".hex()],
+         "subject_key": subject.public_key().public_bytes_raw().hex(), "serial": "VIN-123"},
+        {"kind": 1, "fleet": fleet, "not_before": now - 60, "not_after": now + 86400,
+         "sequence": 1000000, "current": 70000, "accepted": [3], "revoked": [1, 2], "denied": []},
+    ]
+    for r in recs:
+        payload = cbor2.dumps(payload_map(r), canonical=True)
+        r["payload"] = payload.hex()
+        r["cose"] = sign1(sk, kid, payload).hex()
+    challenge = bytes([0xab] * 32)
+    pop = subject.sign(POP + (6).to_bytes(8, "big") + challenge)
+    return {
+        "source": "fleetkey governance v1, built by tests/crosscheck/check_governance.py (cbor2, cryptography)",
+        "external_aad": AAD.hex(),
+        "root_seed": seed.hex(),
+        "root_public_key": pk.hex(),
+        "root_kid": kid.hex(),
+        "subject_seed": subject_seed.hex(),
+        "fleet": fleet,
+        "now": now,
+        "records": recs,
+        "possession": {"grant_id": 6, "challenge": challenge.hex(), "signature": pop.hex()},
+    }
+
+
+def main():
+    with open(RUST) as f:
+        n = check_rust(json.load(f))
+    doc = python_doc()
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if "--write" in sys.argv:
+        with open(PYTHON, "w") as f:
+            f.write(text)
+    with open(PYTHON) as f:
+        if f.read() != text:
+            fail(f"{PYTHON} is not what this script builds (rerun with --write)")
+    # The Python file checks itself too, so both files pass the same independent decoder.
+    m = check_rust(doc)
+    print(f"governance: {n} manager records verified and rebuilt byte for byte, {m} python records for the core")
+
+
+if __name__ == "__main__":
+    main()
