@@ -33,6 +33,9 @@ enum Command {
     /// Master generations: create, rotate, retire.
     #[command(subcommand)]
     Generation(cmd::generation::Command),
+    /// Master key backup: restore and verify custodian shares.
+    #[command(subcommand)]
+    Master(cmd::master::Command),
     /// Where a rotation stands.
     #[command(subcommand)]
     Rotation(cmd::generation::RotationCommand),
@@ -63,6 +66,7 @@ fn main() -> std::process::ExitCode {
         Command::Device(command) => cmd::device::run(global, command),
         Command::Generation(command) => cmd::generation::run(global, command),
         Command::Rotation(command) => cmd::generation::rotation(global, command),
+        Command::Master(command) => cmd::master::run(global, command),
         Command::Audit(command) => cmd::audit::run(global, command),
         Command::Bench(command) => cmd::bench::run(global, command),
         Command::Derive(args) => cmd::derive::run(args),

@@ -68,6 +68,11 @@ fn init(dir: &Path, scheme: &str) -> PathBuf {
             "--she-transport-key-file",
         ])
         .arg(&transport)
+        .args(if scheme == "stored" {
+            &[][..]
+        } else {
+            &["--no-backup"][..]
+        })
         .output()
         .unwrap();
     assert!(
@@ -96,7 +101,10 @@ fn walkthrough_from_the_command_line() {
     assert_eq!(p["she"].as_array().unwrap().len(), 4);
     let u = json(&home, &["device", "refresh", "ECU-1", "--reason", "test"]);
     assert_eq!(u["device"]["revision"], 1);
-    let g = json(&home, &["generation", "rotate", "--reason", "yearly"]);
+    let g = json(
+        &home,
+        &["generation", "rotate", "--reason", "yearly", "--no-backup"],
+    );
     assert_eq!(g["generation"], 2);
     let keys = dir.path().join("keys.jsonl");
     json(

@@ -674,6 +674,35 @@ pub fn restore_into(
     })
 }
 
+/// Restores a master from shares into a new soft key file at `path` (refused when it exists),
+/// encrypted under `passphrase`. On failure the new file is removed. The file holds only the
+/// master: no KEK and no governance root.
+pub fn restore_into_new_key_file(
+    path: &std::path::Path,
+    passphrase: &age::secrecy::SecretString,
+    work_factor: crate::module::soft::WorkFactor,
+    shares: &[Share],
+    generation: Option<u32>,
+) -> Result<RestoreReport, Error> {
+    use age::secrecy::ExposeSecret as _;
+    // Check the shares before creating anything.
+    drop(combine(shares)?);
+    let module = crate::module::soft::SoftModule::create_with(
+        path,
+        passphrase.expose_secret(),
+        work_factor,
+    )?;
+    let result = restore_into(&module, shares, generation);
+    drop(module);
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+        let mut lock = path.as_os_str().to_owned();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(lock);
+    }
+    result
+}
+
 /// Whether the module's master of `generation` is `master`: one probe derivation on each side,
 /// compared in constant time.
 pub fn module_holds(

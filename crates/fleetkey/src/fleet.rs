@@ -28,11 +28,14 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, Tx, transact};
 
 mod bulk;
+mod ceremony;
 mod devices;
 mod generations;
 pub mod material;
 
+pub use crate::backup::MasterBackup;
 pub use bulk::{BATCH, ImportReport, ImportRow, Progress, parse_csv};
+pub use ceremony::{BACKUP_ACTION, RESTORE_ACTION};
 pub use devices::{KeyUpdate, NewDevice, Provisioning};
 pub use generations::{GenerationCount, RotationStatus};
 
@@ -88,6 +91,9 @@ pub struct InitOptions {
     pub she_transport_key: Option<Key128>,
     /// The soft key file's scrypt work factor (age's default unless tests or demos lower it).
     pub work_factor: WorkFactor,
+    /// How generation 1's master is backed up (derived and governed schemes; the stored scheme
+    /// has no master and takes only [`MasterBackup::NoBackup`]).
+    pub backup: MasterBackup,
 }
 
 /// An open fleet.
@@ -138,6 +144,14 @@ impl Fleet {
             });
         }
         validate_fleet_id(&options.fleet_id)?;
+        if let MasterBackup::Shares {
+            threshold,
+            custodians,
+            ..
+        } = &options.backup
+        {
+            crate::backup::check_split(*threshold, custodians)?;
+        }
         let created_dir = !home.exists();
         std::fs::create_dir_all(home).map_err(|source| Error::Io {
             path: home.to_owned(),
@@ -148,6 +162,7 @@ impl Fleet {
         if result.is_err() {
             for file in [
                 crate::home::KEY_FILE,
+                "keys.age.lock",
                 crate::home::STORE_FILE,
                 "fleet.db-wal",
                 "fleet.db-shm",
@@ -176,9 +191,22 @@ impl Fleet {
         };
         module.ensure_kek()?;
         let derived = options.scheme.derives_from_master();
-        if derived {
-            module.create_master(fleetkey_core::Generation(1))?;
-        }
+        let new_master = if derived {
+            Some(ceremony::create_master(
+                module.as_ref(),
+                &options.fleet_id,
+                1,
+                &options.backup,
+                access.clock.now_ms(),
+            )?)
+        } else if options.backup != MasterBackup::NoBackup {
+            return Err(Error::Refused {
+                what: "the stored scheme has no master to split into shares".into(),
+                hint: "drop the share options; back up the key file, whose KEK protects the device roots".into(),
+            });
+        } else {
+            None
+        };
         let signing_key = match options.scheme {
             Scheme::Governed => Some(hex::encode(module.ensure_signing_key()?)),
             _ => None,
@@ -227,6 +255,14 @@ impl Fleet {
                 serde_json::json!({"state": "active", "current": true}),
             ));
         }
+        if let Some(new_master) = &new_master {
+            drafts.push(fleet.draft(
+                ceremony::BACKUP_ACTION,
+                Some(1),
+                vec![],
+                new_master.details.clone(),
+            ));
+        }
         transact(fleet.store.as_mut(), |tx| {
             if tx.fleet()?.is_some() {
                 return Err(Error::Refused {
@@ -252,6 +288,9 @@ impl Fleet {
             Ok(())
         })?;
         fleet.config.save(home)?;
+        if let Some(new_master) = new_master {
+            new_master.keep();
+        }
         Ok(fleet)
     }
 

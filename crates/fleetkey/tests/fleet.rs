@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use fleetkey::error::Error;
-use fleetkey::fleet::{Access, Clock, Fleet, InitOptions, NewDevice, SecretString};
+use fleetkey::fleet::{Access, Clock, Fleet, InitOptions, MasterBackup, NewDevice, SecretString};
 use fleetkey::lifecycle::State;
 use fleetkey::model::{DeviceFilter, DeviceSerial, Scheme};
 use fleetkey::module::soft::WorkFactor;
@@ -36,6 +36,7 @@ fn init(dir: &std::path::Path, scheme: Scheme) -> Fleet {
         scheme,
         she_transport_key: Some(Key128::from_bytes(TRANSPORT)),
         work_factor: WorkFactor::Log2(4),
+        backup: MasterBackup::NoBackup,
     };
     Fleet::init(&dir.join("home"), options, access()).unwrap()
 }
@@ -109,7 +110,9 @@ fn derived_fleet_walkthrough_with_she_updates() {
     assert!(she.load_key(&m1, &m2, &m3).is_err());
 
     // Rotation: generation 2 becomes current; devices migrate by refresh.
-    let g2 = fleet.rotate("yearly rotation").unwrap();
+    let g2 = fleet
+        .rotate("yearly rotation", &MasterBackup::NoBackup)
+        .unwrap();
     assert_eq!(g2.generation, 2);
     fleet.provision(&serial("ECU-2")).unwrap();
     let status = fleet.rotation_status().unwrap();
@@ -252,6 +255,7 @@ fn init_refuses_an_existing_fleet() {
         scheme: Scheme::Derived,
         she_transport_key: None,
         work_factor: WorkFactor::Log2(4),
+        backup: MasterBackup::NoBackup,
     };
     assert!(matches!(
         Fleet::init(&dir.path().join("home"), options, access()),
@@ -324,7 +328,10 @@ fn stored_scheme_refresh_draws_a_new_root() {
     let update = fleet.refresh(&serial("S-1"), "rekey").unwrap();
     assert_ne!(update.device.wrapped_root, root);
     assert_eq!(update.device.revision, 1);
-    assert!(matches!(fleet.rotate("x"), Err(Error::Refused { .. })));
+    assert!(matches!(
+        fleet.rotate("x", &MasterBackup::NoBackup),
+        Err(Error::Refused { .. })
+    ));
 }
 
 fn write_csv(dir: &std::path::Path, rows: &[&str]) -> std::path::PathBuf {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetkey::fleet::{Access, Fleet, InitOptions, SecretString, SystemClock};
+use fleetkey::fleet::{Access, Fleet, InitOptions, MasterBackup, SecretString, SystemClock};
 use fleetkey::model::{DeviceFilter, Scheme};
 use fleetkey::module::soft::WorkFactor;
 use serde::Serialize;
@@ -92,6 +92,8 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
         scheme: Scheme::Derived,
         she_transport_key: None,
         work_factor: WorkFactor::Log2(10),
+        // A throwaway fleet in a temporary directory: nothing to back up.
+        backup: MasterBackup::NoBackup,
     };
     let mut fleet = Fleet::init(&dir.path().join("home"), options, access)?;
 

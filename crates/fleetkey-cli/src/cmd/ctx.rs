@@ -97,6 +97,16 @@ impl From<Error> for CliError {
         let hint = e.hint();
         let err = match &e {
             Error::Invalid { field, problem } => CliError::input(field, problem),
+            Error::Backup(b) if b.is_check_failure() => CliError::rejected(b),
+            Error::Backup(fleetkey::backup::BackupError::Invalid { field, problem }) => {
+                let flag = match *field {
+                    "custodians" | "custodian" => "--custodian",
+                    "threshold" => "--threshold",
+                    other => other,
+                };
+                CliError::input(flag, problem)
+            }
+            Error::Backup(b) => CliError::input("share files", b),
             _ => CliError::failed(&e),
         };
         match hint {

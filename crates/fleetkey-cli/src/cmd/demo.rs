@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use fleetkey::fleet::material::SheUpdate;
-use fleetkey::fleet::{Access, Fleet, InitOptions, NewDevice, SecretString, SystemClock};
+use fleetkey::fleet::{
+    Access, Fleet, InitOptions, MasterBackup, NewDevice, SecretString, SystemClock,
+};
 use fleetkey::model::{DeviceFilter, DeviceSerial, Scheme};
 use fleetkey::module::soft::WorkFactor;
 use fleetkey_core::roll::{Epoch, RollSchedule, Roller};
@@ -164,14 +166,26 @@ pub(crate) fn run(_global: &Global, args: Args) -> Result<(), CliError> {
 
     step(
         1,
-        "a derived-scheme fleet on the embedded defaults (SQLite store, soft key module)",
-        "fleetkey --home fleet init --fleet demo --scheme derived --she-transport-key-file transport.hex",
+        "a derived-scheme fleet on the embedded defaults (SQLite store, soft key module); the master key ceremony splits generation 1's master into 3-of-5 custodian shares before it enters the module",
+        "fleetkey --home fleet init --fleet demo --scheme derived --she-transport-key-file transport.hex \\\n        --custodian alice --custodian bob --custodian carol --custodian dave --custodian erin --threshold 3 --shares-dir shares",
+    );
+    let shares_dir = match &args.keep {
+        Some(keep) => keep.with_extension("shares"),
+        None => temp.path().join("shares"),
+    };
+    let ceremony = MasterBackup::shares(
+        3,
+        ["alice", "bob", "carol", "dave", "erin"]
+            .map(String::from)
+            .to_vec(),
+        &shares_dir,
     );
     let options = InitOptions {
         fleet_id: "demo".into(),
         scheme: Scheme::Derived,
         she_transport_key: Some(Key128::from_bytes(TRANSPORT_KEY)),
         work_factor: WorkFactor::Log2(14),
+        backup: ceremony.clone(),
     };
     let mut fleet = Fleet::init(&home, options, access)?;
     println!(
@@ -179,6 +193,23 @@ pub(crate) fn run(_global: &Global, args: Args) -> Result<(), CliError> {
         home.display(),
         fleetkey::home::KEY_FILE
     );
+    for record in fleet.master_backups(1)? {
+        println!(
+            "   backup: {} of {} shares (custodians {}), master KCV {}, files in {} (in real life each goes offline to its custodian)",
+            record["threshold"],
+            record["count"],
+            record["custodians"]
+                .as_array()
+                .map(|c| c
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+            record["master_kcv"].as_str().unwrap_or("-"),
+            shares_dir.display()
+        );
+    }
 
     step(
         2,
@@ -348,9 +379,9 @@ pub(crate) fn run(_global: &Global, args: Args) -> Result<(), CliError> {
     step(
         7,
         "rotation: generation 2 becomes current, every ECU migrates by SHE update, generation 1 is destroyed",
-        "fleetkey generation rotate --reason yearly && fleetkey device refresh --all --generation 1 --out updates.jsonl",
+        "fleetkey generation rotate --reason yearly --threshold 3 --custodian alice ... --custodian erin --shares-dir shares && fleetkey device refresh --all --generation 1 --out updates.jsonl",
     );
-    fleet.rotate("yearly rotation")?;
+    fleet.rotate("yearly rotation", &ceremony)?;
     let mut updates = Vec::new();
     let filter = DeviceFilter {
         generation: Some(1),

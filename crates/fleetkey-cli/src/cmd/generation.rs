@@ -3,6 +3,7 @@
 use fleetkey::model::GenerationRecord;
 
 use crate::cmd::ctx::Global;
+use crate::cmd::master::{BackupArgs, report_backup};
 use crate::error::CliError;
 
 /// Master generation commands (derived and governed schemes).
@@ -12,24 +13,31 @@ pub(crate) enum Command {
     #[command(after_help = "Example:\n  fleetkey generation list --json")]
     List,
     /// Create the next generation (pre-active) with a fresh master in the key module.
-    #[command(
-        after_help = "Example:\n  fleetkey generation create --reason 'prepare 2027 rotation'"
-    )]
-    Create(Reason),
+    #[command(after_help = "\
+The master key ceremony: the new master is split into custodian shares (M of N restore it), written
+before it enters the key module; or --no-backup.
+
+Example:
+  fleetkey generation create --reason 'prepare 2027 rotation' \\
+      --custodian alice --custodian bob --custodian carol --threshold 2 --shares-dir ./shares-g2")]
+    Create(NewMaster),
     /// Activate a generation and make it current.
     #[command(after_help = "Example:\n  fleetkey generation activate 2 --reason 'rotation'")]
     Activate(Target),
     /// Rotation: create generation g+1 and make it current; then migrate devices with
     /// `fleetkey device refresh --all --generation g`.
     #[command(after_help = "\
-The new master exists only in the key module: back it up before devices depend on it.
+The master key ceremony: the new master is split into custodian shares (M of N restore it), written
+before it enters the key module; or --no-backup (then losing the module loses every key of the
+new generation).
 
 Example:
-  fleetkey generation rotate --reason 'yearly rotation'
+  fleetkey generation rotate --reason 'yearly rotation' \\
+      --custodian alice --custodian bob --custodian carol --threshold 2 --shares-dir ./shares-g2
   fleetkey device refresh --all --generation 1 --out updates.jsonl
   fleetkey rotation status
   fleetkey generation destroy 1 --reason 'migrated'")]
-    Rotate(Reason),
+    Rotate(NewMaster),
     /// Stop using a generation for new keys (refused while devices depend on it unless forced).
     #[command(after_help = "Example:\n  fleetkey generation deactivate 1 --reason 'migrated'")]
     Deactivate(Retire),
@@ -46,12 +54,14 @@ Example:
     Revoke(Target),
 }
 
-/// A reason.
+/// A new master: a reason and its backup.
 #[derive(clap::Args)]
-pub(crate) struct Reason {
+pub(crate) struct NewMaster {
     /// Why (recorded).
     #[arg(long)]
     reason: String,
+    #[command(flatten)]
+    backup: BackupArgs,
 }
 
 /// A generation and a reason.
@@ -123,7 +133,9 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
             })
         }
         Command::Create(r) => {
-            let g = fleet.create_generation(&r.reason)?;
+            let backup = r.backup.resolve()?;
+            let g = fleet.create_generation(&r.reason, &backup)?;
+            report_backup(&mut fleet, g.generation)?;
             global.print(&g, text)
         }
         Command::Activate(t) => {
@@ -131,11 +143,9 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
             global.print(&g, |g| format!("{}; it is now current", text(g)))
         }
         Command::Rotate(r) => {
-            let g = fleet.rotate(&r.reason)?;
-            eprintln!(
-                "WARNING: generation {}'s master exists only in the key module: back it up now; losing it means no key of generation {} can be derived again.",
-                g.generation, g.generation
-            );
+            let backup = r.backup.resolve()?;
+            let g = fleet.rotate(&r.reason, &backup)?;
+            report_backup(&mut fleet, g.generation)?;
             global.print(&g, |g| {
                 format!(
                     "{}; it is now current. Migrate devices: fleetkey device refresh --all --generation {} --out updates.jsonl",

@@ -6,6 +6,7 @@ use fleetkey::module::soft::WorkFactor;
 use fleetkey_core::Key128;
 
 use crate::cmd::ctx::Global;
+use crate::cmd::master::{BackupArgs, report_backup};
 use crate::error::CliError;
 use crate::input;
 
@@ -13,10 +14,15 @@ use crate::input;
 #[derive(clap::Args)]
 #[command(after_help = "\
 The key file is encrypted under a passphrase from FLEETKEY_PASSPHRASE or a prompt (never argv).
+The derived and governed schemes run the master key ceremony: generation 1's master is split into
+custodian shares (M of N restore it) written before it enters the key module; or --no-backup.
 
-Example:
+Examples:
   export FLEETKEY_PASSPHRASE='a long passphrase'
-  fleetkey --home ./tractors init --fleet tractors --scheme derived --she-transport-key-file transport.hex")]
+  fleetkey --home ./tractors init --fleet tractors --scheme derived --she-transport-key-file transport.hex \\
+      --custodian alice --custodian bob --custodian carol --custodian dave --custodian erin \\
+      --threshold 3 --shares-dir ./shares
+  fleetkey --home ./lab init --fleet lab --scheme derived --no-backup")]
 pub(crate) struct InitArgs {
     /// Fleet id (A-Z a-z 0-9 - _ .).
     #[arg(long)]
@@ -32,6 +38,8 @@ pub(crate) struct InitArgs {
     /// scrypt work factor (log2) of the key file; default: age's (about a second to open).
     #[arg(long, value_parser = clap::value_parser!(u8).range(10..=22))]
     kdf_log_n: Option<u8>,
+    #[command(flatten)]
+    backup: BackupArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -54,6 +62,11 @@ pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
         )?)),
         None => None,
     };
+    let backup = if scheme.derives_from_master() || args.backup.any() {
+        args.backup.resolve()?
+    } else {
+        fleetkey::fleet::MasterBackup::NoBackup
+    };
     let options = InitOptions {
         fleet_id: args.fleet,
         scheme,
@@ -61,15 +74,12 @@ pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
         work_factor: args
             .kdf_log_n
             .map_or(WorkFactor::AgeDefault, WorkFactor::Log2),
+        backup,
     };
     let mut fleet = Fleet::init(&global.home, options, global.access_for_init()?)?;
     let status = fleet.status()?;
     if scheme.derives_from_master() {
-        eprintln!(
-            "WARNING: generation 1's master exists only in {}. If it is lost, no device key of \
-             generation 1 can ever be derived again: back up the key file and its passphrase now.",
-            global.home.join(fleetkey::home::KEY_FILE).display()
-        );
+        report_backup(&mut fleet, 1)?;
     }
     global.print(&status, |s| {
         format!(

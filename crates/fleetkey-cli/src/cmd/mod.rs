@@ -9,5 +9,6 @@ pub(crate) mod derive;
 pub(crate) mod device;
 pub(crate) mod generation;
 pub(crate) mod init;
+pub(crate) mod master;
 pub(crate) mod roll;
 pub(crate) mod she;

@@ -3,7 +3,8 @@
 use fleetkey_core::Generation;
 use serde::Serialize;
 
-use super::{Fleet, fleet_info};
+use super::{Fleet, ceremony, fleet_info};
+use crate::backup::MasterBackup;
 use crate::error::Error;
 use crate::lifecycle::State;
 use crate::model::{DeviceFilter, GenerationRecord};
@@ -50,8 +51,13 @@ impl Fleet {
         transact(self.store.as_mut(), |tx| Ok(tx.generations()?))
     }
 
-    /// Creates the next generation (pre-active) with a fresh master in the key module.
-    pub fn create_generation(&mut self, reason: &str) -> Result<GenerationRecord, Error> {
+    /// Creates the next generation (pre-active) with a fresh master in the key module, backed up
+    /// as `backup` says (the ceremony: see [`crate::backup`]).
+    pub fn create_generation(
+        &mut self,
+        reason: &str,
+        backup: &MasterBackup,
+    ) -> Result<GenerationRecord, Error> {
         self.require_derived("create generation")?;
         let next = transact(self.store.as_mut(), |tx| {
             Ok(tx
@@ -64,7 +70,13 @@ impl Fleet {
             // creation was not recorded.
             self.module.destroy_master(Generation(next))?;
         }
-        self.module.create_master(Generation(next))?;
+        let new_master = ceremony::create_master(
+            self.module.as_ref(),
+            &self.config.fleet_id,
+            next,
+            backup,
+            self.access.clock.now_ms(),
+        )?;
         let change = self.change(reason);
         let draft = self.draft(
             "generation.create",
@@ -72,7 +84,13 @@ impl Fleet {
             vec![],
             serde_json::json!({"state": "pre-active"}),
         );
-        transact(self.store.as_mut(), |tx| {
+        let backup_draft = self.draft(
+            ceremony::BACKUP_ACTION,
+            Some(next),
+            vec![],
+            new_master.details.clone(),
+        );
+        let record = transact(self.store.as_mut(), |tx| {
             let record = GenerationRecord {
                 generation: next,
                 state: State::PreActive,
@@ -81,8 +99,11 @@ impl Fleet {
             };
             tx.insert_generation(&record)?;
             tx.append_audit(draft.clone())?;
+            tx.append_audit(backup_draft.clone())?;
             Ok(record)
-        })
+        })?;
+        new_master.keep();
+        Ok(record)
     }
 
     /// Activates a generation and makes it current: new devices and refreshes use it.
@@ -121,8 +142,12 @@ impl Fleet {
 
     /// Rotation: creates generation g+1 and makes it current. Devices then migrate by refresh
     /// (`refresh_generation`); only after that is g deactivated and destroyed.
-    pub fn rotate(&mut self, reason: &str) -> Result<GenerationRecord, Error> {
-        let record = self.create_generation(reason)?;
+    pub fn rotate(
+        &mut self,
+        reason: &str,
+        backup: &MasterBackup,
+    ) -> Result<GenerationRecord, Error> {
+        let record = self.create_generation(reason, backup)?;
         self.activate_generation(record.generation, reason)
     }
 
