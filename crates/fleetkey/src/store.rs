@@ -14,6 +14,7 @@ use crate::audit::{AuditDraft, AuditEvent, AuditFilter};
 use crate::error::{Error, StoreError};
 use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord};
 
+pub mod postgres;
 pub mod sqlite;
 
 /// The operations available inside one transaction.
