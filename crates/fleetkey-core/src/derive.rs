@@ -213,6 +213,20 @@ impl DeviceKey {
         self.usage
     }
 
+    /// A device key computed elsewhere (a hardware module's HMAC): `bytes` must be
+    /// `usage.key_len()` long, else `None`.
+    pub fn from_slice(usage: Usage, bytes: &[u8]) -> Option<Self> {
+        let mut key = DeviceKey {
+            usage,
+            bytes: [0; 32],
+        };
+        if bytes.len() != usage.key_len() {
+            return None;
+        }
+        key.bytes.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(key)
+    }
+
     /// The key bytes (`usage().key_len()` of them). Do not log, print or store them.
     pub fn expose_secret(&self) -> &[u8] {
         self.bytes.get(..self.usage.key_len()).unwrap_or(&[])

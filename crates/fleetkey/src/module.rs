@@ -10,6 +10,7 @@ use fleetkey_core::derive::{DeviceKey, DeviceKeyInputs, Generation};
 use crate::error::ModuleError;
 use crate::model::WrappedKey;
 
+pub mod pkcs11;
 pub mod soft;
 
 /// Derives many device keys of one generation, for bulk work: the master's state is prepared once
