@@ -1,5 +1,5 @@
 //! A minimal ECU firmware that links what an ECU runs of the device core: derivation, rolling,
-//! SecOC verify and the software SHE. It exists to measure the core's flash and RAM footprint
+//! SecOC verify, the software SHE and governance record verification. It exists to measure the core's flash and RAM footprint
 //! (`scripts/firmware-size`, one build per feature); inputs pass through `black_box` so nothing
 //! is folded away.
 #![no_std]
@@ -51,6 +51,26 @@ fn main() -> ! {
         if let (Ok(m1), Ok(m2), Ok(m3)) = (M1::from_bytes(&bytes[..16]), M2::from_bytes(&bytes[16..48]), M3::from_bytes(&bytes[48..])) {
             if let Ok((m4, _m5)) = she.load_key(&m1, &m2, &m3) {
                 sink ^= m4.to_bytes()[0];
+            }
+        }
+    }
+    #[cfg(feature = "governance")]
+    {
+        use fleetkey_core::governance::{
+            Challenge, GovernanceState, RootKey, generation_allowed, verify_generation_record,
+            verify_grant, verify_possession,
+        };
+        let record = black_box([0u8; 256]);
+        if let Ok(root) = RootKey::new(black_box([0x33; 32]), black_box(b"root-kid")) {
+            if let Ok(mut state) = GovernanceState::new(black_box("fleet-a"), root) {
+                let now = black_box(1_750_000_000);
+                if verify_generation_record(&mut state, &record, now).is_ok() {
+                    sink ^= u8::from(generation_allowed(&state, fleetkey_core::Generation(black_box(2))));
+                }
+                if let Ok(grant) = verify_grant(&state, &record, black_box(b"ECU-0001"), now) {
+                    let challenge = Challenge::from_nonce(black_box([0x44; 32]));
+                    sink ^= u8::from(verify_possession(&grant, &challenge, &black_box([0; 64])).is_ok());
+                }
             }
         }
     }

@@ -865,3 +865,13 @@ proptest! {
         let _ = inspect_unverified(&bad);
     }
 }
+
+#[test]
+fn state_size() {
+    std::println!(
+        "GovernanceState {} bytes, Grant {} bytes",
+        core::mem::size_of::<GovernanceState>(),
+        core::mem::size_of::<Grant<'_>>()
+    );
+    assert!(core::mem::size_of::<GovernanceState>() <= 1024);
+}
