@@ -342,3 +342,25 @@ mod prop {
         }
     }
 }
+
+/// Shares made by an independent implementation (tests/crosscheck/check_backup.py).
+#[test]
+fn shares_made_by_the_python_crosscheck_restore_its_master() {
+    let vector: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../../tests/vectors/backup-shares-v1.json"
+    ))
+    .unwrap();
+    let master =
+        MasterKey::from_slice(&hex::decode(vector["master"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(master_kcv(&master).to_string(), vector["master_kcv"]);
+    let shares: Vec<Share> = vector["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|doc| Share::parse(&doc.to_string(), "vector").unwrap())
+        .collect();
+    assert!(shares.iter().all(Share::check_kcv));
+    for which in subsets(5, 3) {
+        assert!(combine(&pick(&shares, &which)).unwrap() == master);
+    }
+}
