@@ -137,6 +137,21 @@ impl Fleet {
     /// the store, then the configuration, which marks the home complete. On failure, what was
     /// created is removed.
     pub fn init(home: &Path, options: InitOptions, access: Access) -> Result<Fleet, Error> {
+        let module = ModuleConfig::Soft {
+            file: crate::home::KEY_FILE.into(),
+        };
+        Self::init_with_module(home, module, options, access)
+    }
+
+    /// [`Fleet::init`] with another key module (a PKCS#11 token: its objects are namespaced by
+    /// the fleet id, which must have none there yet). On failure the objects created are
+    /// destroyed too.
+    pub fn init_with_module(
+        home: &Path,
+        module: ModuleConfig,
+        options: InitOptions,
+        access: Access,
+    ) -> Result<Fleet, Error> {
         if home.join(crate::home::CONFIG_FILE).exists() {
             return Err(Error::Refused {
                 what: format!("{} already holds a fleet", home.display()),
@@ -152,13 +167,34 @@ impl Fleet {
         {
             crate::backup::check_split(*threshold, custodians)?;
         }
+        if let ModuleConfig::Pkcs11 { token_label, .. } = &module
+            && !open_pkcs11(&module, &options.fleet_id)?.is_empty()?
+        {
+            return Err(Error::Refused {
+                what: format!(
+                    "token {token_label:?} already holds objects of a fleet {:?}",
+                    options.fleet_id
+                ),
+                hint: "choose another fleet id, or remove that fleet's objects from the token"
+                    .into(),
+            });
+        }
         let created_dir = !home.exists();
         std::fs::create_dir_all(home).map_err(|source| Error::Io {
             path: home.to_owned(),
             source,
         })?;
-        let config = FleetConfig::embedded(&options.fleet_id, options.scheme);
+        let mut config = FleetConfig::embedded(&options.fleet_id, options.scheme);
+        config.module = module;
+        let fleet_id = options.fleet_id.clone();
+        let module_config = config.module.clone();
         let result = Self::create_in(home, config, options, access);
+        if let (Err(_), ModuleConfig::Pkcs11 { .. }) = (&result, &module_config) {
+            // Checked empty before anything was created: all there is of the fleet is ours.
+            if let Ok(module) = open_pkcs11(&module_config, &fleet_id) {
+                let _ = module.destroy_namespace();
+            }
+        }
         if result.is_err() {
             for file in [
                 crate::home::KEY_FILE,
@@ -188,6 +224,9 @@ impl Fleet {
                 access.passphrase.expose_secret(),
                 options.work_factor,
             )?),
+            ModuleConfig::Pkcs11 { .. } => {
+                Box::new(open_pkcs11(&config.module, &options.fleet_id)?)
+            }
         };
         module.ensure_kek()?;
         let derived = options.scheme.derives_from_master();
@@ -302,6 +341,7 @@ impl Fleet {
                 home.join(file),
                 access.passphrase.expose_secret(),
             )?),
+            ModuleConfig::Pkcs11 { .. } => Box::new(open_pkcs11(&config.module, &config.fleet_id)?),
         };
         let store: Box<dyn Store> = match &config.store {
             StoreConfig::Sqlite { file } => Box::new(SqliteStore::open_existing(home.join(file))?),
@@ -453,6 +493,26 @@ impl Fleet {
         transact(self.store.as_mut(), |tx| {
             Ok(tx.audit_events(filter, after_seq, limit)?)
         })
+    }
+}
+
+/// The PKCS#11 module of a configuration, in the fleet's namespace.
+fn open_pkcs11(
+    config: &ModuleConfig,
+    fleet_id: &str,
+) -> Result<crate::module::pkcs11::Pkcs11Module, Error> {
+    match config {
+        ModuleConfig::Pkcs11 {
+            library,
+            token_label,
+            pin_file,
+        } => Ok(crate::module::pkcs11::Pkcs11Module::open_configured(
+            library,
+            token_label,
+            pin_file.as_deref(),
+            fleet_id,
+        )?),
+        ModuleConfig::Soft { .. } => Err(Error::invalid("module", "not a PKCS#11 module")),
     }
 }
 

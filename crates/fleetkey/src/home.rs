@@ -31,6 +31,17 @@ pub enum ModuleConfig {
         /// The key file.
         file: PathBuf,
     },
+    /// A PKCS#11 token: the fleet's objects are namespaced by the fleet id. The user PIN is read
+    /// at open from `pin_file` when set, else from `FLEETKEY_PKCS11_PIN`.
+    Pkcs11 {
+        /// The PKCS#11 library (e.g. `/usr/lib/softhsm/libsofthsm2.so`).
+        library: PathBuf,
+        /// The token's label.
+        token_label: String,
+        /// A file holding the PIN (not the PIN itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin_file: Option<PathBuf>,
+    },
 }
 
 /// Where the store is.

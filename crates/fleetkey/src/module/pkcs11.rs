@@ -124,6 +124,51 @@ impl Pkcs11Module {
         })
     }
 
+    /// Opens the module a fleet configuration names: the PIN from `pin_file` when given, else
+    /// from [`PIN_ENV`].
+    pub fn open_configured(
+        library: &Path,
+        token_label: &str,
+        pin_file: Option<&Path>,
+        namespace: &str,
+    ) -> Result<Self, ModuleError> {
+        let pin = Pin::from_file_or_env(pin_file)?;
+        Self::open(library, token_label, &pin, namespace)
+    }
+
+    /// Whether the token holds no object of this namespace (no master, KEK or governance root).
+    pub fn is_empty(&self) -> Result<bool, ModuleError> {
+        Ok(self.namespace_objects()?.is_empty())
+    }
+
+    /// Destroys every token object of this namespace: for undoing a fleet creation that failed.
+    pub fn destroy_namespace(&self) -> Result<(), ModuleError> {
+        let _change = lock(&self.token.changes);
+        let session = self.session()?;
+        for handle in self.namespace_objects()? {
+            session
+                .get()
+                .destroy_object(handle)
+                .map_err(backend("C_DestroyObject"))?;
+        }
+        for (_, master) in std::mem::take(&mut *lock(&self.masters)) {
+            master.alive.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn namespace_objects(&self) -> Result<Vec<ObjectHandle>, ModuleError> {
+        let session = self.session()?;
+        let mut found = Vec::new();
+        for role in ["master", "kek", "governance"] {
+            found.extend(self.find(
+                session.get(),
+                &[Attribute::Token(true), Attribute::Id(self.id(role))],
+            )?);
+        }
+        Ok(found)
+    }
+
     /// The token's label.
     pub fn token_label(&self) -> &str {
         &self.token.label
