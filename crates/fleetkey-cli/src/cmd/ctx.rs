@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use fleetkey::error::Error;
 use fleetkey::fleet::{Access, Fleet, SecretString, SystemClock};
+use fleetkey::home::{FleetConfig, ModuleConfig};
 use serde::Serialize;
 
 use crate::error::CliError;
@@ -26,8 +27,12 @@ pub(crate) struct Global {
 
 impl Global {
     fn access(&self, confirm: bool) -> Result<Access, CliError> {
+        self.access_with(passphrase(confirm)?)
+    }
+
+    fn access_with(&self, passphrase: SecretString) -> Result<Access, CliError> {
         Ok(Access {
-            passphrase: passphrase(confirm)?,
+            passphrase,
             actor: self
                 .actor
                 .clone()
@@ -39,7 +44,20 @@ impl Global {
 
     /// Opens the fleet at `--home`.
     pub(crate) fn open(&self) -> Result<Fleet, CliError> {
-        Fleet::open(&self.home, self.access(false)?).map_err(CliError::from)
+        // A fleet on a PKCS#11 token has no key file: its PIN is read at open, no passphrase.
+        let on_token = FleetConfig::load(&self.home)
+            .is_ok_and(|c| matches!(c.module, ModuleConfig::Pkcs11 { .. }));
+        let access = if on_token {
+            self.access_with(SecretString::from(String::new()))?
+        } else {
+            self.access(false)?
+        };
+        Fleet::open(&self.home, access).map_err(CliError::from)
+    }
+
+    /// Access for `init` on a PKCS#11 token (no key file, so no passphrase).
+    pub(crate) fn access_for_token(&self) -> Result<Access, CliError> {
+        self.access_with(SecretString::from(String::new()))
     }
 
     /// Access for `init` (asks for the passphrase twice at a terminal).

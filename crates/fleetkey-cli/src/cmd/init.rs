@@ -10,7 +10,7 @@ use crate::cmd::master::{BackupArgs, report_backup};
 use crate::error::CliError;
 use crate::input;
 
-/// Create a fleet home on the embedded defaults (SQLite store, soft key module).
+/// Create a fleet home: SQLite store, soft key module (default) or a PKCS#11 token.
 #[derive(clap::Args)]
 #[command(after_help = "\
 The key file is encrypted under a passphrase from FLEETKEY_PASSPHRASE or a prompt (never argv).
@@ -22,7 +22,9 @@ Examples:
   fleetkey --home ./tractors init --fleet tractors --scheme derived --she-transport-key-file transport.hex \\
       --custodian alice --custodian bob --custodian carol --custodian dave --custodian erin \\
       --threshold 3 --shares-dir ./shares
-  fleetkey --home ./lab init --fleet lab --scheme derived --no-backup")]
+  fleetkey --home ./lab init --fleet lab --scheme derived --no-backup
+  FLEETKEY_PKCS11_PIN=... fleetkey --home ./hsm init --fleet hsm --scheme derived --no-backup \\
+      --module pkcs11 --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --token-label fleet-hsm")]
 pub(crate) struct InitArgs {
     /// Fleet id (A-Z a-z 0-9 - _ .).
     #[arg(long)]
@@ -35,11 +37,31 @@ pub(crate) struct InitArgs {
     /// authorises the initial SHE load at provisioning.
     #[arg(long)]
     she_transport_key_file: Option<std::path::PathBuf>,
+    /// Key module: soft (a passphrase-encrypted key file in the home) or pkcs11 (a token; the
+    /// fleet's objects are namespaced by the fleet id).
+    #[arg(long, value_enum, default_value = "soft")]
+    module: ModuleArg,
+    /// The PKCS#11 library (with --module pkcs11), e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long, required_if_eq("module", "pkcs11"))]
+    pkcs11_module: Option<std::path::PathBuf>,
+    /// The token's label (with --module pkcs11); the token is found by label, not slot.
+    #[arg(long, required_if_eq("module", "pkcs11"))]
+    token_label: Option<String>,
+    /// A file holding the token's user PIN, recorded in fleet.json and read at every open;
+    /// without it the PIN comes from FLEETKEY_PKCS11_PIN.
+    #[arg(long)]
+    pin_file: Option<std::path::PathBuf>,
     /// scrypt work factor (log2) of the key file; default: age's (about a second to open).
     #[arg(long, value_parser = clap::value_parser!(u8).range(10..=22))]
     kdf_log_n: Option<u8>,
     #[command(flatten)]
     backup: BackupArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModuleArg {
+    Soft,
+    Pkcs11,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -76,7 +98,29 @@ pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
             .map_or(WorkFactor::AgeDefault, WorkFactor::Log2),
         backup,
     };
-    let mut fleet = Fleet::init(&global.home, options, global.access_for_init()?)?;
+    let mut fleet = match (args.module, args.pkcs11_module, args.token_label) {
+        (ModuleArg::Pkcs11, Some(library), Some(token_label)) => {
+            let absolute = |flag: &str, path: std::path::PathBuf| {
+                std::path::absolute(&path).map_err(|e| CliError::input(flag, e))
+            };
+            let module = fleetkey::home::ModuleConfig::Pkcs11 {
+                library: absolute("--pkcs11-module", library)?,
+                token_label,
+                pin_file: args
+                    .pin_file
+                    .map(|f| absolute("--pin-file", f))
+                    .transpose()?,
+            };
+            Fleet::init_with_module(&global.home, module, options, global.access_for_token()?)?
+        }
+        (ModuleArg::Pkcs11, ..) => {
+            return Err(CliError::input(
+                "--module pkcs11",
+                "needs --pkcs11-module and --token-label",
+            ));
+        }
+        (ModuleArg::Soft, ..) => Fleet::init(&global.home, options, global.access_for_init()?)?,
+    };
     let status = fleet.status()?;
     if scheme.derives_from_master() {
         report_backup(&mut fleet, 1)?;

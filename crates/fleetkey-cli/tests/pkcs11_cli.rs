@@ -1,0 +1,290 @@
+//! Fleets on a PKCS#11 token (SoftHSM2) from the command line: init, import, provision, refresh,
+//! rotate, destroy, audit verify; the stored and governed schemes; the PIN from a file or the
+//! environment, never argv; wrong PIN, missing token and a taken fleet id refused with nothing
+//! written.
+//!
+//! Each test makes its own SoftHSM2 token directory and `SOFTHSM2_CONF`, passed to the
+//! `fleetkey` processes. Needs the Debian package `softhsm2`; without it the tests fail saying
+//! so, unless `FLEETKEY_SKIP_PKCS11=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const LIBRARY: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const PIN: &str = "246810";
+
+/// A SoftHSM2 token in a temporary directory.
+struct Token {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    label: String,
+}
+
+impl Token {
+    /// `None` when SoftHSM2 is missing and FLEETKEY_SKIP_PKCS11=1.
+    fn new(label: &str) -> Option<Token> {
+        let installed = Path::new(LIBRARY).exists()
+            && Command::new("softhsm2-util")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+        if !installed {
+            if std::env::var("FLEETKEY_SKIP_PKCS11").as_deref() == Ok("1") {
+                eprintln!("SoftHSM2 is not installed: skipped (FLEETKEY_SKIP_PKCS11=1)");
+                return None;
+            }
+            panic!(
+                "SoftHSM2 is not installed ({LIBRARY} or softhsm2-util missing): install it with \
+                 `apt-get install softhsm2`, or set FLEETKEY_SKIP_PKCS11=1 to skip these tests"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", label])
+            .args(["--pin", PIN, "--so-pin", "13579111"])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(Token {
+            dir,
+            conf,
+            label: label.to_owned(),
+        })
+    }
+
+    /// `fleetkey --home <home>` on this token, the PIN in the environment, no passphrase.
+    fn fleetkey(&self, home: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetkey"));
+        cmd.arg("--home")
+            .arg(home)
+            .env("SOFTHSM2_CONF", &self.conf)
+            .env("FLEETKEY_PKCS11_PIN", PIN)
+            .env_remove("FLEETKEY_PASSPHRASE")
+            .env("FLEETKEY_ACTOR", "tester")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn init(&self, home: &Path, fleet: &str, scheme: &str, extra: &[&str]) -> Output {
+        let transport = self.dir.path().join("transport.hex");
+        std::fs::write(&transport, "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a\n").unwrap();
+        self.fleetkey(home)
+            .args(["init", "--fleet", fleet, "--scheme", scheme])
+            .args(["--module", "pkcs11", "--pkcs11-module", LIBRARY])
+            .args(["--token-label", &self.label, "--she-transport-key-file"])
+            .arg(&transport)
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    #[track_caller]
+    fn json(&self, home: &Path, args: &[&str]) -> serde_json::Value {
+        let out = self
+            .fleetkey(home)
+            .args(args)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+#[track_caller]
+fn succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[track_caller]
+fn failed_saying(out: &Output, message: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "succeeded: {stderr}");
+    assert!(
+        stderr.contains(message),
+        "{stderr:?} should say {message:?}"
+    );
+    stderr
+}
+
+#[test]
+fn derived_fleet_on_a_token_end_to_end() {
+    let Some(token) = Token::new("fleet-hsm") else {
+        return;
+    };
+    let home = token.dir.path().join("home");
+    let pin_file = token.dir.path().join("pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    let out = token.init(
+        &home,
+        "tractors",
+        "derived",
+        &["--no-backup", "--pin-file", pin_file.to_str().unwrap()],
+    );
+    succeeded(&out);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("fleet.json")).unwrap()).unwrap();
+    assert_eq!(config["module"]["kind"], "pkcs11");
+    assert_eq!(config["module"]["token_label"], "fleet-hsm");
+    assert!(!home.join("keys.age").exists(), "a key file beside a token");
+    let text = std::fs::read_to_string(home.join("fleet.json")).unwrap();
+    assert!(!text.contains(PIN), "fleet.json holds the PIN");
+
+    let csv = token.dir.path().join("devices.csv");
+    std::fs::write(
+        &csv,
+        "serial,she_uid,labels\nECU-1,000000000000000000000000001234,line=1\nECU-2,,line=2\n",
+    )
+    .unwrap();
+    assert_eq!(
+        token.json(&home, &["device", "import", csv.to_str().unwrap()])["added"],
+        2
+    );
+    let p = token.json(&home, &["device", "provision", "ECU-1"]);
+    assert_eq!(p["device"]["state"], "active");
+    let auth = p["keys"]["auth"].as_str().unwrap().to_owned();
+    assert_eq!(auth.len(), 32);
+    assert_eq!(p["she"].as_array().unwrap().len(), 4);
+    // The key is stable: provisioning output again (a reprint) gives the same key.
+    let u = token.json(&home, &["device", "refresh", "ECU-1", "--reason", "test"]);
+    assert_eq!(u["device"]["revision"], 1);
+    let g = token.json(
+        &home,
+        &["generation", "rotate", "--reason", "yearly", "--no-backup"],
+    );
+    assert_eq!(g["generation"], 2);
+    let keys = token.dir.path().join("keys.jsonl");
+    token.json(
+        &home,
+        &[
+            "device",
+            "provision",
+            "--all",
+            "--out",
+            keys.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&keys).unwrap().lines().count(), 1);
+    let updates = token.dir.path().join("updates.jsonl");
+    token.json(
+        &home,
+        &[
+            "device",
+            "refresh",
+            "--all",
+            "--generation",
+            "1",
+            "--out",
+            updates.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(token.json(&home, &["rotation", "status"])["pending"], 0);
+    token.json(
+        &home,
+        &["generation", "destroy", "1", "--reason", "migrated"],
+    );
+    let audit = token.json(&home, &["audit", "verify"]);
+    assert_eq!(audit["ok"], true);
+    let status = token.json(&home, &["status"]);
+    assert_eq!(status["module"], "pkcs11");
+
+    // Wrong PIN (the PIN file wins over the environment, so change the file): refused, the
+    // audit chain unchanged.
+    let events = audit["events"].clone();
+    std::fs::write(&pin_file, "999999\n").unwrap();
+    let out = token.fleetkey(&home).args(["status"]).output().unwrap();
+    failed_saying(&out, "PIN");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    assert_eq!(token.json(&home, &["audit", "verify"])["events"], events);
+}
+
+#[test]
+fn stored_and_governed_fleets_share_a_token() {
+    let Some(token) = Token::new("shared-hsm") else {
+        return;
+    };
+    let stored = token.dir.path().join("stored");
+    succeeded(&token.init(&stored, "stored-fleet", "stored", &[]));
+    let governed = token.dir.path().join("governed");
+    succeeded(&token.init(&governed, "governed-fleet", "governed", &["--no-backup"]));
+    for home in [&stored, &governed] {
+        token.json(home, &["device", "add", "ECU-7"]);
+        let first = token.json(home, &["device", "provision", "ECU-7"]);
+        assert_eq!(first["keys"]["roll_seed"].as_str().unwrap().len(), 64);
+        let refreshed = token.json(home, &["device", "refresh", "ECU-7", "--reason", "r"]);
+        assert_eq!(refreshed["device"]["revision"], 1);
+        assert_eq!(token.json(home, &["audit", "verify"])["ok"], true);
+    }
+}
+
+#[test]
+fn refusals_write_nothing() {
+    let Some(token) = Token::new("refusing-hsm") else {
+        return;
+    };
+    // A token label that is not there: the error names it and the labels present.
+    let home = token.dir.path().join("missing");
+    let out = token
+        .fleetkey(&home)
+        .args(["init", "--fleet", "f", "--scheme", "derived", "--no-backup"])
+        .args(["--module", "pkcs11", "--pkcs11-module", LIBRARY])
+        .args(["--token-label", "no-such-token"])
+        .output()
+        .unwrap();
+    let stderr = failed_saying(&out, "\"no-such-token\"");
+    assert!(stderr.contains("\"refusing-hsm\""), "{stderr}");
+    assert!(!home.exists());
+    // A wrong PIN.
+    let out = token
+        .fleetkey(&home)
+        .env("FLEETKEY_PKCS11_PIN", "000000")
+        .args(["init", "--fleet", "f", "--scheme", "derived", "--no-backup"])
+        .args(["--module", "pkcs11", "--pkcs11-module", LIBRARY])
+        .args(["--token-label", "refusing-hsm"])
+        .output()
+        .unwrap();
+    failed_saying(&out, "PIN");
+    assert!(!home.exists());
+    // --module pkcs11 without its options.
+    let out = token
+        .fleetkey(&home)
+        .args(["init", "--fleet", "f", "--scheme", "derived", "--no-backup"])
+        .args(["--module", "pkcs11"])
+        .output()
+        .unwrap();
+    failed_saying(&out, "--pkcs11-module");
+    // A fleet id the token holds already.
+    let first = token.dir.path().join("first");
+    succeeded(&token.init(&first, "taken", "derived", &["--no-backup"]));
+    let second = token.dir.path().join("second");
+    failed_saying(
+        &token.init(&second, "taken", "derived", &["--no-backup"]),
+        "already holds objects",
+    );
+    assert!(!second.exists());
+    assert_eq!(token.json(&first, &["audit", "verify"])["ok"], true);
+}
