@@ -30,7 +30,19 @@ pub(crate) enum Command {
         #[arg(long)]
         two_pass: bool,
     },
+    /// Derivations/s through the PKCS#11 module (one at a time, and the bulk path) beside the
+    /// token's raw C_Sign HMAC rate measured in the same run. The token comes from
+    /// FLEETKEY_PKCS11_MODULE, FLEETKEY_PKCS11_TOKEN and FLEETKEY_PKCS11_PIN; without them, a
+    /// SoftHSM2 token in a temporary directory.
+    #[command(after_help = "Example:\n  fleetkey bench pkcs11 --seconds 8")]
+    Pkcs11 {
+        /// Seconds in all (four measurements).
+        #[arg(long, default_value_t = 8.0)]
+        seconds: f64,
+    },
 }
+
+mod pkcs11;
 
 #[derive(Serialize)]
 struct Report {
@@ -78,7 +90,10 @@ fn reference_rate(duration: Duration) -> f64 {
 }
 
 pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
-    let Command::Provision { devices, two_pass } = command;
+    let (devices, two_pass) = match command {
+        Command::Provision { devices, two_pass } => (devices, two_pass),
+        Command::Pkcs11 { seconds } => return pkcs11::run(global, seconds),
+    };
     let one_pass = !two_pass;
     let dir = tempfile::tempdir().map_err(|e| CliError::input("temporary directory", e))?;
     let io = |what: &str, e: std::io::Error| CliError::input(what, e);

@@ -48,6 +48,8 @@ use self::token::{Token, backend, rv};
 use super::{BulkDeriver, KeyModule};
 use crate::error::ModuleError;
 use crate::model::WrappedKey;
+/// The PKCS#11 binding this module is built on, for callers that inspect a token themselves.
+pub use cryptoki;
 
 /// DER of the Ed25519 curve's object identifier 1.3.101.112, for `CKA_EC_PARAMS`.
 const ED25519_OID: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
