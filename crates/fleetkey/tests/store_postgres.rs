@@ -238,6 +238,38 @@ fn a_serialization_conflict_is_retried() {
 }
 
 #[test]
+fn a_serial_inserted_concurrently_is_a_duplicate_after_the_retry() {
+    let f = factory!();
+    let mut store = f.open();
+    let mut other = f.open();
+    let mut runs = 0;
+    let batch = [device(b"y"), device(b"x"), device(b"z")];
+    let result = tx(&mut store, |t| {
+        runs += 1;
+        // The snapshot is taken; then another instance inserts `x` and commits.
+        t.count_devices(&DeviceFilter::default())?;
+        if runs == 1 {
+            tx(&mut other, |tx| Ok(tx.insert_device(&device(b"x"))?));
+        }
+        Ok(t.insert_devices(&batch))
+    });
+    assert_eq!(
+        runs, 2,
+        "run again, as the other insert was not in the snapshot"
+    );
+    match result {
+        Err(StoreError::Duplicate(what)) => assert_eq!(what, "device x"),
+        other => panic!("expected Duplicate(device x), got {other:?}"),
+    }
+    assert_eq!(
+        tx(&mut store, |tx| Ok(
+            tx.count_devices(&DeviceFilter::default())?
+        )),
+        1
+    );
+}
+
+#[test]
 fn conflicts_beyond_the_attempts_are_busy() {
     let f = factory!();
     let mut store = PostgresStore::connect_with(

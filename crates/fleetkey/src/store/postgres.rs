@@ -489,12 +489,17 @@ impl PgTx<'_, '_> {
                 if e.code() != Some(&SqlState::UNIQUE_VIOLATION) {
                     return Err(backend("insert devices", e));
                 }
-                Err(self
-                    .duplicate_in(records)
-                    .unwrap_or_else(|| StoreError::Backend {
-                        operation: "insert devices",
-                        detail: e.to_string(),
-                    }))
+                match self.duplicate_in(records) {
+                    Some(found) => Err(found),
+                    None => {
+                        // Not in this transaction's snapshot nor twice in the batch: a
+                        // concurrent transaction inserted it. Run again, and see it.
+                        self.state.conflict = true;
+                        Err(StoreError::Busy(format!(
+                            "insert devices: a concurrent transaction inserted a serial of the batch ({e})"
+                        )))
+                    }
+                }
             }
         }
     }
