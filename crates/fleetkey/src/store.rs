@@ -5,8 +5,8 @@
 //! `SERIALIZABLE`, retried on conflict). A store may run the closure more than once when it retries
 //! a conflict, so the closure must have no effect outside the transaction it is given.
 //!
-//! Implementations: [`sqlite`] (the embedded default) and, later, PostgreSQL. Both pass the same
-//! conformance suite (`crates/fleetkey/tests/conformance/store.rs`).
+//! Implementations: [`sqlite`] (the embedded default) and [`postgres`] (service instances sharing
+//! one server). Both pass the same conformance suite (`crates/fleetkey/tests/conformance/store.rs`).
 
 use std::path::PathBuf;
 
