@@ -162,3 +162,27 @@ proptest! {
         prop_assert_eq!(a == b, make(&a) == make(&b));
     }
 }
+
+#[test]
+fn device_key_from_slice_takes_exactly_the_usage_length() {
+    let master = MasterKey::from_bytes([7; 32]);
+    let serial = Serial::new(b"ECU").unwrap();
+    for usage in Usage::ALL {
+        let inputs = DeviceKeyInputs {
+            usage,
+            generation: Generation(1),
+            revision: Revision::ZERO,
+            serial,
+        };
+        let key = derive(&master, &inputs);
+        let copy = DeviceKey::from_slice(usage, key.expose_secret()).unwrap();
+        assert_eq!(copy.usage(), usage);
+        assert_eq!(copy.expose_secret(), key.expose_secret());
+        for wrong in [0, usage.key_len() - 1, usage.key_len() + 1, 33] {
+            assert!(
+                DeviceKey::from_slice(usage, &[1; 40][..wrong]).is_none(),
+                "{wrong}"
+            );
+        }
+    }
+}
