@@ -39,6 +39,12 @@ enum Command {
     /// Where a rotation stands.
     #[command(subcommand)]
     Rotation(cmd::generation::RotationCommand),
+    /// Governance records (governed scheme): publish, show, verify, export.
+    #[command(subcommand)]
+    Governance(cmd::governance::Command),
+    /// Technician and operator grants (governed scheme): issue, deny, list, show.
+    #[command(subcommand)]
+    Grant(cmd::governance::GrantCommand),
     /// The hash-chained audit record.
     #[command(subcommand)]
     Audit(cmd::audit::Command),
@@ -67,6 +73,8 @@ fn main() -> std::process::ExitCode {
         Command::Generation(command) => cmd::generation::run(global, command),
         Command::Rotation(command) => cmd::generation::rotation(global, command),
         Command::Master(command) => cmd::master::run(global, command),
+        Command::Governance(command) => cmd::governance::run(global, command),
+        Command::Grant(command) => cmd::governance::grant(global, command),
         Command::Audit(command) => cmd::audit::run(global, command),
         Command::Bench(command) => cmd::bench::run(global, command),
         Command::Derive(args) => cmd::derive::run(args),

@@ -31,6 +31,7 @@ mod bulk;
 mod ceremony;
 mod devices;
 mod generations;
+pub mod governance;
 pub mod material;
 
 pub use crate::backup::MasterBackup;

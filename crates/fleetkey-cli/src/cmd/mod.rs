@@ -8,6 +8,7 @@ pub(crate) mod demo;
 pub(crate) mod derive;
 pub(crate) mod device;
 pub(crate) mod generation;
+pub(crate) mod governance;
 pub(crate) mod init;
 pub(crate) mod master;
 pub(crate) mod roll;

@@ -123,7 +123,7 @@ impl Fleet {
             vec![],
             serde_json::json!({"current": true}),
         );
-        transact(self.store.as_mut(), |tx| {
+        let record = transact(self.store.as_mut(), |tx| {
             let mut record = generation_record(tx, generation)?;
             if record.state != State::Active {
                 record.state = gen_transition(&record, State::Active)?;
@@ -137,7 +137,9 @@ impl Fleet {
             d.details = serde_json::json!({"state": "active", "current": true, "previous_current": previous});
             tx.append_audit(d)?;
             Ok(record)
-        })
+        })?;
+        self.publish_if_governed(reason)?;
+        Ok(record)
     }
 
     /// Rotation: creates generation g+1 and makes it current. Devices then migrate by refresh
@@ -217,6 +219,7 @@ impl Fleet {
             Ok(()) | Err(crate::error::ModuleError::NoMaster(_)) => {}
             Err(e) => return Err(e.into()),
         }
+        self.publish_if_governed(reason)?;
         Ok(record)
     }
 
@@ -227,13 +230,15 @@ impl Fleet {
         reason: &str,
     ) -> Result<GenerationRecord, Error> {
         self.require_derived("revoke generation")?;
-        self.retire(
+        let record = self.retire(
             generation,
             State::Compromised,
             "generation.revoke",
             reason,
             true,
-        )
+        )?;
+        self.publish_if_governed(reason)?;
+        Ok(record)
     }
 
     fn retire(

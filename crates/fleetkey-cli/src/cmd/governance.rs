@@ -1,0 +1,367 @@
+//! `fleetkey governance publish|show|verify|export` and `fleetkey grant issue|deny|list|show`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleetkey::fleet::governance::{GrantInfo, Published, role_name};
+use fleetkey::model::DeviceSerial;
+use fleetkey_core::governance::{
+    self as core_gov, GovernanceState, Record, Role, RootKey, verify_generation_record,
+    verify_grant,
+};
+
+use crate::cmd::ctx::Global;
+use crate::error::CliError;
+use crate::input::hex_array;
+
+const DAY: u64 = 24 * 3600;
+
+/// Governance records (governed scheme).
+#[derive(clap::Subcommand)]
+pub(crate) enum Command {
+    /// Sign and store the next generation record (rotate, revoke and deny publish one too).
+    #[command(
+        after_help = "Example:\n  fleetkey governance publish --reason 'monthly refresh' --valid-days 30"
+    )]
+    Publish(PublishArgs),
+    /// The newest generation record, decoded.
+    #[command(after_help = "Example:\n  fleetkey governance show --json")]
+    Show,
+    /// Verify a record file as a device would (pinned root, fleet, window) and print its fields.
+    #[command(after_help = "\
+The root is the one a device pins: --root-public-key HEX (no fleet needed), or --fleet-home for
+the root of the fleet at --home. A grant is verified for --serial.
+
+Examples:
+  fleetkey governance verify records/generation-record-3.cose --fleet-home
+  fleetkey governance verify grant-1.cose --root-public-key d75a98... --serial ECU-0001")]
+    Verify(VerifyArgs),
+    /// Write the newest generation record and the grants not denied as .cose files.
+    #[command(after_help = "\
+Files: generation-record-<seq>.cose and grant-<id>.cose (tagged COSE_Sign1), written through a
+temporary file and a rename, for a gateway to push over CAN.
+
+Example:
+  fleetkey governance export --out ./records")]
+    Export(ExportArgs),
+}
+
+/// `governance publish`.
+#[derive(clap::Args)]
+pub(crate) struct PublishArgs {
+    /// Why (recorded in the audit event).
+    #[arg(long)]
+    reason: String,
+    /// Days the record is valid from now.
+    #[arg(long, default_value_t = 365)]
+    valid_days: u64,
+}
+
+/// `governance verify`.
+#[derive(clap::Args)]
+pub(crate) struct VerifyArgs {
+    /// The record file (tagged COSE_Sign1).
+    file: PathBuf,
+    /// The pinned root's Ed25519 public key, hex.
+    #[arg(
+        long,
+        conflicts_with = "fleet_home",
+        required_unless_present = "fleet_home"
+    )]
+    root_public_key: Option<String>,
+    /// Use the governance root of the fleet at --home.
+    #[arg(long)]
+    fleet_home: bool,
+    /// The device serial a grant is verified for.
+    #[arg(long)]
+    serial: Option<String>,
+}
+
+/// `governance export`.
+#[derive(clap::Args)]
+pub(crate) struct ExportArgs {
+    /// The directory to write into (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Technician and operator grants (governed scheme).
+#[derive(clap::Subcommand)]
+pub(crate) enum GrantCommand {
+    /// Issue a grant bound to the subject's Ed25519 public key.
+    #[command(after_help = "\
+--scope takes serial prefixes (text, or hex:<hex>); '' covers every serial. The public key file
+holds the subject's 32-byte Ed25519 public key as hex (or the 32 raw bytes).
+
+Example:
+  fleetkey grant issue --subject 'jane@workshop-7' --role technician --scope ECU-00 --scope ECU-01 \\
+      --valid-days 7 --public-key-file jane.pub --out grant.cose")]
+    Issue(IssueArgs),
+    /// Deny a grant: a new generation record lists it, devices refuse it once they accept that.
+    #[command(after_help = "Example:\n  fleetkey grant deny 3 --reason 'laptop lost'")]
+    Deny(DenyArgs),
+    /// Every issued grant.
+    #[command(after_help = "Example:\n  fleetkey grant list --json")]
+    List,
+    /// One grant, with its record as hex.
+    #[command(after_help = "Example:\n  fleetkey grant show 3")]
+    Show {
+        /// The grant id.
+        id: u64,
+    },
+}
+
+/// A grant's role.
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub(crate) enum RoleArg {
+    /// A service technician.
+    Technician,
+    /// A fleet operator.
+    Operator,
+}
+
+/// `grant issue`.
+#[derive(clap::Args)]
+pub(crate) struct IssueArgs {
+    /// Who holds the grant.
+    #[arg(long)]
+    subject: String,
+    /// The role.
+    #[arg(long, value_enum)]
+    role: RoleArg,
+    /// Serial prefixes covered (repeat or list; at most 16).
+    #[arg(long, num_args = 1.., required = true)]
+    scope: Vec<String>,
+    /// Days the grant is valid from now.
+    #[arg(long)]
+    valid_days: u64,
+    /// The subject's Ed25519 public key (hex, or 32 raw bytes).
+    #[arg(long)]
+    public_key_file: PathBuf,
+    /// Also write the grant to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// `grant deny`.
+#[derive(clap::Args)]
+pub(crate) struct DenyArgs {
+    /// The grant id.
+    id: u64,
+    /// Why (recorded).
+    #[arg(long)]
+    reason: String,
+}
+
+fn days(n: u64, flag: &str) -> Result<Duration, CliError> {
+    if n == 0 || n > 100 * 366 {
+        return Err(CliError::input(flag, "1 to 36600 days"));
+    }
+    Ok(Duration::from_secs(n * DAY))
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A record's fields as JSON.
+fn decoded(bytes: &[u8]) -> Result<serde_json::Value, CliError> {
+    let (envelope, record) = core_gov::inspect_unverified(bytes)
+        .map_err(|e| CliError::rejected(format!("record: {e}")))?;
+    let kid = hex::encode(envelope.kid);
+    Ok(match record {
+        Record::Generation(g) => serde_json::json!({
+            "kind": "generation-record", "kid": kid, "fleet": g.fleet, "sequence": g.sequence,
+            "current": g.current, "accepted": g.accepted.as_slice(), "revoked": g.revoked.as_slice(),
+            "denied": g.denied.as_slice(), "not_before": g.not_before, "not_after": g.not_after,
+        }),
+        Record::Grant(g) => serde_json::json!({
+            "kind": "grant", "kid": kid, "fleet": g.fleet, "id": g.id, "subject": g.subject,
+            "role": role_name(g.role),
+            "scope": g.scope.as_slice().iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(),
+            "subject_key": hex::encode(g.subject_key), "not_before": g.not_before,
+            "not_after": g.not_after,
+        }),
+        Record::Handover(h) => serde_json::json!({
+            "kind": "handover", "kid": kid, "fleet": h.fleet, "sequence": h.sequence,
+            "new_root_key": hex::encode(h.new_key), "new_root_kid": hex::encode(h.new_kid),
+            "not_before": h.not_before, "not_after": h.not_after,
+        }),
+    })
+}
+
+fn human(v: &serde_json::Value) -> String {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k:>12}: {v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+fn published(global: &Global, p: &Published) -> Result<(), CliError> {
+    let fields = decoded(&p.bytes)?;
+    let out = serde_json::json!({"sequence": p.sequence, "record": hex::encode(&p.bytes), "fields": fields});
+    global.print(&out, |_| {
+        format!(
+            "generation record {} ({} bytes)\n{}",
+            p.sequence,
+            p.bytes.len(),
+            human(&fields)
+        )
+    })
+}
+
+pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Publish(a) => {
+            let validity = days(a.valid_days, "--valid-days")?;
+            let mut fleet = global.open()?;
+            let p = fleet.publish_generation_record(&a.reason, validity)?;
+            published(global, &p)
+        }
+        Command::Show => {
+            let mut fleet = global.open()?;
+            match fleet.latest_generation_record()? {
+                Some(p) => published(global, &p),
+                None => Err(CliError::failed("no generation record published yet")
+                    .hint("`fleetkey governance publish --reason ...`")),
+            }
+        }
+        Command::Verify(a) => verify(global, &a),
+        Command::Export(a) => {
+            let mut fleet = global.open()?;
+            let files = fleet.export_records(&a.out)?;
+            global.print(&files, |fs| {
+                fs.iter()
+                    .map(|f| format!("wrote {}", f.display()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+    }
+}
+
+fn verify(global: &Global, a: &VerifyArgs) -> Result<(), CliError> {
+    let bytes =
+        std::fs::read(&a.file).map_err(|e| CliError::input(&a.file.display().to_string(), e))?;
+    let (public, fleet_id) = match &a.root_public_key {
+        Some(h) => {
+            let public: [u8; 32] = hex_array("--root-public-key", h)?;
+            let (_, record) = core_gov::inspect_unverified(&bytes)
+                .map_err(|e| CliError::rejected(format!("record: {e}")))?;
+            let fleet = match record {
+                Record::Generation(g) => g.fleet,
+                Record::Grant(g) => g.fleet,
+                Record::Handover(h) => h.fleet,
+            };
+            (public, fleet.to_owned())
+        }
+        None => {
+            let fleet = global.open()?;
+            let (public, _) = fleet.governance_root()?;
+            (public, fleet.config().fleet_id.clone())
+        }
+    };
+    let kid = fleetkey::governance::key_id(&public);
+    let rejected =
+        |e: core_gov::GovernanceError| CliError::rejected(format!("record refused: {e}"));
+    let root = RootKey::new(public, &kid).map_err(rejected)?;
+    let mut state = GovernanceState::new(&fleet_id, root).map_err(rejected)?;
+    let now = now_s();
+    let (_, record) = core_gov::inspect_unverified(&bytes).map_err(rejected)?;
+    match record {
+        Record::Generation(_) => {
+            verify_generation_record(&mut state, &bytes, now).map_err(rejected)?;
+        }
+        Record::Grant(_) => {
+            let serial = a.serial.as_deref().ok_or_else(|| {
+                CliError::input("--serial", "a grant is verified for a device serial")
+            })?;
+            let serial = DeviceSerial::parse(serial).map_err(|e| CliError::input("--serial", e))?;
+            verify_grant(&state, &bytes, serial.as_bytes(), now).map_err(rejected)?;
+        }
+        Record::Handover(_) => {
+            core_gov::verify_handover(&mut state, &bytes, now).map_err(rejected)?;
+        }
+    }
+    let fields = decoded(&bytes)?;
+    let out = serde_json::json!({"verified": true, "fields": fields});
+    global.print(&out, |_| format!("verified\n{}", human(&fields)))
+}
+
+fn grant_text(g: &GrantInfo) -> String {
+    format!(
+        "grant {} {} {} scope [{}] valid {}..{}{}",
+        g.id,
+        g.role,
+        g.subject,
+        g.scope.join(", "),
+        g.not_before,
+        g.not_after,
+        if g.denied { "  [denied]" } else { "" }
+    )
+}
+
+fn public_key(path: &PathBuf) -> Result<[u8; 32], CliError> {
+    let field = "--public-key-file";
+    let raw = std::fs::read(path).map_err(|e| CliError::input(field, e))?;
+    if let Ok(bytes) = <[u8; 32]>::try_from(raw.as_slice()) {
+        return Ok(bytes);
+    }
+    let text =
+        String::from_utf8(raw).map_err(|_| CliError::input(field, "neither 32 bytes nor hex"))?;
+    hex_array(field, &text)
+}
+
+pub(crate) fn grant(global: &Global, command: GrantCommand) -> Result<(), CliError> {
+    let mut fleet = global.open()?;
+    match command {
+        GrantCommand::Issue(a) => {
+            let validity = days(a.valid_days, "--valid-days")?;
+            let key = public_key(&a.public_key_file)?;
+            let role = match a.role {
+                RoleArg::Technician => Role::Technician,
+                RoleArg::Operator => Role::Operator,
+            };
+            let mut scope = Vec::new();
+            for s in &a.scope {
+                scope.push(match s.strip_prefix("hex:") {
+                    Some(h) => crate::input::hex_bytes("--scope", h)?,
+                    None => s.as_bytes().to_vec(),
+                });
+            }
+            let (id, bytes) = fleet.issue_grant(&a.subject, role, &scope, validity, key)?;
+            if let Some(out) = &a.out {
+                std::fs::write(out, &bytes)
+                    .map_err(|e| CliError::input(&out.display().to_string(), e))?;
+            }
+            let info = fleet.grant(id)?;
+            global.print(&info, grant_text)
+        }
+        GrantCommand::Deny(a) => {
+            let p = fleet.deny_grant(a.id, &a.reason)?;
+            let out = serde_json::json!({"denied": a.id, "sequence": p.sequence, "record": hex::encode(&p.bytes)});
+            global.print(&out, |_| {
+                format!(
+                    "grant {} denied; generation record {} lists it (export and push it)",
+                    a.id, p.sequence
+                )
+            })
+        }
+        GrantCommand::List => {
+            let grants = fleet.grants()?;
+            global.print(&grants, |gs| {
+                gs.iter().map(grant_text).collect::<Vec<_>>().join("\n")
+            })
+        }
+        GrantCommand::Show { id } => {
+            let g = fleet.grant(id)?;
+            global.print(&g, |g| format!("{}\nrecord: {}", grant_text(g), g.record))
+        }
+    }
+}
