@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fleetkey::fleet::Fleet;
 use fleetkey::fleet::governance::{GrantInfo, Published, role_name};
 use fleetkey::model::DeviceSerial;
 use fleetkey_core::governance::{
@@ -203,14 +204,18 @@ fn human(v: &serde_json::Value) -> String {
         .unwrap_or_default()
 }
 
-fn published(global: &Global, p: &Published) -> Result<(), CliError> {
+fn published(global: &Global, fleet: &Fleet, p: &Published) -> Result<(), CliError> {
+    let (root, kid) = fleet.governance_root()?;
     let fields = decoded(&p.bytes)?;
-    let out = serde_json::json!({"sequence": p.sequence, "record": hex::encode(&p.bytes), "fields": fields});
+    let out = serde_json::json!({"sequence": p.sequence, "record": hex::encode(&p.bytes),
+                                 "root_public_key": hex::encode(root), "root_kid": hex::encode(kid),
+                                 "fields": fields});
     global.print(&out, |_| {
         format!(
-            "generation record {} ({} bytes)\n{}",
+            "generation record {} ({} bytes), root {}\n{}",
             p.sequence,
             p.bytes.len(),
+            hex::encode(root),
             human(&fields)
         )
     })
@@ -222,12 +227,12 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
             let validity = days(a.valid_days, "--valid-days")?;
             let mut fleet = global.open()?;
             let p = fleet.publish_generation_record(&a.reason, validity)?;
-            published(global, &p)
+            published(global, &fleet, &p)
         }
         Command::Show => {
             let mut fleet = global.open()?;
             match fleet.latest_generation_record()? {
-                Some(p) => published(global, &p),
+                Some(p) => published(global, &fleet, &p),
                 None => Err(CliError::failed("no generation record published yet")
                     .hint("`fleetkey governance publish --reason ...`")),
             }
