@@ -6,11 +6,14 @@
 //!   on the same library and label shares one login and one session pool (`token.rs`).
 //! - **Namespace**: objects are labelled `fleetkey:<namespace>:<role>` (the namespace is the
 //!   fleet id), with `CKA_ID` = `fleetkey:<namespace>:<role>` less the generation, so fleets can
-//!   share a token. Roles: `master:<generation>`, `kek`, `governance`.
+//!   share a token. Roles: `master:<generation>`, `kek`, `governance`, `backup-kek`.
 //! - **Masters**: `CKK_GENERIC_SECRET`, 32 bytes, token, private, sensitive, not extractable,
 //!   `CKA_SIGN` true and every other usage false. Derivation v1 is one `C_Sign` with
 //!   `CKM_SHA256_HMAC` over `info || 0x01`, truncated to the usage's length: HKDF-Expand for
-//!   outputs up to 32 bytes.
+//!   outputs up to 32 bytes. With [`Pkcs11Options::backup_by_trusted_wrap`] masters are instead
+//!   extractable only wrapped under a key the security officer marked `CKA_TRUSTED`, for
+//!   token-to-token backup (`backup.rs`: [`Pkcs11Module::export_master_wrapped`],
+//!   [`Pkcs11Module::import_master_wrapped`], [`Pkcs11Module::import_backup_kek`]).
 //! - **Bulk**: a [`BulkDeriver`] holds its own session and a session-object copy of the master
 //!   (`C_CopyObject`, `CKA_TOKEN` false), about 3x faster than a token object in SoftHSM; the copy
 //!   is destroyed with the deriver, or by [`KeyModule::destroy_master`].
@@ -26,6 +29,7 @@
 //!   generation at once may both succeed, and the second creator then finds two objects and
 //!   removes its own ([`ModuleError::MasterExists`]).
 
+mod backup;
 mod token;
 
 use std::collections::BTreeMap;
@@ -43,7 +47,11 @@ use fleetkey_core::MasterKey;
 use fleetkey_core::derive::{DeviceKey, DeviceKeyInputs, Generation, MAX_INFO_LEN};
 use zeroize::{Zeroize as _, Zeroizing};
 
-pub use self::token::{PIN_ENV, Pin};
+pub use self::backup::{
+    BACKUP_KEK_GENERATION, BACKUP_KEK_KCV_LABEL, BACKUP_KEK_ROLE, BackupKek, Pkcs11Options,
+    WRAPPED_MASTER_LEN,
+};
+pub use self::token::{PIN_ENV, Pin, SO_PIN_ENV};
 use self::token::{Token, backend, rv};
 use super::{BulkDeriver, KeyModule};
 use crate::error::ModuleError;
@@ -58,6 +66,7 @@ const ED25519_OID: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 pub struct Pkcs11Module {
     token: Arc<Token>,
     namespace: String,
+    options: Pkcs11Options,
     /// Masters seen by this module: handle, liveness and session copies.
     masters: Mutex<BTreeMap<u32, Arc<Master>>>,
 }
@@ -122,8 +131,22 @@ impl Pkcs11Module {
         Ok(Pkcs11Module {
             token,
             namespace: namespace.to_owned(),
+            options: Pkcs11Options::default(),
             masters: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The module with `options` (token-to-token backup: see [`Pkcs11Options`]); they apply
+    /// to the masters it creates or imports from now on.
+    #[must_use]
+    pub fn with_options(mut self, options: Pkcs11Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The module's options.
+    pub fn options(&self) -> Pkcs11Options {
+        self.options
     }
 
     /// Opens the module a fleet configuration names: the PIN from `pin_file` when given, else
@@ -276,15 +299,18 @@ impl Pkcs11Module {
         ))
     }
 
-    /// The attributes every master gets: sign only.
+    /// The attributes every master gets: sign only; extractable only wrapped under a trusted
+    /// key when the module backs masters up by trusted wrap.
     fn master_template(&self, generation: Generation) -> Vec<Attribute> {
+        let backup = self.options.backup_by_trusted_wrap;
         vec![
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::GENERIC_SECRET),
             Attribute::Token(true),
             Attribute::Private(true),
             Attribute::Sensitive(true),
-            Attribute::Extractable(false),
+            Attribute::Extractable(backup),
+            Attribute::WrapWithTrusted(backup),
             Attribute::Sign(true),
             Attribute::Verify(false),
             Attribute::Encrypt(false),
@@ -301,8 +327,8 @@ impl Pkcs11Module {
     fn add_master(
         &self,
         generation: Generation,
-        operation: &'static str,
         make: impl FnMut(&Session) -> Result<ObjectHandle, cryptoki::error::Error>,
+        map_err: impl Fn(cryptoki::error::Error) -> ModuleError,
     ) -> Result<(), ModuleError> {
         let _change = lock(&self.token.changes);
         let session = self.session()?;
@@ -313,7 +339,7 @@ impl Pkcs11Module {
             session.get(),
             |s| self.find_master(s, generation),
             make,
-            backend(operation),
+            map_err,
         )?;
         // Another process may have created the same generation meanwhile: the later object
         // (the higher handle is not an order across processes, so keep exactly the first found).
@@ -599,17 +625,21 @@ impl KeyModule for Pkcs11Module {
     fn create_master(&self, generation: Generation) -> Result<(), ModuleError> {
         let mut template = self.master_template(generation);
         template.push(Attribute::ValueLen(32.into()));
-        self.add_master(generation, "C_GenerateKey", |session| {
-            session.generate_key(&Mechanism::GenericSecretKeyGen, &template)
-        })
+        self.add_master(
+            generation,
+            |session| session.generate_key(&Mechanism::GenericSecretKeyGen, &template),
+            backend("C_GenerateKey"),
+        )
     }
 
     fn import_master(&self, generation: Generation, master: &MasterKey) -> Result<(), ModuleError> {
         let mut template = self.master_template(generation);
         template.push(Attribute::Value(master.expose_secret().to_vec()));
-        let result = self.add_master(generation, "C_CreateObject", |session| {
-            session.create_object(&template)
-        });
+        let result = self.add_master(
+            generation,
+            |session| session.create_object(&template),
+            backend("C_CreateObject"),
+        );
         for attribute in &mut template {
             if let Attribute::Value(bytes) = attribute {
                 bytes.zeroize();

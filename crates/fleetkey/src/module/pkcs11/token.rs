@@ -22,6 +22,10 @@ use crate::error::ModuleError;
 /// The environment variable the PIN is read from.
 pub const PIN_ENV: &str = "FLEETKEY_PKCS11_PIN";
 
+/// The environment variable the security officer's PIN is read from (only to import the backup
+/// key-encryption key and mark it `CKA_TRUSTED`).
+pub const SO_PIN_ENV: &str = "FLEETKEY_PKCS11_SO_PIN";
+
 /// A token's user PIN, zeroized on drop; `Debug` shows no character of it.
 pub struct Pin(AuthPin);
 
@@ -60,6 +64,26 @@ impl Pin {
         }
     }
 
+    /// The security officer's PIN from `file` when given, else from [`SO_PIN_ENV`].
+    pub fn so_from_file_or_env(file: Option<&Path>) -> Result<Self, ModuleError> {
+        match file {
+            Some(path) => Pin::from_file(path),
+            None => {
+                std::env::var(SO_PIN_ENV)
+                    .ok()
+                    .map(Pin::new)
+                    .ok_or_else(|| ModuleError::Backend {
+                        operation: "reading the security officer's PIN",
+                        detail: format!("set {SO_PIN_ENV} or give an SO PIN file"),
+                    })
+            }
+        }
+    }
+
+    fn duplicate(&self) -> Pin {
+        Pin::new(self.0.expose_secret().to_owned())
+    }
+
     fn digest(&self) -> [u8; 32] {
         Sha256::digest(self.0.expose_secret().as_bytes()).into()
     }
@@ -94,8 +118,10 @@ pub(crate) struct Token {
     pub(crate) label: String,
     library: PathBuf,
     pin_digest: [u8; 32],
+    /// The user PIN, to log the user back in after a security officer's operation.
+    pin: Pin,
     /// Keeps the login: a PKCS#11 login lasts while the application has a session open.
-    _login: Mutex<Session>,
+    login: Mutex<Session>,
     pool: Mutex<Vec<Session>>,
     /// Serialises the creation and destruction of token objects in this process.
     pub(crate) changes: Mutex<()>,
@@ -186,7 +212,8 @@ impl Token {
             label: label.to_owned(),
             library: library_path.to_owned(),
             pin_digest: digest,
-            _login: Mutex::new(session),
+            pin: pin.duplicate(),
+            login: Mutex::new(session),
             pool: Mutex::new(Vec::new()),
             changes: Mutex::new(()),
         });
@@ -196,6 +223,42 @@ impl Token {
             Arc::downgrade(&token),
         ));
         Ok(token)
+    }
+
+    /// Runs `work` in a session logged in as the security officer with `so_pin`, then logs the
+    /// user back in. The login is the application's, not the session's: while `work` runs,
+    /// the user's sessions of this process cannot use private objects, so callers hold
+    /// [`Token::changes`] and run this as an administrative step on its own. A refused SO PIN
+    /// is [`ModuleError::Authentication`], with the user logged back in.
+    pub(crate) fn as_security_officer<T>(
+        &self,
+        so_pin: &Pin,
+        work: impl FnOnce(&Session) -> Result<T, ModuleError>,
+    ) -> Result<T, ModuleError> {
+        let session = lock(&self.login);
+        session.logout().map_err(backend("C_Logout"))?;
+        let result = match session.login(UserType::So, Some(&so_pin.0)) {
+            Ok(()) => {
+                let result = work(&session);
+                session.logout().map_err(backend("C_Logout")).and(result)
+            }
+            Err(e)
+                if matches!(
+                    rv(&e),
+                    Some(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange)
+                ) =>
+            {
+                Err(ModuleError::Authentication)
+            }
+            Err(e) => Err(backend("C_Login (security officer)")(e)),
+        };
+        match session.login(UserType::User, Some(&self.pin.0)) {
+            Ok(()) => result,
+            Err(e) if rv(&e) == Some(RvError::UserAlreadyLoggedIn) => result,
+            Err(e) => result.and(Err(backend("C_Login (user, after the security officer)")(
+                e,
+            ))),
+        }
     }
 
     /// A session from the pool, or a new one.
