@@ -1,5 +1,6 @@
 //! The master key ceremony's options (`init`, `generation rotate|create`) and
-//! `fleetkey master restore|verify`.
+//! `fleetkey master restore|verify`, and the token-to-token backup commands of
+//! `token_backup.rs`.
 
 use std::path::PathBuf;
 
@@ -133,6 +134,9 @@ Examples:
   fleetkey master verify --shares alice.json
   fleetkey master verify --shares alice.json carol.json erin.json --json")]
     Verify(VerifyArgs),
+    /// Token-to-token backup (a fleet on a PKCS#11 token): `cmd/token_backup.rs`.
+    #[command(flatten)]
+    Token(crate::cmd::token_backup::Command),
 }
 
 /// `master restore`.
@@ -224,6 +228,7 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
             let report = backup::verify(&shares).map_err(fleetkey::Error::from)?;
             global.print(&report, verify_text)
         }
+        Command::Token(command) => crate::cmd::token_backup::run(global, command),
     }
 }
 

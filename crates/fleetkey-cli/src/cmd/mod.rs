@@ -13,3 +13,4 @@ pub(crate) mod init;
 pub(crate) mod master;
 pub(crate) mod roll;
 pub(crate) mod she;
+pub(crate) mod token_backup;
