@@ -383,6 +383,23 @@ fn refusals() {
         2,
         "--public-key-file",
     );
+    // Revoking the current generation publishes nothing (no record can accept it); the
+    // rotation that follows publishes one revoking it.
+    ok(&home, &["generation", "revoke", "1", "--reason", "exposed"]);
+    fails(
+        &home,
+        &["governance", "publish", "--reason", "x"],
+        1,
+        "the current generation 1 is compromised",
+    );
+    ok(
+        &home,
+        &["generation", "rotate", "--reason", "recover", "--no-backup"],
+    );
+    let shown = json(&home, &["governance", "show"]);
+    assert_eq!(shown["sequence"], 1);
+    assert_eq!(shown["fields"]["current"], 2);
+    assert_eq!(shown["fields"]["revoked"], serde_json::json!([1]));
     let help = ok(&home, &["grant", "issue", "--help"]);
     assert!(help.contains("Example"));
 }

@@ -211,6 +211,12 @@ impl Fleet {
                     _ => {}
                 }
             }
+            if revoked.contains(&current) {
+                return Err(Error::Refused {
+                    what: format!("the current generation {current} is compromised: no record can accept it"),
+                    hint: "rotate to a new generation (`fleetkey generation rotate`); its record revokes this one".into(),
+                });
+            }
             let mut denied = Vec::new();
             for id in denied_ids(tx)? {
                 // A denied grant that has expired is refused by its window anyway.
@@ -263,9 +269,21 @@ impl Fleet {
     }
 
     /// After a generation change: publishes a new generation record in the governed scheme
-    /// (nothing in the others).
+    /// (nothing in the others). Skipped while the current generation is compromised (no record
+    /// can say that; the rotation that follows publishes one revoking it).
     pub(crate) fn publish_if_governed(&mut self, reason: &str) -> Result<(), Error> {
-        if self.config.scheme == Scheme::Governed {
+        if self.config.scheme != Scheme::Governed {
+            return Ok(());
+        }
+        let current_compromised = transact(self.store.as_mut(), |tx| {
+            let Some(current) = fleet_info(tx)?.current_generation else {
+                return Ok(true);
+            };
+            Ok(tx.generation(current)?.is_some_and(|g| {
+                matches!(g.state, State::Compromised | State::DestroyedCompromised)
+            }))
+        })?;
+        if !current_compromised {
             self.publish_generation_record(reason, AUTO_RECORD_VALIDITY)?;
         }
         Ok(())
