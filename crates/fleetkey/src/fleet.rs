@@ -507,12 +507,16 @@ fn open_pkcs11(
             library,
             token_label,
             pin_file,
+            backup_by_trusted_wrap,
         } => Ok(crate::module::pkcs11::Pkcs11Module::open_configured(
             library,
             token_label,
             pin_file.as_deref(),
             fleet_id,
-        )?),
+        )?
+        .with_options(crate::module::pkcs11::Pkcs11Options {
+            backup_by_trusted_wrap: *backup_by_trusted_wrap,
+        })),
         ModuleConfig::Soft { .. } => Err(Error::invalid("module", "not a PKCS#11 module")),
     }
 }

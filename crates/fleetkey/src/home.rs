@@ -41,6 +41,10 @@ pub enum ModuleConfig {
         /// A file holding the PIN (not the PIN itself).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pin_file: Option<PathBuf>,
+        /// Masters are extractable only wrapped under the security officer's trusted backup KEK
+        /// (token-to-token backup, docs/pkcs11.md); absent means false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        backup_by_trusted_wrap: bool,
     },
 }
 

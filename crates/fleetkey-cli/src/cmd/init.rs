@@ -51,6 +51,10 @@ pub(crate) struct InitArgs {
     /// without it the PIN comes from FLEETKEY_PKCS11_PIN.
     #[arg(long)]
     pin_file: Option<std::path::PathBuf>,
+    /// With --module pkcs11: masters may leave the token wrapped under the security officer's
+    /// trusted backup KEK (token-to-token backup: fleetkey master export-wrapped), and only so.
+    #[arg(long, requires = "pkcs11_module")]
+    pkcs11_backup_by_trusted_wrap: bool,
     /// scrypt work factor (log2) of the key file; default: age's (about a second to open).
     #[arg(long, value_parser = clap::value_parser!(u8).range(10..=22))]
     kdf_log_n: Option<u8>,
@@ -110,6 +114,7 @@ pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
                     .pin_file
                     .map(|f| absolute("--pin-file", f))
                     .transpose()?,
+                backup_by_trusted_wrap: args.pkcs11_backup_by_trusted_wrap,
             };
             Fleet::init_with_module(&global.home, module, options, global.access_for_token()?)?
         }

@@ -81,8 +81,8 @@ pub(crate) struct ImportArgs {
     /// The file export-wrapped wrote.
     #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
-    /// Keep the imported master exportable by trusted wrap (to pass it on to another token);
-    /// by default it is not extractable at all.
+    /// Keep the imported master exportable by trusted wrap (to pass it on to another token)
+    /// even if the fleet was not initialised with --pkcs11-backup-by-trusted-wrap.
     #[arg(long)]
     backup_by_trusted_wrap: bool,
 }
@@ -150,13 +150,15 @@ fn module_error(e: fleetkey::ModuleError) -> CliError {
     CliError::from(fleetkey::Error::from(e))
 }
 
-/// The fleet's token module, opened directly (the fleet's store is not needed here).
+/// The fleet's token module, opened directly (the fleet's store is not needed here), with the
+/// fleet's options, and trusted-wrap backup also when `options` asks for it.
 fn open(global: &Global, options: Pkcs11Options) -> Result<(Pkcs11Module, String), CliError> {
     let config = FleetConfig::load(&global.home)?;
     let ModuleConfig::Pkcs11 {
         library,
         token_label,
         pin_file,
+        backup_by_trusted_wrap,
     } = &config.module
     else {
         return Err(CliError::input(
@@ -171,7 +173,9 @@ fn open(global: &Global, options: Pkcs11Options) -> Result<(Pkcs11Module, String
     let module =
         Pkcs11Module::open_configured(library, token_label, pin_file.as_deref(), &config.fleet_id)
             .map_err(module_error)?
-            .with_options(options);
+            .with_options(Pkcs11Options {
+                backup_by_trusted_wrap: *backup_by_trusted_wrap || options.backup_by_trusted_wrap,
+            });
     Ok((module, config.fleet_id))
 }
 
