@@ -330,6 +330,7 @@ fn the_backup_kek_splits_into_custodian_shares_and_back() {
     );
     let restored = BackupKek::from_shares("fleet-1", &shares[1..]).unwrap();
     assert_eq!(format!("{restored:?}"), format!("{original:?}"));
+    assert!(shares.iter().all(|s| s.info().master_kcv == original.kcv()));
     assert!(BackupKek::from_shares("fleet-2", &shares[1..]).is_err());
     assert!(BackupKek::from_shares("fleet-1", &shares[..1]).is_err());
 }

@@ -48,8 +48,7 @@ use fleetkey_core::derive::{DeviceKey, DeviceKeyInputs, Generation, MAX_INFO_LEN
 use zeroize::{Zeroize as _, Zeroizing};
 
 pub use self::backup::{
-    BACKUP_KEK_GENERATION, BACKUP_KEK_KCV_LABEL, BACKUP_KEK_ROLE, BackupKek, Pkcs11Options,
-    WRAPPED_MASTER_LEN,
+    BACKUP_KEK_GENERATION, BACKUP_KEK_ROLE, BackupKek, Pkcs11Options, WRAPPED_MASTER_LEN,
 };
 pub use self::token::{PIN_ENV, Pin, SO_PIN_ENV};
 use self::token::{Token, backend, rv};

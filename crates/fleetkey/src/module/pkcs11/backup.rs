@@ -25,12 +25,11 @@ use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use fleetkey_core::MasterKey;
 use fleetkey_core::derive::Generation;
-use hmac::{KeyInit as _, Mac as _};
 use zeroize::{Zeroize as _, Zeroizing};
 
 use super::token::{backend, rv};
 use super::{Pin, Pkcs11Module, lock};
-use crate::backup::{self, BackupError, KCV_LEN, Kcv, Share};
+use crate::backup::{self, BackupError, Kcv, Share};
 use crate::error::ModuleError;
 
 /// The role of the backup KEK: its label is `fleetkey:<fleet>:backup-kek`.
@@ -38,9 +37,6 @@ pub const BACKUP_KEK_ROLE: &str = "backup-kek";
 
 /// The generation field that marks a custodian share set as a backup KEK's, not a master's.
 pub const BACKUP_KEK_GENERATION: u32 = u32::MAX;
-
-/// The label of the backup KEK's check value.
-pub const BACKUP_KEK_KCV_LABEL: &[u8] = b"FK1K backup KEK KCV v1";
 
 /// The length of a master wrapped with RFC 3394: 32 bytes and one 8-byte integrity block.
 pub const WRAPPED_MASTER_LEN: usize = 40;
@@ -136,18 +132,11 @@ impl BackupKek {
         BackupKek(bytes)
     }
 
-    /// The check value: `HMAC-SHA256(kek, "FK1K backup KEK KCV v1")[0..3]`.
+    /// The check value, the one its share files carry as `master_kcv`:
+    /// `HMAC-SHA256(kek, "FK1K master KCV v1")[0..3]` (the share set's reserved generation,
+    /// covered by every share KCV, is what tells a KEK's shares from a master's).
     pub fn kcv(&self) -> Kcv {
-        // HMAC takes keys of any length: a 32-byte key cannot be refused.
-        let mut mac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(self.0.as_slice())
-            .unwrap_or_else(|_| unreachable!());
-        mac.update(BACKUP_KEK_KCV_LABEL);
-        let tag = mac.finalize().into_bytes();
-        let mut kcv = [0u8; KCV_LEN];
-        for (dst, src) in kcv.iter_mut().zip(tag.iter()) {
-            *dst = *src;
-        }
-        Kcv(kcv)
+        backup::master_kcv(&MasterKey::from_bytes(*self.0))
     }
 }
 
