@@ -111,3 +111,32 @@ pub fn transact<T>(
         .into()
     })
 }
+
+/// The subject list of an audit event as both stores keep it: each serial as (length byte ||
+/// bytes), in order.
+pub(crate) fn encode_subjects(subjects: &[DeviceSerial]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(subjects.iter().map(|s| s.as_bytes().len() + 1).sum());
+    for s in subjects {
+        let bytes = s.as_bytes();
+        // Serials are 1..=40 bytes.
+        out.push(u8::try_from(bytes.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+/// Reads a list written by [`encode_subjects`].
+pub(crate) fn decode_subjects(mut blob: &[u8]) -> Result<Vec<DeviceSerial>, StoreError> {
+    let mut out = Vec::new();
+    while let Some((&len, rest)) = blob.split_first() {
+        let (serial, rest) = rest
+            .split_at_checked(usize::from(len))
+            .ok_or_else(|| StoreError::Corrupt("audit subject list is truncated".into()))?;
+        out.push(
+            DeviceSerial::new(serial)
+                .map_err(|e| StoreError::Corrupt(format!("audit subject: {e}")))?,
+        );
+        blob = rest;
+    }
+    Ok(out)
+}

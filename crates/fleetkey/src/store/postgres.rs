@@ -794,7 +794,7 @@ impl Tx for PgTx<'_, '_> {
                 &details,
                 &&event.prev_hash[..],
                 &&event.hash[..],
-                &encode_subjects(&event.draft.subjects),
+                &super::encode_subjects(&event.draft.subjects),
                 &n_subjects,
             ],
         )?;
@@ -834,7 +834,7 @@ impl Tx for PgTx<'_, '_> {
         if let Some(device) = &filter.device {
             // Indexed for point events; a scan of the few bulk events' lists, whose substring
             // matches are confirmed below.
-            let encoded = encode_subjects(std::slice::from_ref(device));
+            let encoded = super::encode_subjects(std::slice::from_ref(device));
             let a = next(&mut values, Box::new(device.as_bytes().to_vec()));
             let b = next(&mut values, Box::new(encoded));
             sql.push_str(&format!(
@@ -874,7 +874,7 @@ impl Tx for PgTx<'_, '_> {
                 let seq: i64 = row.try_get(0).map_err(err)?;
                 after = seq;
                 let blob: Vec<u8> = row.try_get(8).map_err(err)?;
-                let subjects = decode_subjects(&blob)?;
+                let subjects = super::decode_subjects(&blob)?;
                 if filter
                     .device
                     .as_ref()
@@ -1015,30 +1015,6 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
-}
-
-/// The subject list as stored: each serial as (length byte || bytes), in order.
-fn encode_subjects(subjects: &[DeviceSerial]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(subjects.iter().map(|s| s.as_bytes().len() + 1).sum());
-    for s in subjects {
-        let bytes = s.as_bytes();
-        // Serials are 1..=40 bytes.
-        out.push(u8::try_from(bytes.len()).unwrap_or(u8::MAX));
-        out.extend_from_slice(bytes);
-    }
-    out
-}
-
-fn decode_subjects(mut blob: &[u8]) -> Result<Vec<DeviceSerial>, StoreError> {
-    let mut out = Vec::new();
-    while let Some((&len, rest)) = blob.split_first() {
-        let (serial, rest) = rest
-            .split_at_checked(usize::from(len))
-            .ok_or_else(|| StoreError::Corrupt("audit subject list is truncated".into()))?;
-        out.push(DeviceSerial::new(serial).map_err(|e| corrupt("audit subject", e))?);
-        blob = rest;
-    }
-    Ok(out)
 }
 
 /// PostgreSQL text cannot hold NUL characters: refused before the statement is sent, so that the

@@ -398,30 +398,6 @@ impl SqliteTx<'_> {
 /// lookup for `audit show --device`); bulk events are found by scanning their subject lists.
 const INDEXED_SUBJECTS: usize = 16;
 
-/// The subject list as stored: each serial as (length byte || bytes), in order.
-fn encode_subjects(subjects: &[DeviceSerial]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(subjects.iter().map(|s| s.as_bytes().len() + 1).sum());
-    for s in subjects {
-        let bytes = s.as_bytes();
-        // Serials are 1..=40 bytes.
-        out.push(u8::try_from(bytes.len()).unwrap_or(u8::MAX));
-        out.extend_from_slice(bytes);
-    }
-    out
-}
-
-fn decode_subjects(mut blob: &[u8]) -> Result<Vec<DeviceSerial>, StoreError> {
-    let mut out = Vec::new();
-    while let Some((&len, rest)) = blob.split_first() {
-        let (serial, rest) = rest
-            .split_at_checked(usize::from(len))
-            .ok_or_else(|| StoreError::Corrupt("audit subject list is truncated".into()))?;
-        out.push(DeviceSerial::new(serial).map_err(|e| corrupt("audit subject", e))?);
-        blob = rest;
-    }
-    Ok(out)
-}
-
 impl Tx for SqliteTx<'_> {
     fn fleet(&mut self) -> Result<Option<FleetInfo>, StoreError> {
         let err = |e| backend("read fleet", e);
@@ -679,7 +655,7 @@ impl Tx for SqliteTx<'_> {
                     details,
                     &event.prev_hash[..],
                     &event.hash[..],
-                    encode_subjects(&event.draft.subjects),
+                    super::encode_subjects(&event.draft.subjects),
                     i64::try_from(event.draft.subjects.len()).unwrap_or(i64::MAX),
                 ])
             })
@@ -720,7 +696,7 @@ impl Tx for SqliteTx<'_> {
         if let Some(device) = &filter.device {
             // Indexed for point events; a scan of the few bulk events' lists, whose substring
             // matches are confirmed below.
-            let encoded = encode_subjects(std::slice::from_ref(device));
+            let encoded = super::encode_subjects(std::slice::from_ref(device));
             sql.push_str(
                 " AND (seq IN (SELECT seq FROM audit_subjects WHERE serial = ?) \
                  OR (n_subjects > 16 AND instr(subjects, ?) > 0))",
@@ -760,7 +736,7 @@ impl Tx for SqliteTx<'_> {
                 let r = audit_row(row)?;
                 after = r.seq;
                 let blob: Vec<u8> = row.get(8).map_err(err)?;
-                let subjects = decode_subjects(&blob)?;
+                let subjects = super::decode_subjects(&blob)?;
                 if filter
                     .device
                     .as_ref()
