@@ -109,8 +109,21 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", COUNT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A module in a new namespace per `fresh()`; when skipped, every check is skipped too.
-struct Pkcs11Factory;
+/// The tests of this process take the token one at a time: SoftHSM 2.6.1 now and then fails
+/// object creation (`CKR_GENERAL_ERROR`, `CKR_TEMPLATE_INCONSISTENT`) while several threads of
+/// one process create and destroy objects at once. The module's own concurrency is tested on
+/// purpose inside single tests (two-thread bulk, deriving while another thread changes it).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A module in a new namespace per `fresh()`; when skipped, every check is skipped too. Holds
+/// the process's token lock for the whole check.
+struct Pkcs11Factory {
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
 
 impl ModuleFactory for Pkcs11Factory {
     fn fresh(&self) -> Box<dyn KeyModule> {
@@ -120,7 +133,9 @@ impl ModuleFactory for Pkcs11Factory {
 
 /// The suite's checks call the factory first: skipping happens there, in the fixture.
 fn factory() -> Option<Pkcs11Factory> {
-    softhsm().map(|_| Pkcs11Factory)
+    softhsm().map(|_| Pkcs11Factory {
+        _one_at_a_time: one_at_a_time(),
+    })
 }
 
 // The suite as the soft module runs it; without SoftHSM2 (and FLEETKEY_SKIP_PKCS11=1) the
@@ -174,6 +189,7 @@ fn kwp_blobs_match_the_soft_module_under_the_same_kek() {
     if softhsm().is_none() {
         return;
     }
+    let _one_at_a_time = one_at_a_time();
     let namespace = unique("kwp");
     let module = module(&namespace);
     // Plant the KEK 00..1f the soft module's test uses, labelled as the module's KEK.
@@ -237,6 +253,7 @@ fn master_objects_are_sensitive_unextractable_sign_only() {
     if softhsm().is_none() {
         return;
     }
+    let _one_at_a_time = one_at_a_time();
     let module = module(&unique("attributes"));
     module.create_master(Generation(1)).unwrap();
     module.import_master(Generation(2), &master(2)).unwrap();
@@ -298,6 +315,7 @@ fn wrong_pin_is_authentication() {
     if softhsm().is_none() {
         return;
     }
+    let _one_at_a_time = one_at_a_time();
     let library = Path::new(LIBRARY);
     for wrong in ["000000", "", "1234567"] {
         let err = Pkcs11Module::open(library, PIN_TOKEN, &Pin::new(wrong), "pin").unwrap_err();
@@ -320,6 +338,7 @@ fn pin_comes_from_a_file_not_argv() {
     if softhsm().is_none() {
         return;
     }
+    let _one_at_a_time = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pin");
     std::fs::write(&file, format!("{PIN}\n")).unwrap();
@@ -335,6 +354,7 @@ fn missing_token_names_the_label_and_the_labels_present() {
     if softhsm().is_none() {
         return;
     }
+    let _one_at_a_time = one_at_a_time();
     let err =
         Pkcs11Module::open(Path::new(LIBRARY), "no-such-token", &Pin::new(PIN), "x").unwrap_err();
     let text = err.to_string();
@@ -360,6 +380,7 @@ fn object_removed_behind_the_modules_back_is_no_master() {
     if softhsm().is_none() {
         return;
     }
+    let _one_at_a_time = one_at_a_time();
     let module = module(&unique("removed"));
     module.import_master(Generation(4), &master(4)).unwrap();
     let case = inputs(Usage::Auth, 4, 0, b"ECU-4");
@@ -389,6 +410,7 @@ fn two_fleets_share_a_token() {
     if softhsm().is_none() {
         return;
     }
+    let _one_at_a_time = one_at_a_time();
     let (a, b) = (module(&unique("fleet-a")), module(&unique("fleet-b")));
     a.import_master(Generation(1), &master(0xa0)).unwrap();
     b.import_master(Generation(1), &master(0xb0)).unwrap();
@@ -412,6 +434,7 @@ fn bulk_derivation_from_two_threads() {
     if softhsm().is_none() {
         return;
     }
+    let _one_at_a_time = one_at_a_time();
     let module = module(&unique("bulk-threads"));
     module.import_master(Generation(7), &master(7)).unwrap();
     let serials: Vec<Vec<u8>> = (0..2000)
@@ -440,6 +463,7 @@ fn master_destroyed_mid_batch_is_a_clear_error_and_a_rerun_completes() {
     if softhsm().is_none() {
         return;
     }
+    let _one_at_a_time = one_at_a_time();
     let module = module(&unique("mid-batch"));
     module.import_master(Generation(1), &master(1)).unwrap();
     let serials: Vec<Vec<u8>> = (0..20_000)

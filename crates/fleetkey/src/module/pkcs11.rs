@@ -513,9 +513,11 @@ impl Pkcs11Module {
     }
 }
 
-/// Runs the creation of token objects, retrying after `CKR_GENERAL_ERROR` (SoftHSM 2.6.1's file
-/// store fails so now and then while other threads use the token) once whatever the failed
-/// attempt left (`leftovers`) is destroyed; at most three retries.
+/// Runs the creation of token objects, retrying after `CKR_GENERAL_ERROR` or
+/// `CKR_TEMPLATE_INCONSISTENT` (SoftHSM 2.6.1 answers either now and then, for a template it
+/// accepts otherwise, while other threads use the token) once whatever the failed attempt left
+/// (`leftovers`) is destroyed; at most three retries, so a template that is really wrong still
+/// fails.
 fn create_retrying<T>(
     session: &Session,
     leftovers: impl Fn(&Session) -> Result<Vec<ObjectHandle>, ModuleError>,
@@ -526,7 +528,12 @@ fn create_retrying<T>(
     loop {
         match create(session) {
             Ok(created) => return Ok(created),
-            Err(e) if rv(&e) == Some(RvError::GeneralError) && retries < 3 => {
+            Err(e)
+                if matches!(
+                    rv(&e),
+                    Some(RvError::GeneralError | RvError::TemplateInconsistent)
+                ) && retries < 3 =>
+            {
                 retries += 1;
                 for handle in leftovers(session)? {
                     session
