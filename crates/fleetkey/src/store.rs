@@ -140,3 +140,24 @@ pub(crate) fn decode_subjects(mut blob: &[u8]) -> Result<Vec<DeviceSerial>, Stor
     }
     Ok(out)
 }
+
+/// The JSON text of an event's details, exactly as it will be stored and hashed on reading.
+/// Details that do not come back unchanged from that text (a float the parser rounds
+/// differently) are refused, since they would break the chain when the event is verified.
+pub(crate) fn audit_details_text(draft: &AuditDraft) -> Result<String, StoreError> {
+    let refused = |detail: String| StoreError::Backend {
+        operation: "append audit",
+        detail,
+    };
+    let text = serde_json::to_string(&draft.details).map_err(|e| refused(e.to_string()))?;
+    if serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .as_ref()
+        != Some(&draft.details)
+    {
+        return Err(refused(
+            "details do not survive a JSON round trip unchanged (use integers or strings)".into(),
+        ));
+    }
+    Ok(text)
+}

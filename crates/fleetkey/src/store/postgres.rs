@@ -752,22 +752,7 @@ impl Tx for PgTx<'_, '_> {
     fn append_audit(&mut self, draft: AuditDraft) -> Result<AuditEvent, StoreError> {
         check_text("audit actor", &draft.actor)?;
         check_text("audit action", &draft.action)?;
-        let details =
-            serde_json::to_string(&draft.details).map_err(|e| encoding("append audit", e))?;
-        // The event is verified later from what is read back: details that do not survive JSON
-        // text unchanged would break the chain.
-        if serde_json::from_str::<serde_json::Value>(&details)
-            .ok()
-            .as_ref()
-            != Some(&draft.details)
-        {
-            return Err(StoreError::Backend {
-                operation: "append audit",
-                detail:
-                    "details do not survive a JSON round trip unchanged (use integers or strings)"
-                        .into(),
-            });
-        }
+        let details = super::audit_details_text(&draft)?;
         let head = self.audit_head()?;
         let event = AuditEvent::seal(head, draft);
         let seq = i64::try_from(event.seq).map_err(|e| corrupt("audit sequence", e))?;
@@ -1148,12 +1133,5 @@ fn backend(operation: &'static str, e: postgres::Error) -> StoreError {
         StoreError::Busy(format!("{operation}: {detail}"))
     } else {
         StoreError::Backend { operation, detail }
-    }
-}
-
-fn encoding(operation: &'static str, e: serde_json::Error) -> StoreError {
-    StoreError::Backend {
-        operation,
-        detail: e.to_string(),
     }
 }

@@ -620,22 +620,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn append_audit(&mut self, draft: AuditDraft) -> Result<AuditEvent, StoreError> {
-        let details =
-            serde_json::to_string(&draft.details).map_err(|e| encoding("append audit", e))?;
-        // The event is verified later from what is read back: details that do not survive JSON
-        // text unchanged (a float the parser rounds differently) would break the chain.
-        if serde_json::from_str::<serde_json::Value>(&details)
-            .ok()
-            .as_ref()
-            != Some(&draft.details)
-        {
-            return Err(StoreError::Backend {
-                operation: "append audit",
-                detail:
-                    "details do not survive a JSON round trip unchanged (use integers or strings)"
-                        .into(),
-            });
-        }
+        let details = super::audit_details_text(&draft)?;
         let head = self.audit_head()?;
         let event = AuditEvent::seal(head, draft);
         let seq = i64::try_from(event.seq).map_err(|e| corrupt("audit sequence", e))?;
