@@ -20,6 +20,12 @@ pub enum ModuleError {
     /// The module has no governance signing key.
     #[error("the key module has no governance root key")]
     NoSigningKey,
+    /// The module has a governance root already.
+    #[error("the key module has a governance root key already")]
+    SigningKeyExists,
+    /// No next governance root is staged (root rotation).
+    #[error("the key module has no staged next governance root")]
+    NoStagedSigningKey,
     /// The passphrase or PIN was refused, or the key file does not decrypt.
     #[error("the key module refused the passphrase or PIN")]
     Authentication,
