@@ -293,7 +293,10 @@ pub enum BackupError {
 impl BackupError {
     /// A check that ran and failed (exit 1 at the CLI), rather than bad input.
     pub fn is_check_failure(&self) -> bool {
-        matches!(self, Self::ShareKcv { .. } | Self::MasterKcv { .. })
+        matches!(
+            self,
+            Self::ShareKcv { .. } | Self::MasterKcv { .. } | Self::RootMismatch { .. }
+        )
     }
 
     fn invalid(field: &'static str, problem: impl fmt::Display) -> Self {
@@ -910,6 +913,44 @@ pub fn restore_root_into(
             .collect(),
         module: module.kind(),
     })
+}
+
+/// Restores the governance root from shares into the soft key file at `path`: opened when it
+/// exists (e.g. made by [`restore_into_new_key_file`] for the masters), created otherwise (and
+/// removed again on failure). `pinned`, when given, is the public key the root must have.
+pub fn restore_root_into_key_file(
+    path: &std::path::Path,
+    passphrase: &age::secrecy::SecretString,
+    work_factor: crate::module::soft::WorkFactor,
+    shares: &[Share],
+    pinned: Option<&[u8; 32]>,
+) -> Result<RootRestoreReport, Error> {
+    use age::secrecy::ExposeSecret as _;
+    // Check the shares and the pinned key before opening or creating anything.
+    let seed = combine_root(shares)?;
+    if let Some(pinned) = pinned.filter(|p| **p != seed.public_key()) {
+        return Err(BackupError::RootMismatch {
+            found: hex::encode(seed.public_key()),
+            pinned: hex::encode(pinned),
+        }
+        .into());
+    }
+    drop(seed);
+    let created = !path.exists();
+    let module = if created {
+        crate::module::soft::SoftModule::create_with(path, passphrase.expose_secret(), work_factor)?
+    } else {
+        crate::module::soft::SoftModule::open(path, passphrase.expose_secret())?
+    };
+    let result = restore_root_into(&module, shares, pinned);
+    drop(module);
+    if result.is_err() && created {
+        let _ = std::fs::remove_file(path);
+        let mut lock = path.as_os_str().to_owned();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(lock);
+    }
+    result
 }
 
 /// Whether the module's master of `generation` is `master`: one probe derivation on each side,

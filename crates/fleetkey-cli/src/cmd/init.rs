@@ -6,7 +6,7 @@ use fleetkey::module::soft::WorkFactor;
 use fleetkey_core::Key128;
 
 use crate::cmd::ctx::Global;
-use crate::cmd::master::{BackupArgs, report_backup};
+use crate::cmd::master::{BackupArgs, report_backup, report_root_backup};
 use crate::error::CliError;
 use crate::input;
 
@@ -16,6 +16,9 @@ use crate::input;
 The key file is encrypted under a passphrase from FLEETKEY_PASSPHRASE or a prompt (never argv).
 The derived and governed schemes run the master key ceremony: generation 1's master is split into
 custodian shares (M of N restore it) written before it enters the key module; or --no-backup.
+The governed scheme's Ed25519 root gets the same ceremony with the same options, in share files of
+its own (<fleet>-root1-share-...); with --no-backup it is generated in the key module, and losing
+it means devices can never accept a new record.
 
 Examples:
   export FLEETKEY_PASSPHRASE='a long passphrase'
@@ -23,6 +26,8 @@ Examples:
       --custodian alice --custodian bob --custodian carol --custodian dave --custodian erin \\
       --threshold 3 --shares-dir ./shares
   fleetkey --home ./lab init --fleet lab --scheme derived --no-backup
+  fleetkey --home ./fleet init --fleet fleet --scheme governed \\
+      --custodian alice --custodian bob --custodian carol --threshold 2 --shares-dir ./shares
   FLEETKEY_PKCS11_PIN=... fleetkey --home ./hsm init --fleet hsm --scheme derived --no-backup \\
       --module pkcs11 --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --token-label fleet-hsm")]
 pub(crate) struct InitArgs {
@@ -129,6 +134,11 @@ pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
     let status = fleet.status()?;
     if scheme.derives_from_master() {
         report_backup(&mut fleet, 1)?;
+    }
+    if scheme == Scheme::Governed {
+        for record in fleet.root_backups()? {
+            report_root_backup(&record);
+        }
     }
     global.print(&status, |s| {
         format!(

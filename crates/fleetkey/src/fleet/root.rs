@@ -426,6 +426,9 @@ impl Fleet {
         reason: &str,
     ) -> Result<RootRestoreReport, Error> {
         self.require_governed("restore the governance root")?;
+        // The shares are checked first (kind, count, KCVs), so their errors come before the
+        // fleet's refusals; the seed is dropped (zeroized) at once.
+        drop(backup::combine_root(shares)?);
         let first = shares
             .first()
             .ok_or(backup::BackupError::NotEnough { have: 0, need: 1 })?
