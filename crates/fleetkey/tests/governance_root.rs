@@ -128,7 +128,7 @@ fn init_splits_the_root_into_its_own_labelled_shares_that_restore_the_same_key()
         let seed = backup::combine_root(&two).unwrap();
         assert_eq!(seed.public_key(), public);
     }
-    let key_file = dir.path().join(format!("restored.age"));
+    let key_file = dir.path().join("restored.age");
     let module = SoftModule::create_with(&key_file, PASSPHRASE, WorkFactor::Log2(4)).unwrap();
     let report = backup::restore_root_into(&module, &shares[1..], Some(&public)).unwrap();
     assert_eq!(report.public_key, hex::encode(public));
