@@ -230,6 +230,33 @@ impl Pkcs11Module {
             .map_err(backend("C_GetAttributeValue"))
     }
 
+    /// Attributes of the governance root's private key (or, with `staged`, of the next root
+    /// staged by a rotation), for inspection (tests, diagnostics). [`ModuleError::NoSigningKey`]
+    /// when there is none.
+    pub fn root_attributes(
+        &self,
+        staged: bool,
+        attributes: &[AttributeType],
+    ) -> Result<Vec<Attribute>, ModuleError> {
+        let session = self.session()?;
+        let role = if staged { GOVERNANCE_NEXT } else { GOVERNANCE };
+        let private = self
+            .governance_role(session.get(), ObjectClass::PRIVATE_KEY, role)?
+            .ok_or(ModuleError::NoSigningKey)?;
+        session
+            .get()
+            .get_attributes(private, attributes)
+            .map_err(backend("C_GetAttributeValue"))
+    }
+
+    /// How many token objects (public and private halves) the governance root has, or with
+    /// `staged` the staged next root: 2 while it exists, 0 once destroyed.
+    pub fn root_object_count(&self, staged: bool) -> Result<usize, ModuleError> {
+        let session = self.session()?;
+        let role = if staged { GOVERNANCE_NEXT } else { GOVERNANCE };
+        Ok(self.governance_objects(session.get(), role)?.len())
+    }
+
     fn id(&self, role: &str) -> Vec<u8> {
         format!("fleetkey:{}:{role}", self.namespace).into_bytes()
     }
