@@ -130,8 +130,8 @@ fn root_shares_restore_into_a_token_and_a_rotation_destroys_the_old_root() {
             | Attribute::Decrypt(v)
             | Attribute::Unwrap(v)
             | Attribute::Derive(v) => assert!(!*v, "{attribute:?}"),
-            // Imported, so PKCS#11 says it was not generated unextractable.
-            Attribute::NeverExtractable(_) => {}
+            // Imported: it was outside the token once, which PKCS#11 says so.
+            Attribute::NeverExtractable(v) => assert!(!*v, "{attribute:?}"),
             other => panic!("unexpected {other:?}"),
         }
     }
