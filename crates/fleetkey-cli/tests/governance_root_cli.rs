@@ -316,6 +316,28 @@ fn rotate_root_moves_a_pinned_device_once() {
     );
     assert_eq!(verified["fields"]["kind"], "handover");
     assert_eq!(verified["fields"]["new_root_key"], new_public.as_str());
+    let verified = json(
+        &home,
+        &[
+            "governance",
+            "verify",
+            handover_file.to_str().unwrap(),
+            "--fleet-home",
+        ],
+    );
+    assert_eq!(verified["verified"], true);
+    fails(
+        &home,
+        &[
+            "governance",
+            "verify",
+            handover_file.to_str().unwrap(),
+            "--root-public-key",
+            &new_public,
+        ],
+        1,
+        "record refused",
+    );
 
     assert_eq!(
         verify_generation_record(&mut device, &record3, now_s()),

@@ -33,7 +33,8 @@ pub(crate) enum Command {
     /// Verify a record file as a device would (pinned root, fleet, window) and print its fields.
     #[command(after_help = "\
 The root is the one a device pins: --root-public-key HEX (no fleet needed), or --fleet-home for
-the root of the fleet at --home. A grant is verified for --serial.
+the root of the fleet at --home (for a root handover, the fleet's root that signed it). A grant is
+verified for --serial.
 
 Examples:
   fleetkey governance verify records/generation-record-3.cose --fleet-home
@@ -373,8 +374,16 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
             let mut fleet = global.open()?;
             match fleet.latest_generation_record()? {
                 Some(p) => published(global, &mut fleet, &p),
-                None => Err(CliError::failed("no generation record published yet")
-                    .hint("`fleetkey governance publish --reason ...`")),
+                None => {
+                    let root = fleet.root_info()?;
+                    Err(CliError::failed("no generation record published yet").hint(format!(
+                        "`fleetkey governance publish --reason ...`; the root devices pin is {} \
+                         (kid {}, root {})",
+                        hex::encode(root.public_key),
+                        hex::encode(root.kid),
+                        root.number
+                    )))
+                }
             }
         }
         Command::Verify(a) => verify(global, &a),
@@ -410,7 +419,20 @@ fn verify(global: &Global, a: &VerifyArgs) -> Result<(), CliError> {
         }
         None => {
             let mut fleet = global.open()?;
-            let (public, _) = fleet.governance_root()?;
+            let (mut public, _) = fleet.governance_root()?;
+            // A handover is signed by the root before it: the one of the fleet's roots (each
+            // has a `governance.root_backup` audit event) whose kid the record names.
+            if let Ok((envelope, Record::Handover(_))) = core_gov::inspect_unverified(&bytes) {
+                for backup in fleet.root_backups()? {
+                    if let Some(Ok(key)) = backup["public_key"]
+                        .as_str()
+                        .map(|h| hex_array::<32>("root", h))
+                        && fleetkey::governance::key_id(&key)[..] == *envelope.kid
+                    {
+                        public = key;
+                    }
+                }
+            }
             (public, fleet.config().fleet_id.clone())
         }
     };
