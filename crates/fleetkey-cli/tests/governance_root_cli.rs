@@ -414,4 +414,44 @@ fn init_without_backup_warns_that_the_root_cannot_be_replaced() {
     // No generation record before: the handover takes sequence 1, the new root's record 2.
     assert_eq!(rotated["handover_sequence"], 1);
     assert_eq!(rotated["record_sequence"], 2);
+
+    // `--publish` gives a fresh fleet its first record, signed by its root.
+    let published = dir.path().join("published");
+    let (_, stderr) = ok(
+        &published,
+        &[
+            "init",
+            "--fleet",
+            FLEET,
+            "--scheme",
+            "governed",
+            "--kdf-log-n",
+            "10",
+            "--no-backup",
+            "--publish",
+        ],
+    );
+    assert!(stderr.contains("generation record 1 published"), "{stderr}");
+    let (_, mut device) = pinned(&published);
+    let shown = json(&published, &["governance", "show"]);
+    assert_eq!(shown["sequence"], 1);
+    let record = hex::decode(shown["record"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        verify_generation_record(&mut device, &record, now_s()),
+        Ok(Acceptance::Updated)
+    );
+    fails(
+        &dir.path().join("derived"),
+        &[
+            "init",
+            "--fleet",
+            FLEET,
+            "--scheme",
+            "derived",
+            "--no-backup",
+            "--publish",
+        ],
+        2,
+        "--publish",
+    );
 }

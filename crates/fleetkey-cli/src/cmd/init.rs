@@ -26,7 +26,7 @@ Examples:
       --custodian alice --custodian bob --custodian carol --custodian dave --custodian erin \\
       --threshold 3 --shares-dir ./shares
   fleetkey --home ./lab init --fleet lab --scheme derived --no-backup
-  fleetkey --home ./fleet init --fleet fleet --scheme governed \\
+  fleetkey --home ./fleet init --fleet fleet --scheme governed --publish \\
       --custodian alice --custodian bob --custodian carol --threshold 2 --shares-dir ./shares
   FLEETKEY_PKCS11_PIN=... fleetkey --home ./hsm init --fleet hsm --scheme derived --no-backup \\
       --module pkcs11 --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --token-label fleet-hsm")]
@@ -63,6 +63,10 @@ pub(crate) struct InitArgs {
     /// scrypt work factor (log2) of the key file; default: age's (about a second to open).
     #[arg(long, value_parser = clap::value_parser!(u8).range(10..=22))]
     kdf_log_n: Option<u8>,
+    /// Governed scheme: publish the first generation record (sequence 1, valid 365 days) right
+    /// away, so the fleet has one to export and push.
+    #[arg(long)]
+    publish: bool,
     #[command(flatten)]
     backup: BackupArgs,
 }
@@ -86,6 +90,12 @@ pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
         SchemeArg::Derived => Scheme::Derived,
         SchemeArg::Governed => Scheme::Governed,
     };
+    if args.publish && scheme != Scheme::Governed {
+        return Err(CliError::input(
+            "--publish",
+            "only the governed scheme has generation records",
+        ));
+    }
     let she_transport_key = match &args.she_transport_key_file {
         Some(path) => Some(Key128::from_bytes(*input::key_from_file::<16>(
             "--she-transport-key-file",
@@ -138,6 +148,16 @@ pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
     if scheme == Scheme::Governed {
         for record in fleet.root_backups()? {
             report_root_backup(&record);
+        }
+        if args.publish {
+            let p = fleet.publish_generation_record(
+                "fleet created",
+                fleetkey::fleet::governance::AUTO_RECORD_VALIDITY,
+            )?;
+            eprintln!(
+                "generation record {} published: `fleetkey governance export --out DIR` writes it",
+                p.sequence
+            );
         }
     }
     global.print(&status, |s| {
