@@ -13,8 +13,9 @@
 //!   and, with a lock file, between processes; a change refuses to overwrite a key file that
 //!   another process changed since this one read it.
 //! - **Memory**: masters as [`MasterKey`] with their precomputed [`Deriver`], the KEK as a
-//!   zeroizing array, the governance root as an `ed25519_dalek::SigningKey`; all zeroized on
-//!   drop, so destroying a master or dropping the module clears them. A bulk deriver holds a
+//!   zeroizing array, the governance root (and, during a root rotation, the staged next root)
+//!   as an `ed25519_dalek::SigningKey`; all zeroized on drop, so destroying a master, promoting
+//!   a staged root over the old one, or dropping the module clears them. A bulk deriver holds a
 //!   copy of its generation's `Deriver` and drops it at its first call after the destroy.
 //! - **Passphrase**: copied into age's zeroizing `SecretString` for re-encryption; it appears
 //!   in no error and no `Debug` output.
