@@ -33,6 +33,7 @@ mod devices;
 mod generations;
 pub mod governance;
 pub mod material;
+pub mod root;
 
 pub use crate::backup::MasterBackup;
 pub use bulk::{BATCH, ImportReport, ImportRow, Progress, parse_csv};
@@ -263,10 +264,16 @@ impl Fleet {
         } else {
             None
         };
-        let signing_key = match options.scheme {
-            Scheme::Governed => Some(hex::encode(module.ensure_signing_key()?)),
+        let new_root = match options.scheme {
+            Scheme::Governed => Some(root::create_root(
+                module.as_ref(),
+                &options.fleet_id,
+                &options.backup,
+                access.clock.now_ms(),
+            )?),
             _ => None,
         };
+        let signing_key = new_root.as_ref().map(|r| hex::encode(r.public));
         let wrapped_transport = options
             .she_transport_key
             .as_ref()
@@ -317,7 +324,18 @@ impl Fleet {
                 new_master.details.clone(),
             ));
         }
+        if let Some(new_root) = &new_root {
+            drafts.push(fleet.draft(
+                root::ROOT_BACKUP_ACTION,
+                None,
+                vec![],
+                new_root.details.clone(),
+            ));
+        }
         transact(fleet.store.as_mut(), |tx| {
+            if let Some(new_root) = &new_root {
+                root::record_first_root(tx, &new_root.public)?;
+            }
             if tx.fleet()?.is_some() {
                 return Err(Error::Refused {
                     what: "the store already holds a fleet".into(),
@@ -344,6 +362,9 @@ impl Fleet {
         fleet.config.save(home)?;
         if let Some(new_master) = new_master {
             new_master.keep();
+        }
+        if let Some(new_root) = new_root {
+            new_root.keep();
         }
         Ok(fleet)
     }

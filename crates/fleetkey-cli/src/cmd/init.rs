@@ -6,7 +6,7 @@ use fleetkey::module::soft::WorkFactor;
 use fleetkey_core::Key128;
 
 use crate::cmd::ctx::Global;
-use crate::cmd::master::{BackupArgs, report_backup};
+use crate::cmd::master::{BackupArgs, report_backup, report_root_backup};
 use crate::error::CliError;
 use crate::input;
 
@@ -16,6 +16,9 @@ use crate::input;
 The key file is encrypted under a passphrase from FLEETKEY_PASSPHRASE or a prompt (never argv).
 The derived and governed schemes run the master key ceremony: generation 1's master is split into
 custodian shares (M of N restore it) written before it enters the key module; or --no-backup.
+The governed scheme's Ed25519 root gets the same ceremony with the same options, in share files of
+its own (<fleet>-root1-share-...); with --no-backup it is generated in the key module, and losing
+it means devices can never accept a new record.
 
 Examples:
   export FLEETKEY_PASSPHRASE='a long passphrase'
@@ -25,6 +28,8 @@ Examples:
   fleetkey --home ./lab init --fleet lab --scheme derived --no-backup
   fleetkey --home ./shared init --fleet plant1 --scheme derived --no-backup \\
       --store postgres://postgres@127.0.0.1:5432/test
+  fleetkey --home ./fleet init --fleet fleet --scheme governed --publish \\
+      --custodian alice --custodian bob --custodian carol --threshold 2 --shares-dir ./shares
   FLEETKEY_PKCS11_PIN=... fleetkey --home ./hsm init --fleet hsm --scheme derived --no-backup \\
       --module pkcs11 --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --token-label fleet-hsm")]
 pub(crate) struct InitArgs {
@@ -70,6 +75,10 @@ pub(crate) struct InitArgs {
     /// scrypt work factor (log2) of the key file; default: age's (about a second to open).
     #[arg(long, value_parser = clap::value_parser!(u8).range(10..=22))]
     kdf_log_n: Option<u8>,
+    /// Governed scheme: publish the first generation record (sequence 1, valid 365 days) right
+    /// away, so the fleet has one to export and push.
+    #[arg(long)]
+    publish: bool,
     #[command(flatten)]
     backup: BackupArgs,
 }
@@ -93,6 +102,12 @@ pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
         SchemeArg::Derived => Scheme::Derived,
         SchemeArg::Governed => Scheme::Governed,
     };
+    if args.publish && scheme != Scheme::Governed {
+        return Err(CliError::input(
+            "--publish",
+            "only the governed scheme has generation records",
+        ));
+    }
     let she_transport_key = match &args.she_transport_key_file {
         Some(path) => Some(Key128::from_bytes(*input::key_from_file::<16>(
             "--she-transport-key-file",
@@ -140,6 +155,21 @@ pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
     let status = fleet.status()?;
     if scheme.derives_from_master() {
         report_backup(&mut fleet, 1)?;
+    }
+    if scheme == Scheme::Governed {
+        for record in fleet.root_backups()? {
+            report_root_backup(&record);
+        }
+        if args.publish {
+            let p = fleet.publish_generation_record(
+                "fleet created",
+                fleetkey::fleet::governance::AUTO_RECORD_VALIDITY,
+            )?;
+            eprintln!(
+                "generation record {} published: `fleetkey governance export --out DIR` writes it",
+                p.sequence
+            );
+        }
     }
     global.print(&status, |s| {
         format!(
