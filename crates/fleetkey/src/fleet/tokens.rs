@@ -197,3 +197,18 @@ impl Fleet {
         })
     }
 }
+
+impl Fleet {
+    /// Sets who acts from now on (the HTTP service sets each request's principal on the pooled
+    /// handle that serves it).
+    pub fn set_actor(&mut self, actor: &str) {
+        if self.access.actor != actor {
+            actor.clone_into(&mut self.access.actor);
+        }
+    }
+
+    /// Who acts.
+    pub fn actor(&self) -> &str {
+        &self.access.actor
+    }
+}
