@@ -61,6 +61,11 @@ enum Command {
     Can(cmd::can::Command),
     /// The walkthrough: a fleet, SHE key loads, authenticated frames, attacks, rotation, audit.
     Demo(cmd::demo::Args),
+    /// The HTTP service: the fleet's operations over JSON for stations, operators, technicians.
+    Serve(cmd::serve::ServeArgs),
+    /// Bearer tokens of the HTTP service: issue, revoke, list.
+    #[command(subcommand)]
+    Token(cmd::token::Command),
 }
 
 fn main() -> std::process::ExitCode {
@@ -82,6 +87,8 @@ fn main() -> std::process::ExitCode {
         Command::She(command) => cmd::she::run(command),
         Command::Can(command) => cmd::can::run(command),
         Command::Demo(args) => cmd::demo::run(global, args),
+        Command::Serve(args) => cmd::serve::run(global, args),
+        Command::Token(command) => cmd::token::run(global, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

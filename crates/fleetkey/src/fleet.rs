@@ -34,12 +34,14 @@ mod generations;
 pub mod governance;
 pub mod material;
 pub mod root;
+mod tokens;
 
 pub use crate::backup::MasterBackup;
 pub use bulk::{BATCH, ImportReport, ImportRow, Progress, parse_csv};
 pub use ceremony::{BACKUP_ACTION, RESTORE_ACTION};
 pub use devices::{KeyUpdate, NewDevice, Provisioning};
 pub use generations::{GenerationCount, RotationStatus};
+pub use tokens::Claim;
 
 /// The store meta key of the SHE transport key, wrapped under the module's KEK.
 const META_TRANSPORT_KEY: &str = "she.transport_key";

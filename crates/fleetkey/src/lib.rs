@@ -8,9 +8,11 @@
 //!   [`audit`]: the SHA-256 hash chain.
 //! - [`backup`]: the master key ceremony's M-of-N custodian shares (Shamir over GF(256)).
 //! - [`canlog`]: the candump log format.
+//! - [`access`]: the HTTP service's tokens and idempotency records, as the store keeps them.
 
 pub use fleetkey_core as core;
 
+pub mod access;
 pub mod audit;
 pub mod backup;
 pub mod canlog;

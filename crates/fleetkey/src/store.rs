@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 
+use crate::access::{ApiToken, IdempotencyRecord};
 use crate::audit::{AuditDraft, AuditEvent, AuditFilter};
 use crate::error::{Error, StoreError};
 use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord};
@@ -70,6 +71,30 @@ pub trait Tx {
     fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError>;
     /// Sets a named value.
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Adds a service token; [`StoreError::Duplicate`] (`token <id>`) if its id or hash exists.
+    fn insert_token(&mut self, token: &ApiToken) -> Result<(), StoreError>;
+    /// Replaces a token's fields but its id; [`StoreError::NotFound`] (`token <id>`) if absent.
+    fn update_token(&mut self, token: &ApiToken) -> Result<(), StoreError>;
+    /// One token by id.
+    fn token(&mut self, id: &str) -> Result<Option<ApiToken>, StoreError>;
+    /// The token whose text hashes to `hash`.
+    fn token_by_hash(&mut self, hash: &[u8; 32]) -> Result<Option<ApiToken>, StoreError>;
+    /// Every token, by issue time then id.
+    fn tokens(&mut self) -> Result<Vec<ApiToken>, StoreError>;
+
+    /// The record of a principal's idempotency key.
+    fn idempotency(
+        &mut self,
+        principal: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// Claims a key; [`StoreError::Duplicate`] (`idempotency key <key>`) if the principal has it.
+    fn insert_idempotency(&mut self, record: &IdempotencyRecord) -> Result<(), StoreError>;
+    /// Replaces a record (to add the response); [`StoreError::NotFound`] if absent.
+    fn update_idempotency(&mut self, record: &IdempotencyRecord) -> Result<(), StoreError>;
+    /// Forgets a principal's key (a claim whose request failed in a way worth retrying).
+    fn delete_idempotency(&mut self, principal: &str, key: &str) -> Result<(), StoreError>;
 }
 
 /// A store of one fleet.

@@ -362,11 +362,13 @@ fn pragmas_and_schema_are_in_place() {
     assert_eq!(
         tables,
         [
+            "api_tokens",
             "audit",
             "audit_subjects",
             "devices",
             "fleet",
             "generations",
+            "idempotency",
             "meta"
         ]
     );

@@ -55,6 +55,30 @@ impl Global {
         Fleet::open(&self.home, access).map_err(CliError::from)
     }
 
+    /// Opens more handles on the fleet at `--home` (the service's pool), reading the passphrase
+    /// once.
+    pub(crate) fn opener(&self) -> Result<fleetkey_server::pool::Opener, CliError> {
+        let on_token = FleetConfig::load(&self.home)
+            .is_ok_and(|c| matches!(c.module, ModuleConfig::Pkcs11 { .. }));
+        let passphrase = if on_token {
+            SecretString::from(String::new())
+        } else {
+            passphrase(false)?
+        };
+        let template = self.access_with(passphrase)?;
+        let home = self.home.clone();
+        Ok(Arc::new(move || {
+            Fleet::open(
+                &home,
+                Access {
+                    passphrase: template.passphrase.clone(),
+                    actor: template.actor.clone(),
+                    clock: Arc::clone(&template.clock),
+                },
+            )
+        }))
+    }
+
     /// Access for `init` on a PKCS#11 token (no key file, so no passphrase).
     pub(crate) fn access_for_token(&self) -> Result<Access, CliError> {
         self.access_with(SecretString::from(String::new()))

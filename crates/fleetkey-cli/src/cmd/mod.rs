@@ -12,5 +12,7 @@ pub(crate) mod governance;
 pub(crate) mod init;
 pub(crate) mod master;
 pub(crate) mod roll;
+pub(crate) mod serve;
 pub(crate) mod she;
+pub(crate) mod token;
 pub(crate) mod token_backup;

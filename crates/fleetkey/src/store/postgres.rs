@@ -35,6 +35,7 @@ use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement, Transaction};
 
+use crate::access::{ApiToken, IdempotencyRecord};
 use crate::audit::{AuditDraft, AuditEvent, AuditFilter};
 use crate::error::{Error, StoreError};
 use crate::lifecycle::State;
@@ -44,11 +45,16 @@ use crate::model::{
 };
 use crate::store::{Store, Tx};
 
+mod access;
+
 /// The schema version this fleetkey reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 1] = [include_str!("postgres/0001_initial.sql")];
+const MIGRATIONS: [&str; 2] = [
+    include_str!("postgres/0001_initial.sql"),
+    include_str!("postgres/0002_access.sql"),
+];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
@@ -943,6 +949,38 @@ impl Tx for PgTx<'_, '_> {
             &[&format!("{APP_META_PREFIX}{key}"), &value],
         )
         .map(drop)
+    }
+
+    fn insert_token(&mut self, token: &ApiToken) -> Result<(), StoreError> {
+        self.insert_token_row(token)
+    }
+    fn update_token(&mut self, token: &ApiToken) -> Result<(), StoreError> {
+        self.update_token_row(token)
+    }
+    fn token(&mut self, id: &str) -> Result<Option<ApiToken>, StoreError> {
+        self.token_row(id)
+    }
+    fn token_by_hash(&mut self, hash: &[u8; 32]) -> Result<Option<ApiToken>, StoreError> {
+        self.token_row_by_hash(hash)
+    }
+    fn tokens(&mut self) -> Result<Vec<ApiToken>, StoreError> {
+        self.token_rows()
+    }
+    fn idempotency(
+        &mut self,
+        principal: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.idempotency_row(principal, key)
+    }
+    fn insert_idempotency(&mut self, record: &IdempotencyRecord) -> Result<(), StoreError> {
+        self.write_idempotency_row(record, true)
+    }
+    fn update_idempotency(&mut self, record: &IdempotencyRecord) -> Result<(), StoreError> {
+        self.write_idempotency_row(record, false)
+    }
+    fn delete_idempotency(&mut self, principal: &str, key: &str) -> Result<(), StoreError> {
+        self.delete_idempotency_row(principal, key)
     }
 }
 

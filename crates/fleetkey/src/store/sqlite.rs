@@ -7,7 +7,7 @@
 //!   a read-modify-write. The trait has no read-only transaction, so a listing waits for a writer
 //!   too. A transaction waits up to the busy timeout (5 s by default) for the lock, then fails
 //!   with [`StoreError::Busy`]; the closure runs once.
-//! - Schema: `sqlite/0001_initial.sql`; its version is in `meta`. A newer version than this
+//! - Schema: `sqlite/0001_initial.sql`, then `0002_access.sql` (service tokens, idempotency); its version is in `meta`. A newer version than this
 //!   fleetkey knows is refused ([`StoreError::Schema`]).
 //! - Zeroization at rest ([`Store::purge`]): `secure_delete` zeroes freed cells and pages, but
 //!   when SQLite rebuilds a fragmented page during rebalancing, the unused middle of the page
@@ -24,6 +24,7 @@ use rusqlite::{
     Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params, params_from_iter,
 };
 
+use crate::access::{ApiToken, IdempotencyRecord};
 use crate::audit::{AuditDraft, AuditEvent, AuditFilter};
 use crate::error::{Error, StoreError};
 use crate::lifecycle::State;
@@ -33,6 +34,7 @@ use crate::model::{
 };
 use crate::store::{Store, Tx};
 
+mod access;
 mod schema;
 
 /// The schema version this fleetkey reads and writes.
@@ -779,6 +781,38 @@ impl Tx for SqliteTx<'_> {
             &format!("{APP_META_PREFIX}{key}"),
             Value::Text(value.to_owned()),
         )
+    }
+
+    fn insert_token(&mut self, token: &ApiToken) -> Result<(), StoreError> {
+        access::insert_token(self.conn, token)
+    }
+    fn update_token(&mut self, token: &ApiToken) -> Result<(), StoreError> {
+        access::update_token(self.conn, token)
+    }
+    fn token(&mut self, id: &str) -> Result<Option<ApiToken>, StoreError> {
+        access::token(self.conn, id)
+    }
+    fn token_by_hash(&mut self, hash: &[u8; 32]) -> Result<Option<ApiToken>, StoreError> {
+        access::token_by_hash(self.conn, hash)
+    }
+    fn tokens(&mut self) -> Result<Vec<ApiToken>, StoreError> {
+        access::tokens(self.conn)
+    }
+    fn idempotency(
+        &mut self,
+        principal: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        access::idempotency(self.conn, principal, key)
+    }
+    fn insert_idempotency(&mut self, record: &IdempotencyRecord) -> Result<(), StoreError> {
+        access::insert_idempotency(self.conn, record)
+    }
+    fn update_idempotency(&mut self, record: &IdempotencyRecord) -> Result<(), StoreError> {
+        access::update_idempotency(self.conn, record)
+    }
+    fn delete_idempotency(&mut self, principal: &str, key: &str) -> Result<(), StoreError> {
+        access::delete_idempotency(self.conn, principal, key)
     }
 }
 

@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 
 use fleetkey::StoreError;
+use fleetkey::access::{ApiToken, IdempotencyRecord, Role};
 use fleetkey::audit::{AuditDraft, AuditEvent, AuditFilter, ChainVerifier};
 use fleetkey::error::Error;
 use fleetkey::lifecycle::State;
@@ -62,6 +63,8 @@ macro_rules! store_conformance {
             empty_pages_and_limits,
             purge_keeps_live_data,
             concurrent_read_modify_write_serializes,
+            tokens_insert_lookup_update,
+            idempotency_claim_finish_delete,
         );
     };
     (@checks $factory:expr; $($check:ident),* $(,)?) => {
@@ -1268,5 +1271,178 @@ pub(crate) fn concurrent_read_modify_write_serializes(f: &dyn StoreFactory) {
         revisions,
         (1..=u64::from(2 * BUMPS)).collect::<Vec<_>>(),
         "audit order is commit order"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Service access: tokens and idempotency records
+
+fn api_token(id: &str, hash_byte: u8, role: Role, at: i64) -> ApiToken {
+    ApiToken {
+        id: id.into(),
+        hash: [hash_byte; 32],
+        principal: format!("principal-{id}"),
+        role,
+        subject: (role == Role::Technician).then(|| "tech \u{fc}".to_owned()),
+        fleet: "fleet-a".into(),
+        created_at: at,
+        created_by: "admin".into(),
+        expires_at: (hash_byte % 2 == 0).then_some(at + 1000),
+        revoked_at: None,
+    }
+}
+
+pub(crate) fn tokens_insert_lookup_update(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    assert!(tx(store, |tx| Ok(tx.tokens()?)).is_empty());
+    let a = api_token("tok-a", 1, Role::Station, 20);
+    let b = api_token("tok-b", 2, Role::Technician, 10);
+    let c = api_token("tok-c", 3, Role::Auditor, 20);
+    for t in [&a, &b, &c] {
+        tx(store, |tx| Ok(tx.insert_token(t)?));
+    }
+    // Ordered by issue time, then id; fields round-trip.
+    assert_eq!(
+        tx(store, |tx| Ok(tx.tokens()?)),
+        vec![b.clone(), a.clone(), c.clone()]
+    );
+    assert_eq!(tx(store, |tx| Ok(tx.token("tok-b")?)), Some(b.clone()));
+    assert_eq!(
+        tx(store, |tx| Ok(tx.token_by_hash(&[3; 32])?)),
+        Some(c.clone())
+    );
+    assert_eq!(tx(store, |tx| Ok(tx.token_by_hash(&[9; 32])?)), None);
+    assert_eq!(tx(store, |tx| Ok(tx.token("tok-z")?)), None);
+
+    // A second token with the same id or the same hash is refused, and the transaction goes on.
+    let events = tx(store, |tx| {
+        let same_id = api_token("tok-a", 7, Role::Admin, 1);
+        assert_duplicate(tx.insert_token(&same_id), "token tok-a");
+        let same_hash = api_token("tok-d", 1, Role::Admin, 1);
+        assert_duplicate(tx.insert_token(&same_hash), "token tok-d");
+        tx.append_audit(draft("token.issue", 30, &[]))?;
+        Ok(tx.tokens()?.len())
+    });
+    assert_eq!(events, 3);
+    assert_eq!(verify_chain(store), 1);
+
+    // Update: revocation is seen by another handle; an absent token is NotFound.
+    let mut revoked = a.clone();
+    revoked.revoked_at = Some(99);
+    tx(store, |tx| Ok(tx.update_token(&revoked)?));
+    let mut other = f.reopen();
+    assert_eq!(
+        tx(&mut *other, |tx| Ok(tx.token_by_hash(&[1; 32])?)),
+        Some(revoked.clone())
+    );
+    tx(store, |tx| {
+        assert_not_found(
+            tx.update_token(&api_token("tok-z", 8, Role::Admin, 1)),
+            "token tok-z",
+        );
+        Ok(())
+    });
+
+    // Rolled back with the transaction.
+    let result = store.transaction(&mut |tx| {
+        tx.insert_token(&api_token("tok-e", 5, Role::Operator, 40))?;
+        Err(Error::invalid("test", "roll back"))
+    });
+    assert!(result.is_err());
+    assert_eq!(tx(store, |tx| Ok(tx.token("tok-e")?)), None);
+}
+
+pub(crate) fn idempotency_claim_finish_delete(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let claim = IdempotencyRecord {
+        principal: "station-1".into(),
+        key: "key \u{fc} 1".into(),
+        fingerprint: [4; 32],
+        created_at: 5,
+        response: None,
+    };
+    assert_eq!(
+        tx(store, |tx| Ok(tx.idempotency("station-1", &claim.key)?)),
+        None
+    );
+    tx(store, |tx| Ok(tx.insert_idempotency(&claim)?));
+    assert_eq!(
+        tx(store, |tx| Ok(tx.idempotency("station-1", &claim.key)?)),
+        Some(claim.clone())
+    );
+    // Keys are scoped to their principal.
+    assert_eq!(
+        tx(store, |tx| Ok(tx.idempotency("station-2", &claim.key)?)),
+        None
+    );
+    let mut other_principal = claim.clone();
+    other_principal.principal = "station-2".into();
+    tx(store, |tx| Ok(tx.insert_idempotency(&other_principal)?));
+    tx(store, |tx| {
+        assert_duplicate(tx.insert_idempotency(&claim), &claim.key);
+        Ok(())
+    });
+
+    // The response, including an empty body, round-trips; another handle sees it.
+    let mut done = claim.clone();
+    done.response = Some((201, WrappedKey(vec![0, 1, 2, 255])));
+    tx(store, |tx| Ok(tx.update_idempotency(&done)?));
+    let mut other = f.reopen();
+    assert_eq!(
+        tx(&mut *other, |tx| Ok(
+            tx.idempotency("station-1", &claim.key)?
+        )),
+        Some(done.clone())
+    );
+    let mut empty = other_principal.clone();
+    empty.response = Some((422, WrappedKey(vec![])));
+    tx(store, |tx| Ok(tx.update_idempotency(&empty)?));
+    assert_eq!(
+        tx(store, |tx| Ok(tx.idempotency("station-2", &claim.key)?)),
+        Some(empty.clone())
+    );
+
+    let mut absent = claim.clone();
+    absent.key = "absent".into();
+    tx(store, |tx| {
+        assert_not_found(tx.update_idempotency(&absent), "absent");
+        Ok(())
+    });
+
+    // Delete forgets exactly one principal's key; deleting an absent key is not an error.
+    tx(store, |tx| {
+        Ok(tx.delete_idempotency("station-1", &claim.key)?)
+    });
+    tx(
+        store,
+        |tx| Ok(tx.delete_idempotency("station-1", "absent")?),
+    );
+    assert_eq!(
+        tx(store, |tx| Ok(tx.idempotency("station-1", &claim.key)?)),
+        None
+    );
+    assert_eq!(
+        tx(store, |tx| Ok(tx.idempotency("station-2", &claim.key)?)),
+        Some(empty)
+    );
+    // Two handles claiming one key: exactly one insert succeeds.
+    let results: Vec<Result<(), StoreError>> = [&mut *store, &mut *other]
+        .into_iter()
+        .map(|s| {
+            let mut out = Ok(());
+            s.transaction(&mut |tx| {
+                out = tx.insert_idempotency(&claim);
+                Ok(())
+            })
+            .expect("transaction");
+            out
+        })
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
     );
 }

@@ -1,0 +1,151 @@
+//! `fleetkey serve`: the HTTP service.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleetkey_server::pool::FleetPool;
+use fleetkey_server::{AppState, Server, ServerConfig, ServiceConfig};
+
+use crate::cmd::ctx::Global;
+use crate::error::CliError;
+
+/// Options of `fleetkey serve`.
+#[derive(clap::Args)]
+#[command(after_help = "\
+Without --tls-cert the service speaks plain HTTP and only on a loopback address (127.0.0.1, ::1);
+give a certificate and key to listen elsewhere. The passphrase comes from FLEETKEY_PASSPHRASE, as
+for every command. Every request but /healthz and /openapi.json needs a bearer token from
+`fleetkey token issue`. Logs go to stderr (no token, no key material). docs/service.md has the
+endpoints, roles and errors.
+
+Examples:
+  fleetkey serve                                   (http://127.0.0.1:8443, loopback only)
+  fleetkey serve --listen 0.0.0.0:8443 --tls-cert server.pem --tls-key server.key --client-ca stations-ca.pem
+  TOKEN=$(fleetkey token issue --principal station-1 --role station --json | jq -r .token)
+  curl -s -X POST -H \"Authorization: Bearer $TOKEN\" -H 'Idempotency-Key: ECU-0001-1' \\
+       http://127.0.0.1:8443/v1/devices/ECU-0001/provision")]
+pub(crate) struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// TLS certificate chain, PEM (leaf first).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) of provisioning stations' client certificates: station tokens are
+    /// then accepted only on connections with a certificate it signed.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Fleet handles (store connections) serving requests at once.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Requests per second per principal (0: no limit).
+    #[arg(long, default_value_t = 50.0)]
+    rate_limit: f64,
+    /// Burst size per principal.
+    #[arg(long, default_value_t = 100)]
+    rate_burst: u32,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    body_limit: usize,
+    /// Seconds a request may take before the client gets 503.
+    #[arg(long, default_value_t = 30)]
+    request_timeout: u64,
+    /// Seconds a client has to send its request headers (slowloris).
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+}
+
+pub(crate) fn run(global: &Global, args: ServeArgs) -> Result<(), CliError> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            fleetkey_server::tls::server_config(cert, key, args.client_ca.as_deref())
+                .map_err(|e| CliError::input("--tls-cert/--tls-key/--client-ca", e))?,
+        ),
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() {
+        return Err(CliError::input(
+            "--listen",
+            format_args!("{} is not a loopback address, and plain HTTP would send tokens and key material in clear", args.listen),
+        )
+        .hint("give --tls-cert and --tls-key, or listen on 127.0.0.1"));
+    }
+    if args.workers == 0 || args.workers > 256 {
+        return Err(CliError::input("--workers", "1 to 256"));
+    }
+    if !(args.rate_limit.is_finite() && args.rate_limit >= 0.0) {
+        return Err(CliError::input(
+            "--rate-limit",
+            "a number of requests per second, 0 for none",
+        ));
+    }
+    let opener = global.opener()?;
+    let pool = FleetPool::open(args.workers, opener)?;
+    let fleet_id = pool.fleet_id().to_owned();
+    let service = ServiceConfig {
+        body_limit: args.body_limit,
+        request_timeout: Duration::from_secs(args.request_timeout.max(1)),
+        rate_per_second: args.rate_limit,
+        rate_burst: args.rate_burst,
+        station_needs_client_cert: args.client_ca.is_some(),
+    };
+    let config = ServerConfig {
+        listen: args.listen,
+        tls: tls.clone(),
+        header_read_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        max_connections: 1024,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format_args!("tokio runtime: {e}")))?;
+    runtime.block_on(async move {
+        let state = AppState::new(pool, service);
+        let (addr, server) = Server::bind(config, state).await.map_err(|e| {
+            CliError::failed(format_args!("listen on {}: {e}", args.listen))
+                .hint("is another process on that port? choose another with --listen")
+        })?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(
+            fleet = %fleet_id,
+            address = %format!("{scheme}://{addr}"),
+            tls = tls.is_some(),
+            client_certificates = args.client_ca.is_some(),
+            workers = args.workers,
+            "fleetkey serving{}",
+            if tls.is_none() { " plain HTTP on loopback only (no --tls-cert)" } else { "" }
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

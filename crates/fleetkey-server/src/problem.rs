@@ -1,0 +1,353 @@
+//! Errors as RFC 9457 `application/problem+json`, mapped in one place ([`ApiError::problem`]).
+//!
+//! Handlers and extractors return an [`ApiError`]; its response carries the [`Problem`] in an
+//! extension and no body yet. The service's outer middleware renders every problem with the
+//! request id and the path ([`render`]), and turns the bare error responses of lower layers (a
+//! 413 from the body limit, a 405 from the router) into problems too, so every error a client
+//! sees has the same shape:
+//!
+//! ```json
+//! {"type": "urn:fleetkey:problem:invalid-input", "title": "Invalid input", "status": 422,
+//!  "detail": "serial: 41 bytes, must be 1 to 40 bytes", "field": "serial",
+//!  "hint": "fix the field named and send the request again", "request_id": "...",
+//!  "instance": "/v1/devices"}
+//! ```
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fleetkey::error::{Error, ModuleError, StoreError};
+use serde::Serialize;
+
+/// The media type of problem documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Why a request failed.
+#[derive(Debug)]
+pub enum ApiError {
+    /// No usable bearer token (missing, malformed, unknown, expired or revoked).
+    Unauthenticated(&'static str),
+    /// The principal's role does not allow this.
+    Forbidden(String),
+    /// The body is not JSON.
+    Malformed(String),
+    /// A field (or query or path parameter) is missing, of the wrong type, unknown or out of range.
+    Invalid {
+        /// The field, as a path into the body (`devices[2].serial`) or `query.limit`.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The body is larger than the limit.
+    TooLarge(usize),
+    /// The principal sent too many requests.
+    RateLimited(Duration),
+    /// No route has this path.
+    NoRoute,
+    /// The path exists, not with this method.
+    MethodNotAllowed,
+    /// The idempotency key was used with another request.
+    IdempotencyMismatch,
+    /// The first request with this idempotency key has not finished.
+    IdempotencyInProgress,
+    /// The request took longer than the request timeout.
+    Timeout(Duration),
+    /// The service cannot take the request now.
+    Unavailable(String),
+    /// A bug or an environment failure; the detail is logged, not sent.
+    Internal(String),
+    /// The key manager failed or refused.
+    Fleet(Error),
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::Fleet(e)
+    }
+}
+
+/// An RFC 9457 problem, before the request id and path are added.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Short stable name; the `type` is `urn:fleetkey:problem:<slug>`.
+    pub slug: &'static str,
+    /// Human title of the type.
+    pub title: &'static str,
+    /// What happened in this case.
+    pub detail: String,
+    /// What to do next.
+    pub hint: Option<String>,
+    /// The input field at fault.
+    pub field: Option<String>,
+    /// Seconds after which a retry may succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: String) -> Self {
+        Problem {
+            status,
+            slug,
+            title,
+            detail,
+            hint: None,
+            field: None,
+            retry_after: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The problem a bare error status of a lower layer stands for.
+    pub fn for_status(status: StatusCode) -> Problem {
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(0).problem(),
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed.problem(),
+            StatusCode::NOT_FOUND => ApiError::NoRoute.problem(),
+            s => Problem::new(
+                s,
+                "http-error",
+                "HTTP error",
+                s.canonical_reason().unwrap_or("error").to_owned(),
+            ),
+        }
+    }
+}
+
+impl ApiError {
+    /// The one mapping from errors to problems.
+    pub fn problem(&self) -> Problem {
+        use StatusCode as S;
+        match self {
+            ApiError::Unauthenticated(why) => Problem::new(
+                S::UNAUTHORIZED,
+                "unauthenticated",
+                "Not authenticated",
+                (*why).into(),
+            )
+            .hint("send `Authorization: Bearer <token>` with a token from `fleetkey token issue`"),
+            ApiError::Forbidden(why) => Problem::new(
+                S::FORBIDDEN,
+                "forbidden",
+                "Not allowed for this role",
+                why.clone(),
+            )
+            .hint("ask an admin for a token whose role allows this (docs/service.md: roles)"),
+            ApiError::Malformed(why) => Problem::new(
+                S::BAD_REQUEST,
+                "malformed-json",
+                "Malformed JSON",
+                why.clone(),
+            )
+            .hint("send a JSON object as the body (Content-Type: application/json)"),
+            ApiError::Invalid { field, problem } => {
+                let mut p = Problem::new(S::UNPROCESSABLE_ENTITY, "invalid-input", "Invalid input", format!("{field}: {problem}"))
+                    .hint("fix the field named and send the request again; GET /openapi.json describes every body");
+                p.field = Some(field.clone());
+                p
+            }
+            ApiError::TooLarge(limit) => Problem::new(
+                S::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+                if *limit > 0 {
+                    format!("the body exceeds the limit of {limit} bytes")
+                } else {
+                    "the body exceeds the service's limit".into()
+                },
+            )
+            .hint("split a device import into several requests"),
+            ApiError::RateLimited(wait) => {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let mut p = Problem::new(
+                    S::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Too many requests",
+                    "this principal's request rate is above its limit".into(),
+                )
+                .hint(format!(
+                    "wait {secs} s (Retry-After) and retry; spread requests over time"
+                ));
+                p.retry_after = Some(secs.max(1));
+                p
+            }
+            ApiError::NoRoute => Problem::new(
+                S::NOT_FOUND,
+                "no-route",
+                "No such endpoint",
+                "no endpoint has this path".into(),
+            )
+            .hint("GET /openapi.json lists the endpoints"),
+            ApiError::MethodNotAllowed => Problem::new(
+                S::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "the endpoint exists, not with this method".into(),
+            )
+            .hint("GET /openapi.json lists each endpoint's methods"),
+            ApiError::IdempotencyMismatch => Problem::new(
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency key reused",
+                "this Idempotency-Key was used with a different request".into(),
+            )
+            .hint("use a new key for a new request; a retry must repeat the first request exactly"),
+            ApiError::IdempotencyInProgress => {
+                let mut p = Problem::new(S::CONFLICT, "idempotency-key-in-progress", "Request with this key still running", "the first request with this Idempotency-Key has not finished, or its outcome was not recorded".into())
+                    .hint("retry in a moment; if it persists, check the device (GET /v1/devices/{serial}) before sending a new key");
+                p.retry_after = Some(1);
+                p
+            }
+            ApiError::Timeout(limit) => {
+                let mut p = Problem::new(S::SERVICE_UNAVAILABLE, "timeout", "Request timed out", format!("no answer within {} s; the operation may still complete", limit.as_secs()))
+                    .hint("retry with the same Idempotency-Key (provision, refresh), or check the state first");
+                p.retry_after = Some(1);
+                p
+            }
+            ApiError::Unavailable(why) => {
+                let mut p = Problem::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service unavailable",
+                    why.clone(),
+                )
+                .hint("retry shortly");
+                p.retry_after = Some(1);
+                p
+            }
+            ApiError::Internal(_) => Problem::new(
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "the service failed; the cause is in its log under this request id".into(),
+            )
+            .hint("report the request id to the operator of the service"),
+            ApiError::Fleet(e) => fleet_problem(e),
+        }
+    }
+}
+
+fn fleet_problem(e: &Error) -> Problem {
+    use StatusCode as S;
+    let p = match e {
+        Error::Invalid { field, problem } => {
+            return ApiError::Invalid {
+                field: field.clone(),
+                problem: problem.clone(),
+            }
+            .problem();
+        }
+        Error::NotFound(_) | Error::Store(StoreError::NotFound(_)) => {
+            Problem::new(S::NOT_FOUND, "not-found", "Not found", e.to_string())
+        }
+        // The manager reports a missing device, generation or token as a refusal with a hint.
+        Error::Refused { what, .. } if what.starts_with("no ") => {
+            Problem::new(S::NOT_FOUND, "not-found", "Not found", what.clone())
+        }
+        Error::Duplicate(_) | Error::Store(StoreError::Duplicate(_)) => {
+            Problem::new(S::CONFLICT, "duplicate", "Already exists", e.to_string())
+        }
+        Error::Refused { what, .. } => {
+            Problem::new(S::CONFLICT, "refused", "Refused", what.clone())
+        }
+        Error::Transition { .. } => Problem::new(
+            S::CONFLICT,
+            "illegal-transition",
+            "Lifecycle transition not allowed",
+            e.to_string(),
+        ),
+        Error::Module(ModuleError::NoMaster(_)) => {
+            Problem::new(S::CONFLICT, "no-master", "Master missing", e.to_string())
+        }
+        Error::Store(StoreError::Busy(_)) => {
+            let mut p = Problem::new(S::SERVICE_UNAVAILABLE, "busy", "Store busy", e.to_string())
+                .hint(
+                    "retry shortly (with the same Idempotency-Key, where the endpoint takes one)",
+                );
+            p.retry_after = Some(1);
+            return p;
+        }
+        _ => {
+            return Problem::new(
+                S::INTERNAL_SERVER_ERROR,
+                "fleet-failure",
+                "Key manager failure",
+                e.to_string(),
+            )
+            .hint(
+                e.hint().unwrap_or_else(|| {
+                    "report the request id to the operator of the service".into()
+                }),
+            );
+        }
+    };
+    match e.hint() {
+        Some(h) => p.hint(h),
+        None => p,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(cause = %cause, "internal error");
+        }
+        if let ApiError::Fleet(e) = &self {
+            tracing::debug!(error = %e, "key manager error");
+        }
+        let problem = self.problem();
+        let mut response = problem.status.into_response();
+        response.extensions_mut().insert(problem);
+        response
+    }
+}
+
+/// The JSON document of a problem.
+#[derive(Serialize)]
+struct Document<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'a str>,
+    request_id: &'a str,
+    instance: &'a str,
+}
+
+/// Renders a problem as the response a client receives.
+pub fn render(problem: &Problem, request_id: &str, path: &str) -> Response {
+    let doc = Document {
+        kind: format!("urn:fleetkey:problem:{}", problem.slug),
+        title: problem.title,
+        status: problem.status.as_u16(),
+        detail: &problem.detail,
+        field: problem.field.as_deref(),
+        hint: problem.hint.as_deref(),
+        request_id,
+        instance: path,
+    };
+    let body = serde_json::to_vec(&doc).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = (problem.status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    if let Some(secs) = problem.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if problem.status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"fleetkey\""),
+        );
+    }
+    response
+}
