@@ -294,6 +294,30 @@ fn two_instances_on_one_postgres_never_lose_or_repeat_a_revision() {
         );
     }
     assert!(ok(&home, &["audit", "verify"]).contains("intact"));
+    // Both instances stop cleanly on SIGTERM (closing their PostgreSQL connections outside
+    // tokio's workers: dropping them inside once aborted the process).
+    for server in &mut cleanup.servers {
+        let killed = Command::new("kill")
+            .args(["-TERM", &server.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = server.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fleetkey serve did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "fleetkey serve exited with {status} on SIGTERM"
+        );
+    }
     eprintln!(
         "scale-out: {succeeded} refreshes through 2 instances, {} refused busy",
         failures.len()

@@ -90,3 +90,15 @@ impl FleetPool {
         }
     }
 }
+
+impl Drop for FleetPool {
+    /// Closes the handles on a thread of their own. The pool is often dropped on one of tokio's
+    /// worker threads (with the last `AppState`), and a PostgreSQL store closes its connection by
+    /// blocking on a runtime of its own, which tokio forbids inside its workers.
+    fn drop(&mut self) {
+        let fleets = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if !fleets.is_empty() {
+            let _ = std::thread::spawn(move || drop(fleets)).join();
+        }
+    }
+}
