@@ -1,0 +1,1 @@
+//! The whole network; see the scenario.
