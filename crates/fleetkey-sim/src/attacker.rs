@@ -58,6 +58,16 @@ impl Attacker {
             .map(|r| &r.frame)
     }
 
+    /// The frames with this id captured after the first `mark` frames.
+    pub fn frames_since(&self, mark: usize, id: u32) -> Vec<CanFrame> {
+        self.captured
+            .iter()
+            .skip(mark)
+            .filter(|r| r.frame.id() == id)
+            .map(|r| r.frame.clone())
+            .collect()
+    }
+
     /// Frames captured.
     pub fn captured(&self) -> usize {
         self.captured.len()

@@ -8,6 +8,7 @@
 
 pub mod attacker;
 pub mod bus;
+pub mod capture;
 pub mod ecu;
 pub mod gateway;
 pub mod isotp;

@@ -365,7 +365,7 @@ impl Network {
             )?,
         };
         self.gateway.push_record(&record.bytes);
-        self.settle()?;
+        self.settle_allowing_offline()?;
         Ok(record.sequence)
     }
 
@@ -377,7 +377,7 @@ impl Network {
         if !self.gateway.set_group_seed(version.0, version.1, &seed) {
             return Err(material("group seed version out of range"));
         }
-        self.settle()?;
+        self.settle_allowing_offline()?;
         Ok(version)
     }
 
