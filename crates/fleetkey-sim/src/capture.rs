@@ -146,8 +146,13 @@ struct Track {
 
 /// Verifies frames in order (each with its capture time, Unix microseconds). Returns one
 /// verdict per frame and the counts over the secured PDUs.
+///
+/// A re-key is network-wide: once a frame verifies under a group seed, older seeds of that
+/// network are retired (as at the gateway), so frames made later with an extracted or
+/// superseded seed are rejected.
 pub fn verify_frames(networks: &[NetworkKeys], frames: &[(u64, CanFrame)]) -> (Vec<Verdict>, Stats) {
     let mut tracks: BTreeMap<(usize, usize, u16), Track> = BTreeMap::new();
+    let mut floors: BTreeMap<usize, (u32, u32)> = BTreeMap::new();
     let mut stats = Stats::default();
     let mut verdicts = Vec::with_capacity(frames.len());
     for (at_us, frame) in frames {
@@ -164,7 +169,11 @@ pub fn verify_frames(networks: &[NetworkKeys], frames: &[(u64, CanFrame)]) -> (V
         let epoch = net.schedule.epoch_at(at_us / 1000).ok();
         let mut accepted = None;
         let mut reasons = Stats::default();
+        let floor = floors.get(&n).copied();
         for (c, (generation, revision, roller)) in net.candidates.iter().enumerate() {
+            if floor.is_some_and(|f| (*generation, *revision) < f) {
+                continue;
+            }
             let track = tracks.entry((n, c, pdu)).or_insert_with(|| Track {
                 window: KeyWindow::new(WindowConfig::default()),
                 receiver: Receiver::new(net.profile, pdu),
@@ -177,6 +186,7 @@ pub fn verify_frames(networks: &[NetworkKeys], frames: &[(u64, CanFrame)]) -> (V
             let before = track.receiver.stats();
             match track.receiver.verify(&track.window, frame.data()) {
                 Ok(v) => {
+                    floors.insert(n, (*generation, *revision));
                     accepted = Some(Verdict::Ok {
                         fv: v.fv,
                         epoch: v.epoch.0,

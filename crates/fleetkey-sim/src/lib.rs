@@ -14,3 +14,4 @@ pub mod gateway;
 pub mod isotp;
 pub mod msg;
 pub mod network;
+pub mod scenario;
