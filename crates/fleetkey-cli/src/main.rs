@@ -59,8 +59,11 @@ enum Command {
     /// Secure and verify frames in candump log format (SecOC profiles).
     #[command(subcommand)]
     Can(cmd::can::Command),
-    /// The walkthrough: a fleet, SHE key loads, authenticated frames, attacks, rotation, audit.
+    /// The walkthrough on a simulated CAN FD bus: fleet, network, attacks, rotation, audit.
     Demo(cmd::demo::Args),
+    /// The CAN FD fleet simulator: a whole network in process, or nodes over UDP.
+    #[command(subcommand)]
+    Sim(cmd::sim::Command),
 }
 
 fn main() -> std::process::ExitCode {
@@ -80,8 +83,9 @@ fn main() -> std::process::ExitCode {
         Command::Derive(args) => cmd::derive::run(args),
         Command::Roll(args) => cmd::roll::run(args),
         Command::She(command) => cmd::she::run(command),
-        Command::Can(command) => cmd::can::run(command),
+        Command::Can(command) => cmd::can::run(global, command),
         Command::Demo(args) => cmd::demo::run(global, args),
+        Command::Sim(command) => cmd::sim::run(global, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

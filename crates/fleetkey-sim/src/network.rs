@@ -212,79 +212,14 @@ impl Network {
     pub fn provision(fleet: &mut Fleet, spec: NetworkSpec, start_ms: u64) -> Result<Self, SimError> {
         let clock = SimClock::new(start_ms * 1000);
         let bus = SimBus::new(clock.clone(), true);
-        let schedule = RollSchedule::new(0, spec.period_ms).map_err(material)?;
-        let window = WindowConfig::default();
-        let gw_serial = DeviceSerial::new(gateway_serial(&spec.name)).map_err(material)?;
-        ensure_device(
-            fleet,
-            &gw_serial,
-            None,
-            vec![
-                "role=gateway".into(),
-                format!("network={}", spec.name),
-                format!("profile={}", spec.profile.name()),
-                format!("period-ms={}", spec.period_ms),
-            ],
-        )?;
-        let (root, kid) = fleet.governance_root()?;
-        let fleet_id = fleet.config().fleet_id.clone();
-        let mut gateway = Gateway::new(GatewayConfig {
-            profile: spec.profile,
+        let Provisioned {
+            gateway,
+            ecus,
             schedule,
-            window,
-            retry_ms: 300,
-        });
-        let pdus: Vec<u16> = (0..spec.ecus).map(ecu_pdu).collect();
+            gateway_serial: gw_serial,
+        } = provision_network(fleet, &spec)?;
         let mut nodes = Vec::new();
-        for i in 0..spec.ecus {
-            let serial = DeviceSerial::new(ecu_serial(i)).map_err(material)?;
-            let uid = ecu_uid(i);
-            ensure_device(
-                fleet,
-                &serial,
-                Some(*uid.as_bytes()),
-                vec![
-                    "role=ecu".into(),
-                    format!("network={}", spec.name),
-                    format!("pdu={:#05x}", ecu_pdu(i)),
-                ],
-            )?;
-            let p = fleet.provision(&serial)?;
-            let loads = p
-                .she
-                .as_ref()
-                .ok_or_else(|| material("the fleet has no SHE transport key (init --she-transport-key-file)"))?
-                .iter()
-                .map(she_load)
-                .collect::<Result<Vec<_>, _>>()?;
-            gateway.add_member(MemberKeys {
-                serial: ecu_serial(i),
-                uid,
-                index: i,
-                pdu: ecu_pdu(i),
-                auth: key128(&p.keys.auth)?,
-                key_update: key128(&p.keys.key_update)?,
-            });
-            gateway.queue_she(&ecu_serial(i), loads);
-            let skew = if spec.skew_ms.is_empty() {
-                0
-            } else {
-                spec.skew_ms[usize::from(i) % spec.skew_ms.len()]
-            };
-            let config = EcuConfig {
-                serial: ecu_serial(i),
-                uid,
-                fleet: fleet_id.clone(),
-                root: (root, kid.to_vec()),
-                pdu: ecu_pdu(i),
-                peers: pdus.iter().copied().filter(|&p| p != ecu_pdu(i)).collect(),
-                profile: spec.profile,
-                schedule,
-                window,
-                skew_ms: skew,
-                index: i,
-                reserve: 64,
-            };
+        for config in ecus {
             let mut ecu = Ecu::new(config, Some(Key128::from_bytes(spec.transport_key)));
             ecu.power_on();
             nodes.push(Node {
@@ -357,13 +292,7 @@ impl Network {
 
     /// Pushes the fleet's newest generation record to every member.
     pub fn push_latest_record(&mut self, fleet: &mut Fleet) -> Result<u64, SimError> {
-        let record = match fleet.latest_generation_record()? {
-            Some(r) => r,
-            None => fleet.publish_generation_record(
-                "simulated network",
-                fleetkey::fleet::governance::AUTO_RECORD_VALIDITY,
-            )?,
-        };
+        let record = latest_record(fleet)?;
         self.gateway.push_record(&record.bytes);
         self.settle_allowing_offline()?;
         Ok(record.sequence)
@@ -371,9 +300,7 @@ impl Network {
 
     /// Distributes the gateway device's current roll seed as the group seed.
     pub fn distribute_group_seed(&mut self, fleet: &mut Fleet) -> Result<(u32, u32), SimError> {
-        let p = fleet.provision(&self.gateway_serial)?;
-        let seed = roll_seed(&p.keys.roll_seed)?;
-        let version = (p.device.generation, p.device.revision);
+        let (version, seed) = group_seed(fleet, &self.gateway_serial)?;
         if !self.gateway.set_group_seed(version.0, version.1, &seed) {
             return Err(material("group seed version out of range"));
         }
@@ -655,6 +582,223 @@ impl Network {
         self.nodes
             .iter()
             .any(|n| u32::from(n.ecu.config().pdu) == frame.id())
+    }
+}
+
+/// A network's gateway (members provisioned, SHE initial loads queued) and its ECUs'
+/// configurations, from the fleet.
+pub struct Provisioned {
+    /// The gateway.
+    pub gateway: Gateway,
+    /// Every ECU's configuration (factory data).
+    pub ecus: Vec<EcuConfig>,
+    /// The roll schedule.
+    pub schedule: RollSchedule,
+    /// The gateway's device serial.
+    pub gateway_serial: DeviceSerial,
+}
+
+/// Registers (unless present) and provisions the gateway and `spec.ecus` ECUs in the fleet
+/// (governed scheme, with a SHE transport key): the gateway gets every member's keys and their
+/// SHE initial loads (M1-M3 under the transport key) to send.
+pub fn provision_network(fleet: &mut Fleet, spec: &NetworkSpec) -> Result<Provisioned, SimError> {
+    let schedule = RollSchedule::new(0, spec.period_ms).map_err(material)?;
+    let window = WindowConfig::default();
+    let gw_serial = DeviceSerial::new(gateway_serial(&spec.name)).map_err(material)?;
+    ensure_device(
+        fleet,
+        &gw_serial,
+        None,
+        vec![
+            "role=gateway".into(),
+            format!("network={}", spec.name),
+            format!("profile={}", spec.profile.name()),
+            format!("period-ms={}", spec.period_ms),
+        ],
+    )?;
+    let (root, kid) = fleet.governance_root()?;
+    let fleet_id = fleet.config().fleet_id.clone();
+    let mut gateway = Gateway::new(GatewayConfig {
+        profile: spec.profile,
+        schedule,
+        window,
+        retry_ms: 300,
+    });
+    let pdus: Vec<u16> = (0..spec.ecus).map(ecu_pdu).collect();
+    let mut nodes = Vec::new();
+    for i in 0..spec.ecus {
+        let serial = DeviceSerial::new(ecu_serial(i)).map_err(material)?;
+        let uid = ecu_uid(i);
+        ensure_device(
+            fleet,
+            &serial,
+            Some(*uid.as_bytes()),
+            vec![
+                "role=ecu".into(),
+                format!("network={}", spec.name),
+                format!("pdu={:#05x}", ecu_pdu(i)),
+            ],
+        )?;
+        let p = fleet.provision(&serial)?;
+        let loads = p
+            .she
+            .as_ref()
+            .ok_or_else(|| material("the fleet has no SHE transport key (init --she-transport-key-file)"))?
+            .iter()
+            .map(she_load)
+            .collect::<Result<Vec<_>, _>>()?;
+        gateway.add_member(MemberKeys {
+            serial: ecu_serial(i),
+            uid,
+            index: i,
+            pdu: ecu_pdu(i),
+            auth: key128(&p.keys.auth)?,
+            key_update: key128(&p.keys.key_update)?,
+        });
+        gateway.queue_she(&ecu_serial(i), loads);
+        let skew = if spec.skew_ms.is_empty() {
+            0
+        } else {
+            spec.skew_ms[usize::from(i) % spec.skew_ms.len()]
+        };
+        let config = EcuConfig {
+            serial: ecu_serial(i),
+            uid,
+            fleet: fleet_id.clone(),
+            root: (root, kid.to_vec()),
+            pdu: ecu_pdu(i),
+            peers: pdus.iter().copied().filter(|&p| p != ecu_pdu(i)).collect(),
+            profile: spec.profile,
+            schedule,
+            window,
+            skew_ms: skew,
+            index: i,
+            reserve: 64,
+        };
+        nodes.push(config);
+    }
+    Ok(Provisioned {
+        gateway,
+        ecus: nodes,
+        schedule,
+        gateway_serial: gw_serial,
+    })
+}
+
+/// The fleet's newest generation record (published now if there is none).
+pub fn latest_record(fleet: &mut Fleet) -> Result<fleetkey::fleet::governance::Published, SimError> {
+    Ok(match fleet.latest_generation_record()? {
+        Some(r) => r,
+        None => fleet.publish_generation_record(
+            "simulated network",
+            fleetkey::fleet::governance::AUTO_RECORD_VALIDITY,
+        )?,
+    })
+}
+
+/// The network's group seed: the gateway device's roll seed, with its (generation, revision).
+pub fn group_seed(fleet: &mut Fleet, gateway: &DeviceSerial) -> Result<((u32, u32), RollSeed), SimError> {
+    let p = fleet.provision(gateway)?;
+    let seed = roll_seed(&p.keys.roll_seed)?;
+    Ok(((p.device.generation, p.device.revision), seed))
+}
+
+/// What the factory puts in an ECU (UDP mode: one JSON file per ECU). Holds the factory
+/// transport key: handle it as key material.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Factory {
+    /// Serial.
+    pub serial: String,
+    /// Index on the network.
+    pub index: u16,
+    /// SHE UID, hex.
+    pub uid: String,
+    /// Factory transport key, hex.
+    pub transport_key: String,
+    /// Fleet id.
+    pub fleet: String,
+    /// Governance root public key, hex.
+    pub root: String,
+    /// Its key id, hex.
+    pub kid: String,
+    /// Its PDU.
+    pub pdu: u16,
+    /// Peer PDUs.
+    pub peers: Vec<u16>,
+    /// Profile name.
+    pub profile: String,
+    /// Epoch length.
+    pub period_ms: u64,
+    /// Clock skew.
+    pub skew_ms: i64,
+}
+
+impl std::fmt::Debug for Factory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Factory")
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Factory {
+    /// The factory data of an ECU.
+    pub fn new(config: &EcuConfig, transport_key: &[u8; 16]) -> Self {
+        Self {
+            serial: config.serial.clone(),
+            index: config.index,
+            uid: hex::encode(config.uid.as_bytes()),
+            transport_key: hex::encode(transport_key),
+            fleet: config.fleet.clone(),
+            root: hex::encode(config.root.0),
+            kid: hex::encode(&config.root.1),
+            pdu: config.pdu,
+            peers: config.peers.clone(),
+            profile: config.profile.name().to_owned(),
+            period_ms: config.schedule.period_ms(),
+            skew_ms: config.skew_ms,
+        }
+    }
+
+    /// The ECU's configuration and transport key.
+    pub fn config(&self) -> Result<(EcuConfig, Key128), SimError> {
+        let uid = hex::decode(&self.uid)
+            .ok()
+            .and_then(|b| Uid::from_slice(&b))
+            .ok_or_else(|| material("uid: 30 hex characters"))?;
+        let root: [u8; 32] = hex::decode(&self.root)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| material("root: 64 hex characters"))?;
+        let kid = hex::decode(&self.kid).map_err(|e| material(format!("kid: {e}")))?;
+        let profile = Profile::by_name(&self.profile).map_err(|e| material(format!("profile: {e}")))?;
+        let schedule =
+            RollSchedule::new(0, self.period_ms).map_err(|e| material(format!("period_ms: {e}")))?;
+        let transport = key128(&self.transport_key)?;
+        Ok((
+            EcuConfig {
+                serial: self.serial.clone(),
+                uid,
+                fleet: self.fleet.clone(),
+                root: (root, kid),
+                pdu: self.pdu,
+                peers: self.peers.clone(),
+                profile,
+                schedule,
+                window: WindowConfig::default(),
+                skew_ms: self.skew_ms,
+                index: self.index,
+                reserve: 64,
+            },
+            transport,
+        ))
+    }
+}
+
+impl Drop for Factory {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.transport_key.zeroize();
     }
 }
 

@@ -13,4 +13,5 @@ pub(crate) mod init;
 pub(crate) mod master;
 pub(crate) mod roll;
 pub(crate) mod she;
+pub(crate) mod sim;
 pub(crate) mod token_backup;
