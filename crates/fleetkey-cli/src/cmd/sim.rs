@@ -95,6 +95,9 @@ pub(crate) struct GatewayArgs {
     /// Where to write ECU-NNNN.json factory files.
     #[arg(long, value_name = "DIR")]
     factory_dir: PathBuf,
+    /// Stop early once every ECU has confirmed its keys and N of its frames were accepted.
+    #[arg(long, value_name = "N")]
+    until_frames: Option<u64>,
 }
 
 /// `fleetkey sim ecu`.
@@ -105,6 +108,9 @@ pub(crate) struct EcuArgs {
     /// This ECU's factory file (written by `fleetkey sim gateway`).
     #[arg(long, value_name = "FILE")]
     factory: PathBuf,
+    /// Stop after sending N frames (and one more second to answer the gateway).
+    #[arg(long, value_name = "N")]
+    frames: Option<u64>,
 }
 
 pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
@@ -198,6 +204,14 @@ fn gateway(global: &Global, args: GatewayArgs) -> Result<(), CliError> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.udp.seconds.max(0.1));
     let mut next_beacon = 0;
     while Instant::now() < deadline {
+        if let Some(n) = args.until_frames
+            && p.gateway.is_settled()
+            && p.ecus
+                .iter()
+                .all(|c| p.gateway.member_stats(c.pdu).accepted >= n)
+        {
+            break;
+        }
         if now_ms() >= next_beacon {
             p.gateway.send_beacon(&mut bus).map_err(sim_error)?;
             next_beacon = now_ms() + spec.period_ms;
@@ -296,7 +310,13 @@ fn ecu(global: &Global, args: EcuArgs) -> Result<(), CliError> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.udp.seconds.max(0.1));
     let mut next = 0;
     let mut n = 0u64;
+    let mut deadline = deadline;
     while Instant::now() < deadline && ecu.state() == EcuState::On {
+        if args.frames.is_some_and(|n| ecu.counters().sent >= n) && next != u64::MAX {
+            // Linger a second to answer the gateway, then stop.
+            deadline = deadline.min(Instant::now() + Duration::from_secs(1));
+            next = u64::MAX;
+        }
         if now_ms() >= next {
             if ecu
                 .send_periodic(&mut bus, &network::payload(ecu.config().pdu, n))
