@@ -44,16 +44,39 @@ fn gateway_and_ecu_processes_share_a_udp_bus() {
     let transport = dir.path().join("transport.hex");
     std::fs::write(&transport, "000102030405060708090a0b0c0d0e0f\n").unwrap();
     let out = fleetkey(&home)
-        .args(["init", "--fleet", "udp", "--scheme", "governed", "--no-backup", "--kdf-log-n", "10"])
+        .args([
+            "init",
+            "--fleet",
+            "udp",
+            "--scheme",
+            "governed",
+            "--no-backup",
+            "--kdf-log-n",
+            "10",
+        ])
         .arg("--she-transport-key-file")
         .arg(&transport)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (gw_addr, ecu_addr) = (free_port(), free_port());
     let factory = dir.path().join("factory");
     let gateway = fleetkey(&home)
-        .args(["--json", "sim", "gateway", "--ecus", "1", "--seconds", "120", "--until-frames", "10"])
+        .args([
+            "--json",
+            "sim",
+            "gateway",
+            "--ecus",
+            "1",
+            "--seconds",
+            "120",
+            "--until-frames",
+            "10",
+        ])
         .args(["--bind", &gw_addr, "--peer", &ecu_addr])
         .arg("--she-transport-key-file")
         .arg(&transport)
@@ -66,7 +89,10 @@ fn gateway_and_ecu_processes_share_a_udp_bus() {
     let file = factory.join("ECU-0000.json");
     let started = Instant::now();
     while !file.exists() {
-        assert!(started.elapsed() < Duration::from_secs(120), "no factory file");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no factory file"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let ecu = fleetkey(&home)
@@ -81,7 +107,10 @@ fn gateway_and_ecu_processes_share_a_udp_bus() {
     let ecu = ok(&ecu);
     assert_eq!(ecu["seed"], serde_json::json!([1, 0]), "{ecu}");
     assert!(ecu["sent"].as_u64().unwrap() >= 10, "{ecu}");
-    assert_eq!(ecu["counters"]["she_accepted"], 4, "initial load over ISO-TP");
+    assert_eq!(
+        ecu["counters"]["she_accepted"], 4,
+        "initial load over ISO-TP"
+    );
     assert_eq!(ecu["counters"]["records_accepted"], 1);
     let member = &gw["members"][0];
     assert_eq!(member["serial"], "ECU-0000");
@@ -112,7 +141,11 @@ fn pipe(program: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
     let writer = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -121,7 +154,16 @@ fn sim_run_capture_verifies_offline_and_survives_can_utils() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("sim");
     let summary = ok(&fleetkey(Path::new("unused"))
-        .args(["--json", "sim", "run", "--ecus", "4", "--seconds", "2", "--keep"])
+        .args([
+            "--json",
+            "sim",
+            "run",
+            "--ecus",
+            "4",
+            "--seconds",
+            "2",
+            "--keep",
+        ])
         .arg(&home)
         .env("FLEETKEY_PASSPHRASE", "fleetkey demo passphrase")
         .output()
@@ -138,7 +180,12 @@ fn sim_run_capture_verifies_offline_and_survives_can_utils() {
             .output()
             .unwrap();
         // The attacker's frames are in the capture: exit 1, every verdict on stdout.
-        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let report = verify(&capture);
@@ -146,11 +193,18 @@ fn sim_run_capture_verifies_offline_and_survives_can_utils() {
     assert_eq!(s["accepted"], summary["offline"]["accepted"]);
     assert!(s["replay"].as_u64().unwrap() >= 1, "{s}");
     assert!(s["authentication"].as_u64().unwrap() >= 3, "{s}");
-    assert!(s["skipped"].as_u64().unwrap() > 0, "ISO-TP transfers are skipped");
+    assert!(
+        s["skipped"].as_u64().unwrap() > 0,
+        "ISO-TP transfers are skipped"
+    );
     let frames = report["frames"].as_array().unwrap();
     let lines = std::fs::read_to_string(&capture).unwrap().lines().count();
     assert_eq!(frames.len(), lines, "a verdict for every frame");
-    assert!(frames.iter().any(|f| f["result"] == "ok" && f["device"] == "ECU-0002"));
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["result"] == "ok" && f["device"] == "ECU-0002")
+    );
 
     if std::env::var("FLEETKEY_SKIP_CAN_UTILS").as_deref() == Ok("1") {
         return;
@@ -162,7 +216,9 @@ fn sim_run_capture_verifies_offline_and_survives_can_utils() {
     let asc = pipe(&log2asc, &["vcan0"], &original);
     let back = pipe(&asc2log, &[], &asc);
     let parse = |bytes: &[u8]| -> Vec<fleetkey::canlog::LogLine> {
-        fleetkey::canlog::read_log(bytes).collect::<Result<_, _>>().unwrap()
+        fleetkey::canlog::read_log(bytes)
+            .collect::<Result<_, _>>()
+            .unwrap()
     };
     let (a, b) = (parse(&original), parse(&back));
     assert_eq!(a.len(), b.len());
@@ -174,9 +230,14 @@ fn sim_run_capture_verifies_offline_and_survives_can_utils() {
         assert_eq!(x.frame.data(), y.frame.data());
         assert_eq!(x.frame.is_fd(), y.frame.is_fd());
         let t = (y.timestamp.as_micros() as i128 + shift) as u64;
-        assert_eq!(t as u128, x.timestamp.as_micros(), "times survive to the microsecond");
+        assert_eq!(
+            t as u128,
+            x.timestamp.as_micros(),
+            "times survive to the microsecond"
+        );
         let mut line = y.clone();
-        line.timestamp = fleetkey::canlog::Timestamp::new(t / 1_000_000, (t % 1_000_000) as u32).unwrap();
+        line.timestamp =
+            fleetkey::canlog::Timestamp::new(t / 1_000_000, (t % 1_000_000) as u32).unwrap();
         rebased.push(line);
     }
     let round = dir.path().join("round-trip.log");
@@ -184,5 +245,8 @@ fn sim_run_capture_verifies_offline_and_survives_can_utils() {
     fleetkey::canlog::write_log(&mut text, &rebased).unwrap();
     std::fs::write(&round, text).unwrap();
     let again = verify(&round);
-    assert_eq!(again["summary"], report["summary"], "the same verdicts after the round trip");
+    assert_eq!(
+        again["summary"], report["summary"],
+        "the same verdicts after the round trip"
+    );
 }

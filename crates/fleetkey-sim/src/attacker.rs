@@ -131,7 +131,9 @@ impl Attacker {
         let key = FrameKey::new(&Roller::new(seed).session_key(epoch, u32::from(pdu)));
         let counter = FreshnessCounter::starting_at(fv.max(1)).map_err(EcuError::Secoc)?;
         let mut sender = Sender::with_freshness(profile, pdu, counter);
-        let frame = sender.secure_frame(&key, payload).map_err(EcuError::Secoc)?;
+        let frame = sender
+            .secure_frame(&key, payload)
+            .map_err(EcuError::Secoc)?;
         bus.send(&CanFrame::fd(u32::from(pdu), false, frame.as_bytes())?)?;
         self.counters.injected += 1;
         Ok(())

@@ -149,7 +149,8 @@ impl CanFrame {
             } else {
                 FdFlags::NONE
             };
-            canlog::Frame::fd(id, flags, &self.data).map_err(|_| FrameError::FdLength(self.data.len()))?
+            canlog::Frame::fd(id, flags, &self.data)
+                .map_err(|_| FrameError::FdLength(self.data.len()))?
         } else {
             canlog::Frame::classic(id, &self.data)
                 .map_err(|_| FrameError::ClassicLength(self.data.len()))?
@@ -312,7 +313,12 @@ impl SimBus {
 
     /// Every frame sent so far (capturing buses only), in order.
     pub fn capture(&self) -> Vec<Received> {
-        self.0.borrow().frames.iter().map(|(_, r)| r.clone()).collect()
+        self.0
+            .borrow()
+            .frames
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     /// How many frames were sent.

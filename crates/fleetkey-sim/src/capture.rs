@@ -150,7 +150,10 @@ struct Track {
 /// A re-key is network-wide: once a frame verifies under a group seed, older seeds of that
 /// network are retired (as at the gateway), so frames made later with an extracted or
 /// superseded seed are rejected.
-pub fn verify_frames(networks: &[NetworkKeys], frames: &[(u64, CanFrame)]) -> (Vec<Verdict>, Stats) {
+pub fn verify_frames(
+    networks: &[NetworkKeys],
+    frames: &[(u64, CanFrame)],
+) -> (Vec<Verdict>, Stats) {
     let mut tracks: BTreeMap<(usize, usize, u16), Track> = BTreeMap::new();
     let mut floors: BTreeMap<usize, (u32, u32)> = BTreeMap::new();
     let mut stats = Stats::default();

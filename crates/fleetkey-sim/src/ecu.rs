@@ -455,14 +455,23 @@ impl Ecu {
         Ok(())
     }
 
-    fn on_frame(&mut self, bus: &mut dyn Bus, bus_ms: u64, frame: &CanFrame) -> Result<(), EcuError> {
+    fn on_frame(
+        &mut self,
+        bus: &mut dyn Bus,
+        bus_ms: u64,
+        frame: &CanFrame,
+    ) -> Result<(), EcuError> {
         let id = frame.id();
         let Some(run) = self.run.as_mut() else {
             return Ok(());
         };
         if id == run.gateway.rx_id() || id == run.tech.rx_id() {
             let tech = id == run.tech.rx_id();
-            let link = if tech { &mut run.tech } else { &mut run.gateway };
+            let link = if tech {
+                &mut run.tech
+            } else {
+                &mut run.gateway
+            };
             let Ok((answer, message)) = link.on_frame(bus_ms, frame.data()) else {
                 return Ok(());
             };
@@ -472,7 +481,11 @@ impl Ecu {
             if let Some(m) = message {
                 let reply = self.on_message(bus_ms, tech, &m);
                 if let (Some(reply), Some(run)) = (reply, self.run.as_mut()) {
-                    let link = if tech { &mut run.tech } else { &mut run.gateway };
+                    let link = if tech {
+                        &mut run.tech
+                    } else {
+                        &mut run.gateway
+                    };
                     link.send(reply.encode()).map_err(EcuError::IsoTp)?;
                 }
             }
@@ -595,7 +608,10 @@ impl Ecu {
             }
             Err(e) => {
                 self.counters.she_refused += 1;
-                self.event(format!("SHE refused an update of {}: {e}", load.m1.key_id()));
+                self.event(format!(
+                    "SHE refused an update of {}: {e}",
+                    load.m1.key_id()
+                ));
                 Message::Verdict {
                     subject: Subject::She,
                     code: code::SHE_REFUSED,
@@ -613,7 +629,13 @@ impl Ecu {
         }
     }
 
-    fn on_group_seed(&mut self, generation: u32, revision: u32, first: &Load, second: &Load) -> Message {
+    fn on_group_seed(
+        &mut self,
+        generation: u32,
+        revision: u32,
+        first: &Load,
+        second: &Load,
+    ) -> Message {
         let Some(gov) = &self.nvm.governance else {
             return self.seed_refused(code::UNKNOWN_GENERATION, "no governance state".into());
         };
@@ -628,7 +650,10 @@ impl Ecu {
             return self.seed_refused(code::SEED_MISMATCH, "version out of range".into());
         };
         if !slots_ok {
-            return self.seed_refused(code::SEED_MISMATCH, "not an update of KEY_4 and KEY_5".into());
+            return self.seed_refused(
+                code::SEED_MISMATCH,
+                "not an update of KEY_4 and KEY_5".into(),
+            );
         }
         let (m4a, m5a) = match self.she.load_key(&first.m1, &first.m2, &first.m3) {
             Ok(p) => p,
@@ -690,7 +715,10 @@ impl Ecu {
                 let had_keys = self.has_session_keys();
                 self.load_roller();
                 if had_keys && !self.has_session_keys() {
-                    self.event("the group seed's generation is no longer allowed: session keys dropped".into());
+                    self.event(
+                        "the group seed's generation is no longer allowed: session keys dropped"
+                            .into(),
+                    );
                 }
                 verdict(if acceptance == Acceptance::Updated {
                     code::OK
@@ -771,7 +799,8 @@ impl Ecu {
     }
 
     fn on_possession(&mut self, signature: &[u8; 64], now_s: u64) -> Message {
-        let Some((grant, challenge)) = self.run.as_mut().and_then(|r| r.pending_grant.take()) else {
+        let Some((grant, challenge)) = self.run.as_mut().and_then(|r| r.pending_grant.take())
+        else {
             return self.grant_refused(GovernanceError::Possession);
         };
         let Some(gov) = &self.nvm.governance else {
@@ -782,7 +811,9 @@ impl Ecu {
         match checked {
             Ok(id) => {
                 self.counters.grants_accepted += 1;
-                self.event(format!("technician grant {id} accepted (possession proven)"));
+                self.event(format!(
+                    "technician grant {id} accepted (possession proven)"
+                ));
                 Message::Verdict {
                     subject: Subject::Grant,
                     code: code::OK,

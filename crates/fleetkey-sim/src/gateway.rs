@@ -317,7 +317,11 @@ impl Gateway {
             .beacon
             .secure_frame(&key, &payload)
             .map_err(EcuError::Secoc)?;
-        bus.send(&CanFrame::fd(u32::from(BEACON_ID), false, frame.as_bytes())?)?;
+        bus.send(&CanFrame::fd(
+            u32::from(BEACON_ID),
+            false,
+            frame.as_bytes(),
+        )?)?;
         self.counters.beacons += 1;
         Ok(true)
     }
@@ -388,8 +392,7 @@ impl Gateway {
             .windows
             .entry(pdu)
             .or_insert_with(|| KeyWindow::new(self.config.window));
-        if let (Some((_, _, roller)), Ok(epoch)) =
-            (&self.group, self.config.schedule.epoch_at(now))
+        if let (Some((_, _, roller)), Ok(epoch)) = (&self.group, self.config.schedule.epoch_at(now))
             && window.current().is_none_or(|c| epoch >= c)
         {
             window

@@ -307,10 +307,7 @@ impl Message {
     pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
         let (&kind, body) = bytes.split_first().ok_or(MessageError::Empty)?;
         Ok(match kind {
-            0x01 => Message::SheLoad(parse_load(
-                "she-load",
-                exact("she-load", body, LOAD_LEN)?,
-            )?),
+            0x01 => Message::SheLoad(parse_load("she-load", exact("she-load", body, LOAD_LEN)?)?),
             0x02 => Message::SheProof(parse_proof(
                 "she-proof",
                 exact("she-proof", body, PROOF_LEN)?,
@@ -409,10 +406,14 @@ mod tests {
             KeyFlags::NONE,
         )
         .unwrap();
-        let m = build(&Key128::from_bytes([2; 16]), &Key128::from_bytes([3; 16]), &req);
+        let m = build(
+            &Key128::from_bytes([2; 16]),
+            &Key128::from_bytes([3; 16]),
+            &req,
+        );
         let load = Load {
             m1: m.m1,
-            m2: m.m2.clone(),
+            m2: m.m2,
             m3: m.m3,
         };
         let proof = Proof { m4: m.m4, m5: m.m5 };
@@ -447,8 +448,14 @@ mod tests {
             );
         }
         assert_eq!(Message::decode(&[]), Err(MessageError::Empty));
-        assert_eq!(Message::decode(&[0x42]), Err(MessageError::UnknownType(0x42)));
-        assert_eq!(Message::decode(&[0x0A, 9, 0]), Err(MessageError::Subject(9)));
+        assert_eq!(
+            Message::decode(&[0x42]),
+            Err(MessageError::UnknownType(0x42))
+        );
+        assert_eq!(
+            Message::decode(&[0x0A, 9, 0]),
+            Err(MessageError::Subject(9))
+        );
         assert!(matches!(
             Message::decode(&[0x03]),
             Err(MessageError::Length { kind: "record", .. })
@@ -462,7 +469,10 @@ mod tests {
         bad_m1[16] = 0x00; // key id 0 does not exist
         assert!(matches!(
             Message::decode(&bad_m1),
-            Err(MessageError::She { kind: "she-load", .. })
+            Err(MessageError::She {
+                kind: "she-load",
+                ..
+            })
         ));
     }
 }

@@ -15,8 +15,8 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use fleetkey::canlog::{self, Interface};
 use fleetkey::error::Error as FleetError;
 use fleetkey::fleet::Fleet;
-use fleetkey::fleet::material::SheUpdate;
 use fleetkey::fleet::NewDevice;
+use fleetkey::fleet::material::SheUpdate;
 use fleetkey::model::{DeviceFilter, DeviceRecord, DeviceSerial};
 use fleetkey_core::governance::{Challenge, Role, possession_message};
 use fleetkey_core::secoc::{Profile, Stats, WindowConfig};
@@ -209,7 +209,11 @@ impl Network {
     /// with a SHE transport key), builds the network on a new in-process bus starting at
     /// `start_ms`, loads every SHE over ISO-TP, pushes the newest governance record and
     /// distributes the group seed.
-    pub fn provision(fleet: &mut Fleet, spec: NetworkSpec, start_ms: u64) -> Result<Self, SimError> {
+    pub fn provision(
+        fleet: &mut Fleet,
+        spec: NetworkSpec,
+        start_ms: u64,
+    ) -> Result<Self, SimError> {
         let clock = SimClock::new(start_ms * 1000);
         let bus = SimBus::new(clock.clone(), true);
         let Provisioned {
@@ -317,7 +321,12 @@ impl Network {
 
     /// Refreshes ECU `i` in the fleet and carries its SHE updates over the bus; the gateway
     /// takes the new keys.
-    pub fn refresh_ecu(&mut self, fleet: &mut Fleet, i: u16, reason: &str) -> Result<usize, SimError> {
+    pub fn refresh_ecu(
+        &mut self,
+        fleet: &mut Fleet,
+        i: u16,
+        reason: &str,
+    ) -> Result<usize, SimError> {
         let serial = DeviceSerial::new(ecu_serial(i)).map_err(material)?;
         let update = fleet.refresh(&serial, reason)?;
         let loads = update
@@ -366,9 +375,9 @@ impl Network {
 
     fn settle_allowing_offline(&mut self) -> Result<(), SimError> {
         self.settle_until(|net| {
-            net.nodes.iter().all(|n| {
-                n.ecu.state() != EcuState::On || net.gateway.pending(n.ecu.serial()) == 0
-            })
+            net.nodes
+                .iter()
+                .all(|n| n.ecu.state() != EcuState::On || net.gateway.pending(n.ecu.serial()) == 0)
         })
     }
 
@@ -516,7 +525,11 @@ impl Network {
     }
 
     /// Issues a technician grant for the technician's key, scoped to every ECU.
-    pub fn issue_grant(&self, fleet: &mut Fleet, subject: &str) -> Result<(u64, Vec<u8>), SimError> {
+    pub fn issue_grant(
+        &self,
+        fleet: &mut Fleet,
+        subject: &str,
+    ) -> Result<(u64, Vec<u8>), SimError> {
         Ok(fleet.issue_grant(
             subject,
             Role::Technician,
@@ -529,13 +542,21 @@ impl Network {
     /// Decommissions ECU `i`: the gateway sends the authenticated command (the ECU erases every
     /// key), the fleet revokes and decommissions the device, and the network is re-keyed without
     /// it. Returns the new group seed version.
-    pub fn decommission(&mut self, fleet: &mut Fleet, i: u16, reason: &str) -> Result<(u32, u32), SimError> {
+    pub fn decommission(
+        &mut self,
+        fleet: &mut Fleet,
+        i: u16,
+        reason: &str,
+    ) -> Result<(u32, u32), SimError> {
         let serial = DeviceSerial::new(ecu_serial(i)).map_err(material)?;
         self.gateway.decommission(&ecu_serial(i));
         self.settle()?;
         fleet.revoke(&serial, reason)?;
         fleet.decommission(&serial, reason)?;
-        self.rekey(fleet, &format!("re-key after decommissioning {}", ecu_serial(i)))
+        self.rekey(
+            fleet,
+            &format!("re-key after decommissioning {}", ecu_serial(i)),
+        )
     }
 
     /// Frames every ECU and the gateway received, by outcome.
@@ -643,7 +664,9 @@ pub fn provision_network(fleet: &mut Fleet, spec: &NetworkSpec) -> Result<Provis
         let loads = p
             .she
             .as_ref()
-            .ok_or_else(|| material("the fleet has no SHE transport key (init --she-transport-key-file)"))?
+            .ok_or_else(|| {
+                material("the fleet has no SHE transport key (init --she-transport-key-file)")
+            })?
             .iter()
             .map(she_load)
             .collect::<Result<Vec<_>, _>>()?;
@@ -686,7 +709,9 @@ pub fn provision_network(fleet: &mut Fleet, spec: &NetworkSpec) -> Result<Provis
 }
 
 /// The fleet's newest generation record (published now if there is none).
-pub fn latest_record(fleet: &mut Fleet) -> Result<fleetkey::fleet::governance::Published, SimError> {
+pub fn latest_record(
+    fleet: &mut Fleet,
+) -> Result<fleetkey::fleet::governance::Published, SimError> {
     Ok(match fleet.latest_generation_record()? {
         Some(r) => r,
         None => fleet.publish_generation_record(
@@ -697,7 +722,10 @@ pub fn latest_record(fleet: &mut Fleet) -> Result<fleetkey::fleet::governance::P
 }
 
 /// The network's group seed: the gateway device's roll seed, with its (generation, revision).
-pub fn group_seed(fleet: &mut Fleet, gateway: &DeviceSerial) -> Result<((u32, u32), RollSeed), SimError> {
+pub fn group_seed(
+    fleet: &mut Fleet,
+    gateway: &DeviceSerial,
+) -> Result<((u32, u32), RollSeed), SimError> {
     let p = fleet.provision(gateway)?;
     let seed = roll_seed(&p.keys.roll_seed)?;
     Ok(((p.device.generation, p.device.revision), seed))
@@ -771,9 +799,10 @@ impl Factory {
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| material("root: 64 hex characters"))?;
         let kid = hex::decode(&self.kid).map_err(|e| material(format!("kid: {e}")))?;
-        let profile = Profile::by_name(&self.profile).map_err(|e| material(format!("profile: {e}")))?;
-        let schedule =
-            RollSchedule::new(0, self.period_ms).map_err(|e| material(format!("period_ms: {e}")))?;
+        let profile =
+            Profile::by_name(&self.profile).map_err(|e| material(format!("profile: {e}")))?;
+        let schedule = RollSchedule::new(0, self.period_ms)
+            .map_err(|e| material(format!("period_ms: {e}")))?;
         let transport = key128(&self.transport_key)?;
         Ok((
             EcuConfig {

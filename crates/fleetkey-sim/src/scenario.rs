@@ -199,8 +199,10 @@ impl Run<'_> {
             "not seen"
         };
         let rejected = now.rejected() > before.rejected() && now.accepted == before.accepted;
-        self.report
-            .line(&format!("attacker: {what}: {} ({reason})", verdict(!rejected)));
+        self.report.line(&format!(
+            "attacker: {what}: {} ({reason})",
+            verdict(!rejected)
+        ));
     }
 }
 
@@ -320,7 +322,9 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
     let updates = run.net.refresh_ecu(&mut fleet, 0, "workshop visit")?;
     // The attacker records ECU-0000's generation-1 seed update (replayed after the revocation).
     let mark = run.net.attacker.captured();
-    let version = run.net.rekey(&mut fleet, "re-wrap the group seed after a refresh")?;
+    let version = run
+        .net
+        .rekey(&mut fleet, "re-wrap the group seed after a refresh")?;
     let seed_update = run.net.attacker.frames_since(mark, 0x600);
     run.report.line(&format!(
         "{updates} SHE updates confirmed; group seed {}.{} re-wrapped under the new KEY_UPDATE key",
@@ -339,15 +343,24 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
         "fleetkey generation rotate --reason yearly --no-backup && fleetkey device refresh --all --generation 1",
     );
     let old_seed = {
-        let gw = fleet.device(&fleetkey::model::DeviceSerial::new(crate::network::gateway_serial("powertrain")).map_err(|e| SimError::Material(e.to_string()))?)?;
-        let keys = fleetkey::fleet::material::DeviceKeys::derive(fleet.module(), &gw, gw.generation, gw.revision)?;
+        let gw = fleet.device(
+            &fleetkey::model::DeviceSerial::new(crate::network::gateway_serial("powertrain"))
+                .map_err(|e| SimError::Material(e.to_string()))?,
+        )?;
+        let keys = fleetkey::fleet::material::DeviceKeys::derive(
+            fleet.module(),
+            &gw,
+            gw.generation,
+            gw.revision,
+        )?;
         keys.roll_seed
     };
     run.net.power_off(offline);
     fleet.rotate("yearly rotation", &MasterBackup::NoBackup)?;
     run.net.push_latest_record(&mut fleet)?;
     for i in 0..n {
-        run.net.refresh_ecu(&mut fleet, i, "migrate to generation 2")?;
+        run.net
+            .refresh_ecu(&mut fleet, i, "migrate to generation 2")?;
     }
     let version = run.net.rekey(&mut fleet, "generation 2")?;
     run.report.line(&format!(
@@ -372,20 +385,44 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
         "generation 1 revoked: governance record {seq} pushed to every ECU"
     ));
     run.net.run_for(traffic)?;
-    let epoch = run.net.schedule().epoch_at(run.net.now_ms()).map_err(|e| SimError::Material(e.to_string()))?;
+    let epoch = run
+        .net
+        .schedule()
+        .epoch_at(run.net.now_ms())
+        .map_err(|e| SimError::Material(e.to_string()))?;
     let before = run.net.gateway.stats();
     run.net.attack(|a, bus| {
-        a.inject(bus, profile, &old_seed, epoch, ecu_pdu(1), 9000, &payload(ecu_pdu(1), 1))
+        a.inject(
+            bus,
+            profile,
+            &old_seed,
+            epoch,
+            ecu_pdu(1),
+            9000,
+            &payload(ecu_pdu(1), 1),
+        )
     })?;
     run.attacked("a frame made with a generation-1 group seed", before);
-    let refused_before = run.net.ecu(0).map(|e| e.counters().seeds_refused).unwrap_or(0);
+    let refused_before = run
+        .net
+        .ecu(0)
+        .map(|e| e.counters().seeds_refused)
+        .unwrap_or(0);
     for f in &seed_update {
         run.net.attack(|a, bus| a.replay(bus, f))?;
     }
-    let refused_after = run.net.ecu(0).map(|e| e.counters().seeds_refused).unwrap_or(0);
+    let refused_after = run
+        .net
+        .ecu(0)
+        .map(|e| e.counters().seeds_refused)
+        .unwrap_or(0);
     run.report.line(&format!(
         "attacker: replay of ECU-0000's captured generation-1 seed update over ISO-TP: {}",
-        if refused_after > refused_before { "REFUSED (generation 1 is revoked)" } else { "accepted" }
+        if refused_after > refused_before {
+            "REFUSED (generation 1 is revoked)"
+        } else {
+            "accepted"
+        }
     ));
     run.end();
 
@@ -396,7 +433,8 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
     );
     let (id, grant) = run.net.issue_grant(&mut fleet, "tech-anna")?;
     let first = run.net.present_grant(0, &grant)?;
-    run.report.line(&format!("grant {id} presented to ECU-0000: {first:?}"));
+    run.report
+        .line(&format!("grant {id} presented to ECU-0000: {first:?}"));
     fleet.deny_grant(id, "laptop lost")?;
     run.net.push_latest_record(&mut fleet)?;
     let second = run.net.present_grant(0, &grant)?;
@@ -430,19 +468,35 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
     }
     run.net.run_for(traffic)?;
     if let Some(stolen) = stolen {
-        let epoch = run.net.schedule().epoch_at(run.net.now_ms()).map_err(|e| SimError::Material(e.to_string()))?;
+        let epoch = run
+            .net
+            .schedule()
+            .epoch_at(run.net.now_ms())
+            .map_err(|e| SimError::Material(e.to_string()))?;
         let before = run.net.gateway.stats();
         run.net.attack(|a, bus| {
-            a.inject(bus, profile, &stolen, epoch, ecu_pdu(1), 20_000, &payload(ecu_pdu(1), 2))
+            a.inject(
+                bus,
+                profile,
+                &stolen,
+                epoch,
+                ecu_pdu(1),
+                20_000,
+                &payload(ecu_pdu(1), 2),
+            )
         })?;
         run.attacked("a frame made with ECU-0001's extracted group seed", before);
     }
     run.end();
 
     // ---- audit, capture, offline verification
-    run.report.step("the audit chain and the capture", "fleetkey audit verify && fleetkey can verify capture.log --home fleet");
+    run.report.step(
+        "the audit chain and the capture",
+        "fleetkey audit verify && fleetkey can verify capture.log --home fleet",
+    );
     let audit_events = fleet.audit_verify()?;
-    run.report.line(&format!("{audit_events} audit events, hash chain intact"));
+    run.report
+        .line(&format!("{audit_events} audit events, hash chain intact"));
     let lines = run.net.write_capture(&options.capture)?;
     let frames: Vec<_> = run
         .net

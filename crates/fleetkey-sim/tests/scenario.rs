@@ -64,7 +64,11 @@ fn provisioned_network_accepts_every_frame_across_epochs() {
         let ecu = net.ecu(i).unwrap();
         assert_eq!(ecu.seed_version(), Some((1, 0)), "{}", ecu.serial());
         assert!(ecu.has_session_keys());
-        assert_eq!(ecu.counters().she_accepted, 4, "initial load: MEK, KEY_1..3");
+        assert_eq!(
+            ecu.counters().she_accepted,
+            4,
+            "initial load: MEK, KEY_1..3"
+        );
         assert!(!ecu.she().is_empty(SlotId::Key4));
     }
     net.run_for(seconds(3)).unwrap();
@@ -141,7 +145,10 @@ fn missed_epoch_roll_is_rejected_until_the_beacon_resynchronises() {
     net.ecu_mut(2).unwrap().stall_clock(now);
     net.run_for(seconds(3)).unwrap();
     let stalled = net.gateway.member_stats(ecu_pdu(2));
-    assert!(stalled.authentication > 0, "frames under a stale epoch key: {stalled:?}");
+    assert!(
+        stalled.authentication > 0,
+        "frames under a stale epoch key: {stalled:?}"
+    );
     // ECU 2 cannot verify the others either.
     assert!(net.ecu(2).unwrap().stats().authentication > 0);
     net.set_beacons(true);
@@ -151,7 +158,11 @@ fn missed_epoch_roll_is_rejected_until_the_beacon_resynchronises() {
     net.run_for(seconds(1)).unwrap();
     let after = net.gateway.member_stats(ecu_pdu(2));
     assert!(after.accepted >= before.accepted + 9, "{after:?}");
-    assert_eq!(after.rejected(), before.rejected(), "no rejection after the resync");
+    assert_eq!(
+        after.rejected(),
+        before.rejected(),
+        "no rejection after the resync"
+    );
 }
 
 #[test]
@@ -168,9 +179,16 @@ fn power_cycle_keeps_counters_no_fv_reused_replays_still_rejected() {
     net.run_for(Duration::from_millis(500)).unwrap();
     net.power_on(0).unwrap();
     net.power_on(1).unwrap();
-    assert!(net.ecu(0).unwrap().has_session_keys(), "keys come back from the SHE");
+    assert!(
+        net.ecu(0).unwrap().has_session_keys(),
+        "keys come back from the SHE"
+    );
     net.attack(|a, bus| a.replay(bus, &last)).unwrap();
-    assert_eq!(net.ecu(1).unwrap().stats().replay, 1, "the receiver's FV survived");
+    assert_eq!(
+        net.ecu(1).unwrap().stats().replay,
+        1,
+        "the receiver's FV survived"
+    );
     let before = net.gateway.member_stats(ecu_pdu(0));
     net.run_for(seconds(1)).unwrap();
     let after = net.gateway.member_stats(ecu_pdu(0));
@@ -193,7 +211,10 @@ fn power_cycle_keeps_counters_no_fv_reused_replays_still_rejected() {
     // after_cut starts with the attacker's replay of `last`; then ECU 0's own frames.
     let max_before = before_cut.iter().max().copied().unwrap();
     assert!(after_cut[1..].iter().all(|&fv| fv > max_before), "{all:?}");
-    assert!(after_cut[1] > max_before + 1, "the unused reservation is skipped: {all:?}");
+    assert!(
+        after_cut[1] > max_before + 1,
+        "the unused reservation is skipped: {all:?}"
+    );
 }
 
 fn fv_of(frame: &fleetkey_sim::bus::CanFrame) -> u64 {
@@ -242,9 +263,15 @@ fn missed_device_refresh_is_delivered_when_the_ecu_returns() {
     assert_eq!(net.gateway.pending("ECU-0001"), 0);
     let ecu = net.ecu(1).unwrap();
     assert_eq!(ecu.counters().she_accepted, 4 + 4);
-    assert_eq!(ecu.she().counter(SlotId::Key1).unwrap().get(), 1, "revision 1");
+    assert_eq!(
+        ecu.she().counter(SlotId::Key1).unwrap().get(),
+        1,
+        "revision 1"
+    );
     assert_eq!(ecu.seed_version(), Some((1, 1)));
-    let dev = fleet.device(&DeviceSerial::new("ECU-0001").unwrap()).unwrap();
+    let dev = fleet
+        .device(&DeviceSerial::new("ECU-0001").unwrap())
+        .unwrap();
     assert_eq!(dev.revision, 1);
 }
 
@@ -260,8 +287,11 @@ fn rotation_then_old_generation_keys_are_refused() {
     // The attacker keeps the generation-1 seed (as if that generation's master leaked) and the
     // ISO-TP frames of ECU 0's generation-1 seed update.
     let old_seed = {
-        let gw = fleet.device(&DeviceSerial::new("GW-body").unwrap()).unwrap();
-        let keys = fleetkey::fleet::material::DeviceKeys::derive(fleet.module(), &gw, 1, 0).unwrap();
+        let gw = fleet
+            .device(&DeviceSerial::new("GW-body").unwrap())
+            .unwrap();
+        let keys =
+            fleetkey::fleet::material::DeviceKeys::derive(fleet.module(), &gw, 1, 0).unwrap();
         RollSeed::from_bytes(*keys.roll_seed.expose_secret())
     };
     let mark = net.attacker.captured();
@@ -272,7 +302,8 @@ fn rotation_then_old_generation_keys_are_refused() {
     fleet.rotate("yearly", &MasterBackup::NoBackup).unwrap();
     net.push_latest_record(&mut fleet).unwrap();
     for i in 0..3 {
-        net.refresh_ecu(&mut fleet, i, "migrate to generation 2").unwrap();
+        net.refresh_ecu(&mut fleet, i, "migrate to generation 2")
+            .unwrap();
     }
     assert_eq!(net.rekey(&mut fleet, "generation 2").unwrap(), (2, 2));
     fleet.compromise_generation(1, "leaked").unwrap();
@@ -289,7 +320,15 @@ fn rotation_then_old_generation_keys_are_refused() {
     let epoch = net.schedule().epoch_at(net.now_ms()).unwrap();
     let profile = net.spec().profile;
     net.attack(|a, bus| {
-        a.inject(bus, profile, &old_seed, epoch, ecu_pdu(1), 5000, &payload(ecu_pdu(1), 1))
+        a.inject(
+            bus,
+            profile,
+            &old_seed,
+            epoch,
+            ecu_pdu(1),
+            5000,
+            &payload(ecu_pdu(1), 1),
+        )
     })
     .unwrap();
     let after = net.gateway.member_stats(ecu_pdu(1));
@@ -336,7 +375,10 @@ fn technician_grant_accepted_then_denied() {
     let mut fleet = fleet(dir.path());
     let mut net = network(&mut fleet, 2, true);
     let (id, grant) = net.issue_grant(&mut fleet, "tech-anna").unwrap();
-    assert_eq!(net.present_grant(0, &grant).unwrap(), GrantOutcome::Accepted);
+    assert_eq!(
+        net.present_grant(0, &grant).unwrap(),
+        GrantOutcome::Accepted
+    );
     fleet.deny_grant(id, "lost laptop").unwrap();
     net.push_latest_record(&mut fleet).unwrap();
     assert_eq!(
@@ -372,20 +414,36 @@ fn decommissioned_device_is_erased_and_its_stolen_seed_no_longer_works() {
     }
     assert!(ecu.governance().is_none());
     assert!(!net.send_from(1).unwrap(), "it cannot send");
-    let dev = fleet.device(&DeviceSerial::new("ECU-0001").unwrap()).unwrap();
+    let dev = fleet
+        .device(&DeviceSerial::new("ECU-0001").unwrap())
+        .unwrap();
     // Revoked (stolen), then decommissioned: its key material is destroyed.
     assert_eq!(dev.state.name(), "destroyed-compromised");
     // Frames made with its extracted seed are refused by the gateway and the others.
     let before = net.gateway.member_stats(ecu_pdu(1));
     let epoch = net.schedule().epoch_at(net.now_ms()).unwrap();
     let profile = net.spec().profile;
-    net.attack(|a, bus| a.inject(bus, profile, &stolen, epoch, ecu_pdu(1), 900, &payload(ecu_pdu(1), 3)))
-        .unwrap();
+    net.attack(|a, bus| {
+        a.inject(
+            bus,
+            profile,
+            &stolen,
+            epoch,
+            ecu_pdu(1),
+            900,
+            &payload(ecu_pdu(1), 3),
+        )
+    })
+    .unwrap();
     let after = net.gateway.member_stats(ecu_pdu(1));
     assert_eq!(after.accepted, before.accepted);
     assert_eq!(after.authentication, before.authentication + 1);
     net.run_for(seconds(1)).unwrap();
-    assert_eq!(net.gateway.stats().rejected(), after.rejected(), "the others carry on");
+    assert_eq!(
+        net.gateway.stats().rejected(),
+        after.rejected(),
+        "the others carry on"
+    );
 }
 
 #[test]
@@ -412,7 +470,18 @@ fn capture_verifies_offline_with_the_fleets_keys() {
     assert_eq!(stats.replay, 1);
     assert_eq!(stats.rejected(), online.rejected());
     // Every PDU the gateway accepted verifies offline, plus the beacons.
-    assert_eq!(stats.accepted, online.accepted + net.gateway.counters().beacons);
-    assert!(verdicts.iter().any(|v| matches!(v, fleetkey_sim::capture::Verdict::Skipped)));
-    assert!(verdicts.iter().any(|v| matches!(v, fleetkey_sim::capture::Verdict::Ok { revision: 1, .. })));
+    assert_eq!(
+        stats.accepted,
+        online.accepted + net.gateway.counters().beacons
+    );
+    assert!(
+        verdicts
+            .iter()
+            .any(|v| matches!(v, fleetkey_sim::capture::Verdict::Skipped))
+    );
+    assert!(
+        verdicts
+            .iter()
+            .any(|v| matches!(v, fleetkey_sim::capture::Verdict::Ok { revision: 1, .. }))
+    );
 }

@@ -132,11 +132,10 @@ fn sim_run(global: &Global, args: RunArgs) -> Result<(), CliError> {
         .clone()
         .unwrap_or_else(|| temp.path().join("fleet"));
     if home.exists() {
-        return Err(CliError::input(
-            "--keep",
-            format_args!("{} exists", home.display()),
-        )
-        .hint("give a new directory"));
+        return Err(
+            CliError::input("--keep", format_args!("{} exists", home.display()))
+                .hint("give a new directory"),
+        );
     }
     let capture = match &args.keep {
         Some(keep) => keep.with_extension("capture.log"),
@@ -175,7 +174,8 @@ struct MemberReport {
 }
 
 fn gateway(global: &Global, args: GatewayArgs) -> Result<(), CliError> {
-    let transport = input::key_from_file::<16>("--she-transport-key-file", &args.she_transport_key_file)?;
+    let transport =
+        input::key_from_file::<16>("--she-transport-key-file", &args.she_transport_key_file)?;
     let mut fleet = global.open()?;
     let spec = NetworkSpec {
         skew_ms: vec![0],
@@ -183,7 +183,10 @@ fn gateway(global: &Global, args: GatewayArgs) -> Result<(), CliError> {
     };
     let mut p = provision_network(&mut fleet, &spec).map_err(sim_error)?;
     std::fs::create_dir_all(&args.factory_dir).map_err(|e| {
-        CliError::input("--factory-dir", format_args!("{} ({e})", args.factory_dir.display()))
+        CliError::input(
+            "--factory-dir",
+            format_args!("{} ({e})", args.factory_dir.display()),
+        )
     })?;
     for config in &p.ecus {
         let factory = Factory::new(config, &transport);
@@ -193,7 +196,9 @@ fn gateway(global: &Global, args: GatewayArgs) -> Result<(), CliError> {
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| CliError::input("--factory-dir", format_args!("{} ({e})", path.display())))?;
+            .map_err(|e| {
+                CliError::input("--factory-dir", format_args!("{} ({e})", path.display()))
+            })?;
     }
     let record = network::latest_record(&mut fleet).map_err(sim_error)?;
     p.gateway.push_record(&record.bytes);
@@ -216,7 +221,10 @@ fn gateway(global: &Global, args: GatewayArgs) -> Result<(), CliError> {
             p.gateway.send_beacon(&mut bus).map_err(sim_error)?;
             next_beacon = now_ms() + spec.period_ms;
         }
-        if let Some(r) = bus.recv_timeout(Duration::from_millis(5)).map_err(sim_error)? {
+        if let Some(r) = bus
+            .recv_timeout(Duration::from_millis(5))
+            .map_err(sim_error)?
+        {
             // Hand the frame to the gateway through a one-frame bus view.
             let mut one = OneFrame {
                 bus: &mut bus,
@@ -283,7 +291,9 @@ impl Bus for OneFrame<'_> {
         self.bus.send(frame)
     }
 
-    fn try_recv(&mut self) -> Result<Option<fleetkey_sim::bus::Received>, fleetkey_sim::bus::BusError> {
+    fn try_recv(
+        &mut self,
+    ) -> Result<Option<fleetkey_sim::bus::Received>, fleetkey_sim::bus::BusError> {
         match self.frame.take() {
             Some(f) => Ok(Some(f)),
             None => self.bus.try_recv(),
@@ -297,10 +307,14 @@ impl Bus for OneFrame<'_> {
 
 fn ecu(global: &Global, args: EcuArgs) -> Result<(), CliError> {
     let text = std::fs::read_to_string(&args.factory).map_err(|e| {
-        CliError::input("--factory", format_args!("cannot read {} ({e})", args.factory.display()))
+        CliError::input(
+            "--factory",
+            format_args!("cannot read {} ({e})", args.factory.display()),
+        )
     })?;
-    let factory: Factory = serde_json::from_str(&text)
-        .map_err(|e| CliError::input("--factory", e).hint("use a file written by `fleetkey sim gateway`"))?;
+    let factory: Factory = serde_json::from_str(&text).map_err(|e| {
+        CliError::input("--factory", e).hint("use a file written by `fleetkey sim gateway`")
+    })?;
     let (config, transport) = factory
         .config()
         .map_err(|e| CliError::input("--factory", e))?;
@@ -326,7 +340,10 @@ fn ecu(global: &Global, args: EcuArgs) -> Result<(), CliError> {
             }
             next = now_ms() + 100;
         }
-        if let Some(r) = bus.recv_timeout(Duration::from_millis(5)).map_err(sim_error)? {
+        if let Some(r) = bus
+            .recv_timeout(Duration::from_millis(5))
+            .map_err(sim_error)?
+        {
             let mut one = OneFrame {
                 bus: &mut bus,
                 frame: Some(r),
@@ -424,7 +441,9 @@ pub(crate) fn bench_bus(global: &Global, frames: usize) -> Result<(), CliError> 
     let mut windows: Vec<KeyWindow> = (0..pdus)
         .map(|_| KeyWindow::new(WindowConfig::default()))
         .collect();
-    let mut receivers: Vec<Receiver> = (0..pdus).map(|i| Receiver::new(profile, 0x100 + i)).collect();
+    let mut receivers: Vec<Receiver> = (0..pdus)
+        .map(|i| Receiver::new(profile, 0x100 + i))
+        .collect();
     let started = Instant::now();
     for f in &secured {
         tx.send(f).map_err(sim_error)?;
@@ -433,7 +452,8 @@ pub(crate) fn bench_bus(global: &Global, frames: usize) -> Result<(), CliError> 
         };
         let index = usize::from((r.frame.id() - 0x100) as u16);
         let epoch = schedule.epoch_at(r.at_us / 1000).map_err(sim_error)?;
-        let (Some(window), Some(receiver)) = (windows.get_mut(index), receivers.get_mut(index)) else {
+        let (Some(window), Some(receiver)) = (windows.get_mut(index), receivers.get_mut(index))
+        else {
             return Err(sim_error("pdu"));
         };
         if window.current() != Some(epoch) {

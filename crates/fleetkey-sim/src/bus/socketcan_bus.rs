@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use socketcan::{
-    CanAnyFrame, CanDataFrame, CanFdFrame, CanFdSocket, EmbeddedFrame, ExtendedId,
-    Id, Socket, StandardId,
+    CanAnyFrame, CanDataFrame, CanFdFrame, CanFdSocket, EmbeddedFrame, ExtendedId, Id, Socket,
+    StandardId,
 };
 
 use super::{Bus, BusError, CanFrame, FrameError, Received, system_now_us};

@@ -11,7 +11,11 @@ fn frame_strategy() -> impl Strategy<Value = CanFrame> {
         prop::collection::vec(any::<u8>(), 0..=64),
     )
         .prop_map(|(fd, extended, id, mut data)| {
-            let id = if extended { id & MAX_EXTENDED_ID } else { id & MAX_STANDARD_ID };
+            let id = if extended {
+                id & MAX_EXTENDED_ID
+            } else {
+                id & MAX_STANDARD_ID
+            };
             if fd {
                 let len = fleetkey_core::secoc::CAN_FD_LENGTHS
                     .iter()
@@ -71,7 +75,10 @@ fn datagram_errors_name_the_field() {
     assert_eq!(decode(&b), Err(DatagramError::Flags(0x04)));
     let mut b = good.clone();
     b[18] = 13; // not a CAN FD length
-    assert_eq!(decode(&b), Err(DatagramError::Frame(FrameError::FdLength(13))));
+    assert_eq!(
+        decode(&b),
+        Err(DatagramError::Frame(FrameError::FdLength(13)))
+    );
     let mut b = good.clone();
     b[18] = 16;
     assert_eq!(
@@ -95,7 +102,10 @@ fn frames_check_lengths_and_ids() {
         CanFrame::classic(1, false, &[0; 9]),
         Err(FrameError::ClassicLength(9))
     );
-    assert_eq!(CanFrame::fd(1, false, &[0; 9]), Err(FrameError::FdLength(9)));
+    assert_eq!(
+        CanFrame::fd(1, false, &[0; 9]),
+        Err(FrameError::FdLength(9))
+    );
     assert!(CanFrame::fd(0x1FFF_FFFF, true, &[0; 64]).is_ok());
     assert!(CanFrame::classic(0x800, false, &[]).is_err());
     let padded = CanFrame::fd_padded(1, false, &[1; 13], 0xCC).unwrap();
@@ -113,13 +123,23 @@ fn sim_bus_broadcasts_to_every_other_port_with_clock_times() {
     let f = CanFrame::fd(0x100, false, &[7; 32]).unwrap();
     a.send(&f).unwrap();
     let at = clock.now_us();
-    assert!(at > 1_000_000, "the clock advances by the frame's wire time");
+    assert!(
+        at > 1_000_000,
+        "the clock advances by the frame's wire time"
+    );
     assert_eq!(a.try_recv().unwrap(), None, "a sender does not hear itself");
-    assert_eq!(b.try_recv().unwrap().unwrap(), Received { at_us: at, frame: f.clone() });
+    assert_eq!(
+        b.try_recv().unwrap().unwrap(),
+        Received {
+            at_us: at,
+            frame: f.clone()
+        }
+    );
     assert_eq!(c.try_recv().unwrap().unwrap().frame, f);
     assert_eq!(b.try_recv().unwrap(), None);
     assert_eq!(bus.capture().len(), 1);
-    b.send(&CanFrame::classic(0x7FF, false, &[1]).unwrap()).unwrap();
+    b.send(&CanFrame::classic(0x7FF, false, &[1]).unwrap())
+        .unwrap();
     assert_eq!(c.discard_pending(), 1);
     assert_eq!(c.try_recv().unwrap(), None);
     assert_eq!(a.try_recv().unwrap().unwrap().frame.id(), 0x7FF);

@@ -72,7 +72,10 @@ fn missing_segment_is_a_sequence_error() {
     let frames = frames_of(&[7u8; 200]);
     assert_eq!(frames.len(), 4);
     let mut r = Reassembler::new(1024, 1000);
-    assert!(matches!(r.on_frame(0, &frames[0]), Ok(Event::SendFlowControl(_))));
+    assert!(matches!(
+        r.on_frame(0, &frames[0]),
+        Ok(Event::SendFlowControl(_))
+    ));
     assert_eq!(r.on_frame(0, &frames[1]), Ok(Event::Pending));
     assert_eq!(
         r.on_frame(0, &frames[3]),
@@ -92,7 +95,10 @@ fn missing_segment_is_a_sequence_error() {
 fn sequence_numbers_wrap() {
     let frames = frames_of(&[1u8; 62 + 63 * 20]);
     let sns: Vec<u8> = frames[1..].iter().map(|f| f[0] & 0x0F).collect();
-    assert_eq!(&sns[..17], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1]);
+    assert_eq!(
+        &sns[..17],
+        &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1]
+    );
 }
 
 #[test]
@@ -118,7 +124,10 @@ fn oversize_first_frame_gets_overflow() {
     let Ok(Event::SendFlowControl(fc)) = r.on_frame(0, &frames[0]) else {
         panic!("expected a flow control");
     };
-    assert_eq!(parse_flow_control(&fc).unwrap().status, FlowStatus::Overflow);
+    assert_eq!(
+        parse_flow_control(&fc).unwrap().status,
+        FlowStatus::Overflow
+    );
     let mut link = Link::new(1, 2, 4095);
     link.send(vec![0; 2000]).unwrap();
     link.poll(0).unwrap();
@@ -130,12 +139,24 @@ fn bad_frames_are_typed_errors() {
     let mut r = Reassembler::new(1024, 1000);
     assert_eq!(r.on_frame(0, &[]), Err(IsoTpError::EmptyFrame));
     assert_eq!(r.on_frame(0, &[0x40]), Err(IsoTpError::UnknownPci(4)));
-    assert_eq!(r.on_frame(0, &[0x05, 1, 2]), Err(IsoTpError::SingleLength(5)));
+    assert_eq!(
+        r.on_frame(0, &[0x05, 1, 2]),
+        Err(IsoTpError::SingleLength(5))
+    );
     assert_eq!(r.on_frame(0, &[0x00, 5]), Err(IsoTpError::SingleLength(5)));
-    assert_eq!(r.on_frame(0, &[0x00, 63]), Err(IsoTpError::SingleLength(63)));
+    assert_eq!(
+        r.on_frame(0, &[0x00, 63]),
+        Err(IsoTpError::SingleLength(63))
+    );
     assert_eq!(r.on_frame(0, &[0x10, 20]), Err(IsoTpError::FirstLength(20)));
-    assert_eq!(r.on_frame(0, &[0x30, 0, 0]), Err(IsoTpError::UnexpectedFlowControl));
-    assert_eq!(parse_flow_control(&[0x35, 0, 0]), Err(IsoTpError::FlowControl(5)));
+    assert_eq!(
+        r.on_frame(0, &[0x30, 0, 0]),
+        Err(IsoTpError::UnexpectedFlowControl)
+    );
+    assert_eq!(
+        parse_flow_control(&[0x35, 0, 0]),
+        Err(IsoTpError::FlowControl(5))
+    );
     assert_eq!(parse_flow_control(&[0x30]), Err(IsoTpError::FlowControl(0)));
 }
 
