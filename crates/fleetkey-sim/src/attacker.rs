@@ -7,7 +7,7 @@ use fleetkey_core::secoc::{FrameKey, FreshnessCounter, Profile, Sender};
 use fleetkey_core::{Epoch, RollSeed, Roller};
 
 use crate::bus::{Bus, CanFrame, Received};
-use crate::ecu::EcuError;
+use crate::ecu::{EcuError, pdu_frame};
 
 /// What the attacker did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -92,7 +92,12 @@ impl Attacker {
         if let Some(b) = data.first_mut() {
             *b ^= 0x01;
         }
-        bus.send(&CanFrame::fd(frame.id(), frame.is_extended(), &data)?)?;
+        let tampered = if frame.is_fd() {
+            CanFrame::fd(frame.id(), frame.is_extended(), &data)?
+        } else {
+            CanFrame::classic(frame.id(), frame.is_extended(), &data)?
+        };
+        bus.send(&tampered)?;
         self.counters.forged += 1;
         Ok(())
     }
@@ -110,7 +115,7 @@ impl Attacker {
         let fv = (0x4000u64 + u64::from(guess)).to_be_bytes();
         data.extend_from_slice(fv.get(8 - profile.fv_len()..).unwrap_or_default());
         data.extend(std::iter::repeat_n(guess, profile.mac_len()));
-        bus.send(&CanFrame::fd(u32::from(pdu), false, &data)?)?;
+        bus.send(&pdu_frame(&profile, pdu, &data)?)?;
         self.counters.forged += 1;
         Ok(())
     }

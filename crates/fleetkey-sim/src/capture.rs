@@ -24,8 +24,8 @@ pub struct NetworkKeys {
     pub profile: Profile,
     /// Roll schedule.
     pub schedule: RollSchedule,
-    /// Member PDUs and their serials (the beacon is added as `GW-NAME`).
-    pub pdus: BTreeMap<u16, String>,
+    /// Member PDUs: serial and profile (the beacon is added as `GW-NAME`).
+    pub pdus: BTreeMap<u16, (String, Profile)>,
     /// Every group seed the network may have used: (generation, revision, roller).
     candidates: Vec<(u32, u32, Roller)>,
 }
@@ -76,10 +76,13 @@ pub fn networks_from_fleet(fleet: &mut Fleet) -> Result<Vec<NetworkKeys>, SimErr
             d.labels.iter().any(|l| l == "role=ecu") && label(&d.labels, "network") == Some(name)
         }) {
             if let Some(pdu) = label(&d.labels, "pdu").and_then(parse_pdu) {
-                pdus.insert(pdu, d.serial.to_string());
+                let own = label(&d.labels, "profile")
+                    .and_then(|p| Profile::by_name(p).ok())
+                    .unwrap_or(profile);
+                pdus.insert(pdu, (d.serial.to_string(), own));
             }
         }
-        pdus.insert(BEACON_ID, gw.serial.to_string());
+        pdus.insert(BEACON_ID, (gw.serial.to_string(), profile));
         let mut candidates = Vec::new();
         for g in &generations {
             for revision in (0..=gw.revision).rev() {
@@ -159,12 +162,11 @@ pub fn verify_frames(
     let mut stats = Stats::default();
     let mut verdicts = Vec::with_capacity(frames.len());
     for (at_us, frame) in frames {
-        let Some((n, net, pdu)) = u16::try_from(frame.id()).ok().and_then(|pdu| {
+        let Some((n, net, pdu, profile)) = u16::try_from(frame.id()).ok().and_then(|pdu| {
             networks
                 .iter()
                 .enumerate()
-                .find(|(_, net)| net.pdus.contains_key(&pdu))
-                .map(|(n, net)| (n, net, pdu))
+                .find_map(|(n, net)| net.pdus.get(&pdu).map(|(_, p)| (n, net, pdu, *p)))
         }) else {
             verdicts.push(Verdict::Skipped);
             continue;
@@ -179,7 +181,7 @@ pub fn verify_frames(
             }
             let track = tracks.entry((n, c, pdu)).or_insert_with(|| Track {
                 window: KeyWindow::new(WindowConfig::default()),
-                receiver: Receiver::new(net.profile, pdu),
+                receiver: Receiver::new(profile, pdu),
             });
             if let Some(epoch) = epoch
                 && track.window.current().is_none_or(|cur| epoch > cur)

@@ -38,6 +38,16 @@ pub fn seed_counter(generation: u32, revision: u32) -> Option<Counter> {
     Counter::new(generation << 16 | revision).ok()
 }
 
+/// A secured PDU as a CAN frame: classic for the classic profiles (frames of at most 8 bytes),
+/// CAN FD otherwise.
+pub fn pdu_frame(profile: &Profile, pdu: u16, secured: &[u8]) -> Result<CanFrame, FrameError> {
+    if profile.max_frame() <= 8 {
+        CanFrame::classic(u32::from(pdu), false, secured)
+    } else {
+        CanFrame::fd(u32::from(pdu), false, secured)
+    }
+}
+
 /// Why an ECU operation failed (bus, framing, or the core refusing to secure a frame).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -69,10 +79,12 @@ pub struct EcuConfig {
     pub root: ([u8; 32], Vec<u8>),
     /// Its periodic PDU: CAN id, SecOC DataId and roll channel.
     pub pdu: u16,
-    /// The peer PDUs it verifies.
-    pub peers: Vec<u16>,
-    /// SecOC profile.
+    /// The peer PDUs it verifies, each with its sender's profile.
+    pub peers: Vec<(u16, Profile)>,
+    /// SecOC profile of its own PDU (`p1`/`p2`: sent as classic CAN frames; else CAN FD).
     pub profile: Profile,
+    /// Profile of the gateway's beacon.
+    pub beacon_profile: Profile,
     /// The network's roll schedule.
     pub schedule: RollSchedule,
     /// Key window of its receivers.
@@ -325,9 +337,9 @@ impl Ecu {
         let receivers = c
             .peers
             .iter()
-            .map(|&id| {
+            .map(|&(id, profile)| {
                 let latest = self.nvm.rx_latest.get(&id).copied().unwrap_or(0);
-                (id, Receiver::restore(c.profile, id, latest))
+                (id, Receiver::restore(profile, id, latest))
             })
             .collect();
         self.run = Some(Running {
@@ -339,7 +351,7 @@ impl Ecu {
             roller: None,
             windows: BTreeMap::new(),
             receivers,
-            beacon: Receiver::restore(c.profile, BEACON_ID, self.nvm.beacon_latest),
+            beacon: Receiver::restore(c.beacon_profile, BEACON_ID, self.nvm.beacon_latest),
             gateway: Link::new(gw_tx, gw_rx, msg::MAX_MESSAGE),
             tech: Link::new(t_tx, t_rx, msg::MAX_MESSAGE),
             pending_grant: None,
@@ -418,7 +430,7 @@ impl Ecu {
             .sender
             .secure_frame(&key, payload)
             .map_err(EcuError::Secoc)?;
-        bus.send(&CanFrame::fd(u32::from(pdu), false, secured.as_bytes())?)?;
+        bus.send(&pdu_frame(&self.config.profile, pdu, secured.as_bytes())?)?;
         self.counters.sent += 1;
         Ok(true)
     }
@@ -498,7 +510,7 @@ impl Ecu {
             self.on_beacon(bus_ms, frame.data());
             return Ok(());
         }
-        if !self.config.peers.contains(&pdu) {
+        if !self.config.peers.iter().any(|(p, _)| *p == pdu) {
             return Ok(());
         }
         let epoch = self.epoch(bus_ms);

@@ -26,6 +26,8 @@ pub struct MemberKeys {
     pub index: u16,
     /// Its periodic PDU.
     pub pdu: u16,
+    /// The PDU's SecOC profile.
+    pub profile: Profile,
     /// AUTH key (SHE KEY_1): authenticates the decommission command.
     pub auth: Key128,
     /// KEY_UPDATE key (SHE MASTER_ECU_KEY): authorises the group seed updates.
@@ -124,7 +126,7 @@ impl Gateway {
     pub fn add_member(&mut self, keys: MemberKeys) {
         let (ecu_tx, ecu_rx) = EcuConfig::gateway_link(keys.index);
         self.receivers
-            .insert(keys.pdu, Receiver::new(self.config.profile, keys.pdu));
+            .insert(keys.pdu, Receiver::new(keys.profile, keys.pdu));
         self.members.push(Member {
             link: Link::new(ecu_rx, ecu_tx, msg::MAX_MESSAGE),
             keys,

@@ -58,8 +58,10 @@ pub struct NetworkSpec {
     pub name: String,
     /// How many ECUs.
     pub ecus: u16,
-    /// SecOC profile of every PDU.
+    /// SecOC profile of the CAN FD PDUs and the beacon.
     pub profile: Profile,
+    /// How many ECUs (the last ones) are classic CAN nodes with profile `p1` (8-byte frames).
+    pub classic_ecus: u16,
     /// Epoch length.
     pub period_ms: u64,
     /// Periodic PDU cycle.
@@ -80,6 +82,7 @@ impl NetworkSpec {
             name: name.to_owned(),
             ecus,
             profile: Profile::FD64,
+            classic_ecus: 0,
             period_ms: 1000,
             cycle_ms: 100,
             skew_ms: vec![0, 120, -80, 40],
@@ -119,6 +122,30 @@ pub fn payload(pdu: u16, n: u64) -> [u8; 22] {
     p[2..10].copy_from_slice(&n.to_be_bytes());
     p[10..].copy_from_slice(b"rpm=1850;tq=");
     p
+}
+
+/// The payload of PDU `pdu` under `profile`: 22 bytes for CAN FD, the profile's longest (4 bytes
+/// for `p1`) for classic CAN.
+pub fn payload_for(profile: &Profile, pdu: u16, n: u64) -> Vec<u8> {
+    let full = payload(pdu, n);
+    let mut p = full.to_vec();
+    if profile.max_frame() <= 8 {
+        p = n.to_be_bytes().to_vec();
+        p.drain(..8usize.saturating_sub(profile.max_payload()));
+    }
+    p.truncate(profile.max_payload());
+    p
+}
+
+impl NetworkSpec {
+    /// The profile of ECU `i`'s PDU.
+    pub fn profile_of(&self, i: u16) -> Profile {
+        if i + self.classic_ecus >= self.ecus {
+            Profile::P1
+        } else {
+            self.profile
+        }
+    }
 }
 
 fn material(what: impl std::fmt::Display) -> SimError {
@@ -410,7 +437,8 @@ impl Network {
             }
             for n in &mut self.nodes {
                 if n.ecu.state() == EcuState::On {
-                    let p = payload(n.ecu.config().pdu, n.sent);
+                    let c = n.ecu.config();
+                    let p = payload_for(&c.profile, c.pdu, n.sent);
                     if n.ecu.send_periodic(&mut n.port, &p)? {
                         n.sent += 1;
                     }
@@ -429,7 +457,8 @@ impl Network {
         let Some(n) = self.nodes.get_mut(i) else {
             return Ok(false);
         };
-        let p = payload(n.ecu.config().pdu, n.sent);
+        let c = n.ecu.config();
+        let p = payload_for(&c.profile, c.pdu, n.sent);
         let sent = n.ecu.send_periodic(&mut n.port, &p)?;
         if sent {
             n.sent += 1;
@@ -645,7 +674,9 @@ pub fn provision_network(fleet: &mut Fleet, spec: &NetworkSpec) -> Result<Provis
         window,
         retry_ms: 300,
     });
-    let pdus: Vec<u16> = (0..spec.ecus).map(ecu_pdu).collect();
+    let pdus: Vec<(u16, Profile)> = (0..spec.ecus)
+        .map(|i| (ecu_pdu(i), spec.profile_of(i)))
+        .collect();
     let mut nodes = Vec::new();
     for i in 0..spec.ecus {
         let serial = DeviceSerial::new(ecu_serial(i)).map_err(material)?;
@@ -658,6 +689,7 @@ pub fn provision_network(fleet: &mut Fleet, spec: &NetworkSpec) -> Result<Provis
                 "role=ecu".into(),
                 format!("network={}", spec.name),
                 format!("pdu={:#05x}", ecu_pdu(i)),
+                format!("profile={}", spec.profile_of(i).name()),
             ],
         )?;
         let p = fleet.provision(&serial)?;
@@ -675,6 +707,7 @@ pub fn provision_network(fleet: &mut Fleet, spec: &NetworkSpec) -> Result<Provis
             uid,
             index: i,
             pdu: ecu_pdu(i),
+            profile: spec.profile_of(i),
             auth: key128(&p.keys.auth)?,
             key_update: key128(&p.keys.key_update)?,
         });
@@ -690,8 +723,13 @@ pub fn provision_network(fleet: &mut Fleet, spec: &NetworkSpec) -> Result<Provis
             fleet: fleet_id.clone(),
             root: (root, kid.to_vec()),
             pdu: ecu_pdu(i),
-            peers: pdus.iter().copied().filter(|&p| p != ecu_pdu(i)).collect(),
-            profile: spec.profile,
+            peers: pdus
+                .iter()
+                .copied()
+                .filter(|&(p, _)| p != ecu_pdu(i))
+                .collect(),
+            profile: spec.profile_of(i),
+            beacon_profile: spec.profile,
             schedule,
             window,
             skew_ms: skew,
@@ -751,10 +789,12 @@ pub struct Factory {
     pub kid: String,
     /// Its PDU.
     pub pdu: u16,
-    /// Peer PDUs.
-    pub peers: Vec<u16>,
-    /// Profile name.
+    /// Peer PDUs and their profiles.
+    pub peers: Vec<(u16, String)>,
+    /// Profile name of its PDU.
     pub profile: String,
+    /// Profile name of the beacon.
+    pub beacon_profile: String,
     /// Epoch length.
     pub period_ms: u64,
     /// Clock skew.
@@ -781,8 +821,13 @@ impl Factory {
             root: hex::encode(config.root.0),
             kid: hex::encode(&config.root.1),
             pdu: config.pdu,
-            peers: config.peers.clone(),
+            peers: config
+                .peers
+                .iter()
+                .map(|(p, profile)| (*p, profile.name().to_owned()))
+                .collect(),
             profile: config.profile.name().to_owned(),
+            beacon_profile: config.beacon_profile.name().to_owned(),
             period_ms: config.schedule.period_ms(),
             skew_ms: config.skew_ms,
         }
@@ -799,8 +844,15 @@ impl Factory {
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| material("root: 64 hex characters"))?;
         let kid = hex::decode(&self.kid).map_err(|e| material(format!("kid: {e}")))?;
-        let profile =
-            Profile::by_name(&self.profile).map_err(|e| material(format!("profile: {e}")))?;
+        let by_name =
+            |name: &str| Profile::by_name(name).map_err(|e| material(format!("profile: {e}")));
+        let profile = by_name(&self.profile)?;
+        let beacon_profile = by_name(&self.beacon_profile)?;
+        let peers = self
+            .peers
+            .iter()
+            .map(|(p, name)| Ok((*p, by_name(name)?)))
+            .collect::<Result<Vec<_>, SimError>>()?;
         let schedule = RollSchedule::new(0, self.period_ms)
             .map_err(|e| material(format!("period_ms: {e}")))?;
         let transport = key128(&self.transport_key)?;
@@ -811,8 +863,9 @@ impl Factory {
                 fleet: self.fleet.clone(),
                 root: (root, kid),
                 pdu: self.pdu,
-                peers: self.peers.clone(),
+                peers,
                 profile,
+                beacon_profile,
                 schedule,
                 window: WindowConfig::default(),
                 skew_ms: self.skew_ms,

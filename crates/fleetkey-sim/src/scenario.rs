@@ -251,7 +251,9 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
     )
     .unwrap_or(0)
         + 2000;
-    let spec = NetworkSpec::new("powertrain", n, TRANSPORT_KEY);
+    let mut spec = NetworkSpec::new("powertrain", n, TRANSPORT_KEY);
+    // The last ECU is a classic CAN node (AUTOSAR profile 1, 8-byte frames); the rest CAN FD.
+    spec.classic_ecus = 1;
     let net = Network::provision(&mut fleet, spec, start_ms)?;
     let mut run = Run {
         net,
@@ -267,10 +269,15 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
          distributed as SHE KEY_4/KEY_5 updates: {} updates confirmed",
         gw_counters.confirmed
     ));
+    run.report.line(&format!(
+        "ECU-0000..{}: CAN FD, SecOC fd64; {}: classic CAN, SecOC p1 (8-bit FV, 24-bit MAC)",
+        ecu_serial(n - 2),
+        ecu_serial(n - 1)
+    ));
 
     // ---- traffic and attacks
     run.begin(
-        "the bus: every ECU sends a SecOC fd64 PDU every 100 ms, keys roll every second",
+        "the bus: every ECU sends its secured PDU every 100 ms, keys roll every second",
         "",
     );
     run.net.run_for(traffic)?;

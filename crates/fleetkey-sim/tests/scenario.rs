@@ -59,7 +59,10 @@ fn seconds(s: u64) -> Duration {
 fn provisioned_network_accepts_every_frame_across_epochs() {
     let dir = tempfile::tempdir().unwrap();
     let mut fleet = fleet(dir.path());
-    let mut net = network(&mut fleet, 4, true);
+    // ECU 3 is a classic CAN node (profile p1), the others CAN FD (fd64).
+    let mut spec = NetworkSpec::new("body", 4, TRANSPORT);
+    spec.classic_ecus = 1;
+    let mut net = Network::provision(&mut fleet, spec, START_MS + 10_000).unwrap();
     for i in 0..4 {
         let ecu = net.ecu(i).unwrap();
         assert_eq!(ecu.seed_version(), Some((1, 0)), "{}", ecu.serial());
@@ -79,6 +82,19 @@ fn provisioned_network_accepts_every_frame_across_epochs() {
     assert_eq!(all.rejected(), 0, "{all:?}");
     // Each ECU verifies the three others.
     assert!(net.ecu(0).unwrap().stats().accepted >= 3 * 29);
+    assert!(net.ecu(3).unwrap().stats().accepted >= 3 * 29);
+    let capture = net.capture();
+    let classic = capture
+        .iter()
+        .filter(|r| r.frame.id() == u32::from(ecu_pdu(3)))
+        .collect::<Vec<_>>();
+    assert!(classic.len() >= 29);
+    assert!(
+        classic
+            .iter()
+            .all(|r| !r.frame.is_fd() && r.frame.data().len() == 8)
+    );
+    assert!(net.gateway.member_stats(ecu_pdu(3)).accepted >= 29);
 }
 
 #[test]

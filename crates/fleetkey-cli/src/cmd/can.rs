@@ -613,7 +613,7 @@ fn verify_with_fleet(global: &Global, args: VerifyArgs) -> Result<(), CliError> 
         let pdu = u16::try_from(id).ok()?;
         networks
             .iter()
-            .find_map(|n| n.pdus.get(&pdu).map(String::as_str))
+            .find_map(|n| n.pdus.get(&pdu).map(|(serial, _)| serial.as_str()))
     };
     let skipped = verdicts
         .iter()

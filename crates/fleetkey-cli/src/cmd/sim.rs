@@ -333,7 +333,10 @@ fn ecu(global: &Global, args: EcuArgs) -> Result<(), CliError> {
         }
         if now_ms() >= next {
             if ecu
-                .send_periodic(&mut bus, &network::payload(ecu.config().pdu, n))
+                .send_periodic(
+                    &mut bus,
+                    &network::payload_for(&ecu.config().profile, ecu.config().pdu, n),
+                )
                 .map_err(sim_error)?
             {
                 n += 1;
