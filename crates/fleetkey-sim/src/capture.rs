@@ -53,13 +53,14 @@ fn parse_pdu(text: &str) -> Option<u16> {
 
 /// The simulated networks recorded in the fleet, with every group seed each may have used.
 pub fn networks_from_fleet(fleet: &mut Fleet) -> Result<Vec<NetworkKeys>, SimError> {
-    let devices = fleet.devices(&DeviceFilter::default(), None, 1_000_000)?;
+    let by_labels = |labels: Vec<String>| DeviceFilter {
+        labels,
+        ..DeviceFilter::default()
+    };
+    let gateways = fleet.devices(&by_labels(vec!["role=gateway".into()]), None, 10_000)?;
     let generations = fleet.generations()?;
     let mut out = Vec::new();
-    for gw in devices
-        .iter()
-        .filter(|d| d.labels.iter().any(|l| l == "role=gateway"))
-    {
+    for gw in &gateways {
         let Some(name) = label(&gw.labels, "network") else {
             continue;
         };
@@ -72,9 +73,12 @@ pub fn networks_from_fleet(fleet: &mut Fleet) -> Result<Vec<NetworkKeys>, SimErr
         let schedule = RollSchedule::new(0, period)
             .map_err(|e| SimError::Material(format!("{}: period-ms: {e}", gw.serial)))?;
         let mut pdus = BTreeMap::new();
-        for d in devices.iter().filter(|d| {
-            d.labels.iter().any(|l| l == "role=ecu") && label(&d.labels, "network") == Some(name)
-        }) {
+        let members = fleet.devices(
+            &by_labels(vec!["role=ecu".into(), format!("network={name}")]),
+            None,
+            10_000,
+        )?;
+        for d in &members {
             if let Some(pdu) = label(&d.labels, "pdu").and_then(parse_pdu) {
                 let own = label(&d.labels, "profile")
                     .and_then(|p| Profile::by_name(p).ok())
