@@ -437,10 +437,14 @@ impl UdpBus {
                     Ok(r) => return Ok(Some(r)),
                     Err(_) => self.malformed += 1,
                 },
+                // A peer that left (ICMP port unreachable) is not this node's failure.
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionReset
                     ) =>
                 {
                     return Ok(None);

@@ -697,7 +697,14 @@ pub fn provision_network(fleet: &mut Fleet, spec: &NetworkSpec) -> Result<Provis
             .she
             .as_ref()
             .ok_or_else(|| {
-                material("the fleet has no SHE transport key (init --she-transport-key-file)")
+                if p.device.revision > 0 {
+                    material(format!(
+                        "{serial} was refreshed: its SHE no longer holds the factory transport key \
+                         (use a new network name for new devices)"
+                    ))
+                } else {
+                    material("the fleet has no SHE transport key (init --she-transport-key-file)")
+                }
             })?
             .iter()
             .map(she_load)
