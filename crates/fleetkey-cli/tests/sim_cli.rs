@@ -250,3 +250,42 @@ fn sim_run_capture_verifies_offline_and_survives_can_utils() {
         "the same verdicts after the round trip"
     );
 }
+
+#[test]
+fn demo_tells_the_whole_story_and_checks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("demo");
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetkey"))
+        .args(["demo", "--devices", "4", "--seconds", "1", "--keep"])
+        .arg(&keep)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "attacker: replay of ECU-0000's last frame: REJECTED (replay)",
+        "attacker: a frame with a guessed MAC: REJECTED (authentication)",
+        "attacker: a frame made with a generation-1 group seed: REJECTED",
+        "REFUSED (generation 1 is revoked)",
+        "after the deny record, the same grant: REFUSED (denied)",
+        "attacker: a frame made with ECU-0001's extracted group seed: REJECTED",
+        "every SHE slot empty: true",
+        "hash chain intact",
+        "resynchronised",
+        "none accepted",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("ACCEPTED"),
+        "no attack gets through:\n{text}"
+    );
+    let capture = keep.with_extension("capture.log");
+    assert!(std::fs::read_to_string(&capture).unwrap().lines().count() > 500);
+    assert!(text.contains(&capture.display().to_string()));
+}

@@ -192,9 +192,10 @@ fn gateway(global: &Global, args: GatewayArgs) -> Result<(), CliError> {
         let factory = Factory::new(config, &transport);
         let path = args.factory_dir.join(format!("{}.json", config.serial));
         let text = serde_json::to_string_pretty(&factory).map_err(sim_error)?;
-        // Written whole, then renamed: an ECU process never reads half a file.
+        // Key material (the transport key): owner-only. Written whole, then renamed: an ECU
+        // process never reads half a file.
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text)
+        write_private(&tmp, text.as_bytes())
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| {
                 CliError::input("--factory-dir", format_args!("{} ({e})", path.display()))
@@ -278,6 +279,19 @@ fn gateway(global: &Global, args: GatewayArgs) -> Result<(), CliError> {
             .hint("start every `fleetkey sim ecu` process while the gateway runs"));
     }
     Ok(())
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// A bus view that yields one frame already received, then reads the real bus.
