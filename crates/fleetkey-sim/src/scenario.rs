@@ -274,6 +274,9 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
         ecu_serial(n - 2),
         ecu_serial(n - 1)
     ));
+    for e in run.net.take_events() {
+        run.report.line(&e);
+    }
 
     // ---- traffic and attacks
     run.begin(
@@ -308,13 +311,24 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
         e.stall_clock(now);
     }
     run.net.power_off(1);
-    run.net.run_for(Duration::from_millis(2500))?;
+    // The beacon pauses (as if the gateway were busy) while the clock is stalled.
+    run.net.set_beacons(false);
+    let stalled_before = run.net.gateway.member_stats(ecu_pdu(2));
+    run.net.run_for(Duration::from_millis(3000))?;
+    let stalled_after = run.net.gateway.member_stats(ecu_pdu(2));
+    run.report.line(&format!(
+        "ECU-0002 two epochs behind: {} of its frames rejected (authentication: its epoch key is no \
+         longer in the gateway's window)",
+        stalled_after.rejected() - stalled_before.rejected()
+    ));
+    run.net.set_beacons(true);
     run.net.power_on(1)?;
     run.net.run_for(Duration::from_secs(2))?;
     if let (Some(e1), Some(e2)) = (run.net.ecu(1), run.net.ecu(2)) {
         run.report.line(&format!(
             "ECU-0001 back on: freshness restored from its reservation ({} non-volatile writes); \
-             ECU-0002 resynchronised {} time(s) by the gateway's authenticated beacon",
+             ECU-0002 resynchronised {} time(s) by the gateway's authenticated beacon, its frames \
+             accepted again",
             e1.counters().nvm_writes,
             e2.counters().resyncs
         ));
