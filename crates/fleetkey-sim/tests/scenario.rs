@@ -501,3 +501,30 @@ fn capture_verifies_offline_with_the_fleets_keys() {
             .any(|v| matches!(v, fleetkey_sim::capture::Verdict::Ok { revision: 1, .. }))
     );
 }
+
+#[test]
+fn replayed_key_updates_are_refused_by_the_she() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fleet = fleet(dir.path());
+    let mut net = network(&mut fleet, 2, true);
+    // Everything the gateway sent ECU 0 over ISO-TP since the start: the initial SHE load, the
+    // record, the group seed.
+    let frames = net.attacker.frames_since(0, 0x600);
+    assert!(frames.len() >= 8);
+    let before = net.ecu(0).unwrap().counters();
+    for f in &frames {
+        net.attack(|a, bus| a.replay(bus, f)).unwrap();
+    }
+    let after = net.ecu(0).unwrap().counters();
+    assert_eq!(
+        after.she_refused - before.she_refused,
+        4,
+        "counters did not increase"
+    );
+    assert_eq!(after.seeds_refused - before.seeds_refused, 1);
+    assert_eq!(after.she_accepted, before.she_accepted);
+    assert_eq!(net.ecu(0).unwrap().seed_version(), Some((1, 0)));
+    net.run_for(seconds(1)).unwrap();
+    assert_eq!(net.gateway.stats().rejected(), 0);
+    assert!(net.gateway.member_stats(ecu_pdu(0)).accepted >= 9);
+}
