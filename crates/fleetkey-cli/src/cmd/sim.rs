@@ -16,7 +16,9 @@ use fleetkey_sim::network::{self, Factory, NetworkSpec, provision_network};
 use fleetkey_sim::scenario::{self, Options, Quiet};
 use serde::Serialize;
 
-use crate::cmd::ctx::Global;
+use fleetkey::fleet::Progress as _;
+
+use crate::cmd::ctx::{Bar, Global};
 use crate::error::CliError;
 use crate::input;
 
@@ -209,7 +211,13 @@ fn gateway(global: &Global, args: GatewayArgs) -> Result<(), CliError> {
     let mut bus = UdpBus::bind(args.udp.bind, args.udp.peer.clone()).map_err(sim_error)?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.udp.seconds.max(0.1));
     let mut next_beacon = 0;
+    let bar = Bar::new();
+    bar.start("PDUs verified by the gateway", 0);
+    let mut shown = 0;
     while Instant::now() < deadline {
+        let accepted = p.gateway.stats().accepted;
+        bar.advance(accepted - shown);
+        shown = accepted;
         if let Some(n) = args.until_frames
             && p.gateway.is_settled()
             && p.ecus
@@ -236,6 +244,7 @@ fn gateway(global: &Global, args: GatewayArgs) -> Result<(), CliError> {
             p.gateway.poll(&mut bus).map_err(sim_error)?;
         }
     }
+    bar.finish();
     let members: Vec<MemberReport> = p
         .ecus
         .iter()
@@ -339,6 +348,8 @@ fn ecu(global: &Global, args: EcuArgs) -> Result<(), CliError> {
     let mut next = 0;
     let mut n = 0u64;
     let mut deadline = deadline;
+    let bar = Bar::new();
+    bar.start("frames sent", 0);
     while Instant::now() < deadline && ecu.state() == EcuState::On {
         if args.frames.is_some_and(|n| ecu.counters().sent >= n) && next != u64::MAX {
             // Linger a second to answer the gateway, then stop.
@@ -354,6 +365,7 @@ fn ecu(global: &Global, args: EcuArgs) -> Result<(), CliError> {
                 .map_err(sim_error)?
             {
                 n += 1;
+                bar.advance(1);
             }
             next = now_ms() + 100;
         }
@@ -368,6 +380,7 @@ fn ecu(global: &Global, args: EcuArgs) -> Result<(), CliError> {
             ecu.poll(&mut one).map_err(sim_error)?;
         }
     }
+    bar.finish();
     let stats = ecu.stats();
     let report = serde_json::json!({
         "serial": ecu.serial(),
