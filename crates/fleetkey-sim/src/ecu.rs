@@ -213,12 +213,16 @@ fn governance_code(e: GovernanceError) -> u8 {
 }
 
 impl Ecu {
-    /// A factory-fresh ECU (powered off): its SHE holds only the transport key (if any).
-    pub fn new(config: EcuConfig, transport_key: Option<fleetkey_core::Key128>) -> Self {
-        let governance = fleetkey_core::governance::RootKey::new(config.root.0, &config.root.1)
-            .and_then(|root| GovernanceState::new(&config.fleet, root))
-            .ok();
-        Self {
+    /// A factory-fresh ECU (powered off): its SHE holds only the transport key (if any), and it
+    /// pins the governance root of its configuration. Refused when the root (key id longer than
+    /// 16 bytes) or the fleet id (1 to 64 bytes) is invalid.
+    pub fn new(
+        config: EcuConfig,
+        transport_key: Option<fleetkey_core::Key128>,
+    ) -> Result<Self, GovernanceError> {
+        let root = fleetkey_core::governance::RootKey::new(config.root.0, &config.root.1)?;
+        let governance = Some(GovernanceState::new(&config.fleet, root)?);
+        Ok(Self {
             she: SoftShe::new(config.uid, transport_key),
             nvm: Nvm {
                 fv_reserved: 0,
@@ -237,7 +241,7 @@ impl Ecu {
             past: Stats::default(),
             counters: EcuCounters::default(),
             events: Vec::new(),
-        }
+        })
     }
 
     /// The configuration.

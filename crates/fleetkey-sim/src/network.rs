@@ -251,7 +251,8 @@ impl Network {
         } = provision_network(fleet, &spec)?;
         let mut nodes = Vec::new();
         for config in ecus {
-            let mut ecu = Ecu::new(config, Some(Key128::from_bytes(spec.transport_key)));
+            let mut ecu = Ecu::new(config, Some(Key128::from_bytes(spec.transport_key)))
+                .map_err(|e| material(format!("governance root: {e}")))?;
             ecu.power_on();
             nodes.push(Node {
                 ecu,

@@ -341,7 +341,8 @@ fn ecu(global: &Global, args: EcuArgs) -> Result<(), CliError> {
     let (config, transport) = factory
         .config()
         .map_err(|e| CliError::input("--factory", e))?;
-    let mut ecu = Ecu::new(config, Some(transport));
+    let mut ecu = Ecu::new(config, Some(transport))
+        .map_err(|e| CliError::input("--factory", format_args!("root or fleet: {e}")))?;
     ecu.power_on();
     let mut bus = UdpBus::bind(args.udp.bind, args.udp.peer.clone()).map_err(sim_error)?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.udp.seconds.max(0.1));
