@@ -7,7 +7,8 @@
 //! 0x03 Record         a governance record (COSE_Sign1), 1..=1024 bytes
 //! 0x04 GroupSeed      generation u32 BE, revision u32 BE, KEY_4 load (64), KEY_5 load (64)
 //! 0x05 GroupSeedProof KEY_4 proof (48), KEY_5 proof (48)                         97 bytes
-//! 0x06 Hello          the ECU's serial, 1..=40 bytes (sent at boot in UDP mode)
+//! 0x06 Hello          the ECU's serial, 1..=40 bytes (boot announcement; not sent by the
+//!                     current nodes, which rely on the gateway's retries)
 //! 0x07 Grant          a grant record, 1..=1024 bytes
 //! 0x08 Challenge      32-byte challenge
 //! 0x09 Possession     64-byte Ed25519 signature
