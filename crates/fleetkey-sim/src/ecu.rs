@@ -495,7 +495,15 @@ impl Ecu {
                 bus.send(&f)?;
             }
             if let Some(m) = message {
-                let reply = self.on_message(bus_ms, tech, &m);
+                // A verdict names the request it answers.
+                let reply = match self.on_message(bus_ms, tech, &m) {
+                    Some(Message::Verdict { subject, code, .. }) => Some(Message::Verdict {
+                        subject,
+                        code,
+                        tag: msg::request_tag(&m),
+                    }),
+                    other => other,
+                };
                 if let (Some(reply), Some(run)) = (reply, self.run.as_mut()) {
                     let link = if tech {
                         &mut run.tech
@@ -631,6 +639,7 @@ impl Ecu {
                 Message::Verdict {
                     subject: Subject::She,
                     code: code::SHE_REFUSED,
+                    tag: [0; 4],
                 }
             }
         }
@@ -642,6 +651,7 @@ impl Ecu {
         Message::Verdict {
             subject: Subject::Seed,
             code,
+            tag: [0; 4],
         }
     }
 
@@ -711,6 +721,7 @@ impl Ecu {
         let verdict = |code| Message::Verdict {
             subject: Subject::Record,
             code,
+            tag: [0; 4],
         };
         let Some(gov) = self.nvm.governance.as_mut() else {
             self.counters.records_refused += 1;
@@ -794,6 +805,7 @@ impl Ecu {
         Message::Verdict {
             subject: Subject::Grant,
             code: governance_code(e),
+            tag: [0; 4],
         }
     }
 
@@ -833,6 +845,7 @@ impl Ecu {
                 Message::Verdict {
                     subject: Subject::Grant,
                     code: code::OK,
+                    tag: [0; 4],
                 }
             }
             Err(e) => self.grant_refused(e),

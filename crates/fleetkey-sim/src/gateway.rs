@@ -415,19 +415,46 @@ impl Gateway {
             return;
         };
         let what = head.what.clone();
+        // A verdict counts only for the request it names (not a duplicate's, not a replay's).
+        let ours = match &answer {
+            Ok(Message::Verdict { tag, .. }) => *tag == msg::request_tag(&head.message),
+            _ => true,
+        };
+        if !ours {
+            return;
+        }
+        // An answer is matched to the oldest unconfirmed update: a proof must be the one
+        // expected (another proof answers an earlier, duplicated send and is ignored); a refusal
+        // must be about the same kind of update.
         let outcome = match (&head.expect, &answer) {
-            (Expect::Proof(p), Ok(Message::SheProof(got))) => Some(p == got),
+            (Expect::Proof(p), Ok(Message::SheProof(got))) => (p == got).then_some(true),
             (Expect::SeedProof(p1, p2), Ok(Message::GroupSeedProof { first, second })) => {
-                Some(p1 == first && p2 == second)
+                (p1 == first && p2 == second).then_some(true)
             }
             (
                 Expect::RecordVerdict,
                 Ok(Message::Verdict {
                     subject: Subject::Record,
                     code: c,
+                    ..
                 }),
             ) => Some(*c == code::OK || *c == code::REPEATED),
-            (_, Ok(Message::Verdict { code: c, .. })) => {
+            (
+                Expect::Proof(_),
+                Ok(Message::Verdict {
+                    subject: Subject::She,
+                    code: c,
+                    ..
+                }),
+            )
+            | (
+                Expect::SeedProof(..),
+                Ok(Message::Verdict {
+                    subject: Subject::Seed,
+                    code: c,
+                    ..
+                }),
+            ) => {
                 self.events
                     .push(format!("{serial} refused the {what} (code {c:#04x})"));
                 Some(false)

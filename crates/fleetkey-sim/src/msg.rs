@@ -12,7 +12,7 @@
 //! 0x07 Grant          a grant record, 1..=1024 bytes
 //! 0x08 Challenge      32-byte challenge
 //! 0x09 Possession     64-byte Ed25519 signature
-//! 0x0A Verdict        subject u8, code u8
+//! 0x0A Verdict        subject u8, code u8, tag (4): the last 4 bytes of the request answered
 //! 0x0B Decommission   16-byte AES-CMAC under the ECU's AUTH key (SHE KEY_1)
 //! ```
 
@@ -128,6 +128,8 @@ pub enum Message {
         subject: Subject,
         /// [`code`].
         code: u8,
+        /// [`request_tag`] of the request answered.
+        tag: [u8; 4],
     },
     /// Decommission: erase every key.
     Decommission([u8; 16]),
@@ -164,6 +166,19 @@ pub enum MessageError {
     /// An unknown verdict subject.
     #[error("verdict: unknown subject {0}")]
     Subject(u8),
+}
+
+/// What ties a verdict to its request: the request's last 4 bytes (the end of M3, of a
+/// signature, of a group seed's second M3), zero-padded when shorter.
+pub fn request_tag(request: &[u8]) -> [u8; 4] {
+    let mut tag = [0u8; 4];
+    let tail = request
+        .get(request.len().saturating_sub(4)..)
+        .unwrap_or_default();
+    if let Some(dst) = tag.get_mut(..tail.len()) {
+        dst.copy_from_slice(tail);
+    }
+    tag
 }
 
 const LOAD_LEN: usize = 64;
@@ -293,8 +308,9 @@ impl Message {
                 out.push(0x09);
                 out.extend_from_slice(s);
             }
-            Message::Verdict { subject, code } => {
+            Message::Verdict { subject, code, tag } => {
                 out.extend_from_slice(&[0x0A, *subject as u8, *code]);
+                out.extend_from_slice(tag);
             }
             Message::Decommission(mac) => {
                 out.push(0x0B);
@@ -346,7 +362,7 @@ impl Message {
                 Message::Possession(s)
             }
             0x0A => {
-                let b = exact("verdict", body, 2)?;
+                let b = exact("verdict", body, 6)?;
                 let subject = match b.first().copied().unwrap_or(0) {
                     1 => Subject::She,
                     2 => Subject::Seed,
@@ -354,9 +370,12 @@ impl Message {
                     4 => Subject::Grant,
                     other => return Err(MessageError::Subject(other)),
                 };
+                let mut tag = [0u8; 4];
+                tag.copy_from_slice(b.get(2..6).unwrap_or(&[0; 4]));
                 Message::Verdict {
                     subject,
                     code: b.get(1).copied().unwrap_or(0),
+                    tag,
                 }
             }
             0x0B => {
@@ -436,6 +455,7 @@ mod tests {
             Message::Verdict {
                 subject: Subject::Grant,
                 code: code::GRANT_DENIED,
+                tag: [1, 2, 3, 4],
             },
             Message::Decommission([7; 16]),
         ] {
@@ -454,9 +474,11 @@ mod tests {
             Err(MessageError::UnknownType(0x42))
         );
         assert_eq!(
-            Message::decode(&[0x0A, 9, 0]),
+            Message::decode(&[0x0A, 9, 0, 0, 0, 0, 0]),
             Err(MessageError::Subject(9))
         );
+        assert_eq!(request_tag(&[1, 2]), [1, 2, 0, 0]);
+        assert_eq!(request_tag(&[1, 2, 3, 4, 5]), [2, 3, 4, 5]);
         assert!(matches!(
             Message::decode(&[0x03]),
             Err(MessageError::Length { kind: "record", .. })

@@ -72,11 +72,14 @@ pub struct NetworkSpec {
     pub transport_key: [u8; 16],
     /// Whether the gateway sends a time beacon each epoch.
     pub beacons: bool,
+    /// The gateway resends an unanswered update after this many ms (longer than a member takes
+    /// to answer, or the member sees the update twice).
+    pub retry_ms: u64,
 }
 
 impl NetworkSpec {
     /// A network of `ecus` ECUs with the defaults: fd64, 1 s epochs, 100 ms cycle, skews of
-    /// 0, +120, -80, +40 ms, beacons on.
+    /// 0, +120, -80, +40 ms, beacons on, retries after 300 ms.
     pub fn new(name: &str, ecus: u16, transport_key: [u8; 16]) -> Self {
         Self {
             name: name.to_owned(),
@@ -88,6 +91,7 @@ impl NetworkSpec {
             skew_ms: vec![0, 120, -80, 40],
             transport_key,
             beacons: true,
+            retry_ms: 300,
         }
     }
 }
@@ -536,6 +540,7 @@ impl Network {
                     Some(Ok(Message::Verdict {
                         subject: Subject::Grant,
                         code: c,
+                        ..
                     })) => {
                         outcome = if c == code::OK {
                             GrantOutcome::Accepted
@@ -673,7 +678,7 @@ pub fn provision_network(fleet: &mut Fleet, spec: &NetworkSpec) -> Result<Provis
         profile: spec.profile,
         schedule,
         window,
-        retry_ms: 300,
+        retry_ms: spec.retry_ms,
     });
     let pdus: Vec<(u16, Profile)> = (0..spec.ecus)
         .map(|i| (ecu_pdu(i), spec.profile_of(i)))

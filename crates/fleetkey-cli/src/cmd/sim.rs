@@ -179,8 +179,10 @@ fn gateway(global: &Global, args: GatewayArgs) -> Result<(), CliError> {
     let transport =
         input::key_from_file::<16>("--she-transport-key-file", &args.she_transport_key_file)?;
     let mut fleet = global.open()?;
+    // Separate processes on a loaded machine answer slower than in-process nodes: retry late.
     let spec = NetworkSpec {
         skew_ms: vec![0],
+        retry_ms: 3000,
         ..NetworkSpec::new(&args.network, args.ecus, *transport)
     };
     let mut p = provision_network(&mut fleet, &spec).map_err(sim_error)?;
