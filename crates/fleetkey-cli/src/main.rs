@@ -59,13 +59,16 @@ enum Command {
     /// Secure and verify frames in candump log format (SecOC profiles).
     #[command(subcommand)]
     Can(cmd::can::Command),
-    /// The walkthrough: a fleet, SHE key loads, authenticated frames, attacks, rotation, audit.
+    /// The walkthrough on a simulated CAN FD bus: fleet, network, attacks, rotation, audit.
     Demo(cmd::demo::Args),
     /// The HTTP service: the fleet's operations over JSON for stations, operators, technicians.
     Serve(cmd::serve::ServeArgs),
     /// Bearer tokens of the HTTP service: issue, revoke, list.
     #[command(subcommand)]
     Token(cmd::token::Command),
+    /// The CAN FD fleet simulator: a whole network in process, or nodes over UDP.
+    #[command(subcommand)]
+    Sim(cmd::sim::Command),
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,10 +88,11 @@ fn main() -> std::process::ExitCode {
         Command::Derive(args) => cmd::derive::run(args),
         Command::Roll(args) => cmd::roll::run(args),
         Command::She(command) => cmd::she::run(command),
-        Command::Can(command) => cmd::can::run(command),
+        Command::Can(command) => cmd::can::run(global, command),
         Command::Demo(args) => cmd::demo::run(global, args),
         Command::Serve(args) => cmd::serve::run(global, args),
         Command::Token(command) => cmd::token::run(global, command),
+        Command::Sim(command) => cmd::sim::run(global, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

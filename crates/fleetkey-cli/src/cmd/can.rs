@@ -12,6 +12,7 @@ use fleetkey_core::secoc::{
 };
 use fleetkey_core::{Epoch, RollSchedule, RollSeed, Roller, SessionKey};
 
+use crate::cmd::ctx::Global;
 use crate::error::CliError;
 use crate::input;
 
@@ -47,7 +48,13 @@ profiles as for `fleetkey can sign`; with --seed-file the receiver follows the l
 and holds the keys of its current, previous and next epoch (docs/secoc.md).
 Exit 0 when every frame verifies, 1 when any is rejected, 2 on bad input.
 
-Example:
+Without --key-file and --seed-file the keys come from the fleet at --home (passphrase from
+FLEETKEY_PASSPHRASE): the simulated networks recorded there (docs/simulator.md), every group seed
+their gateway has had, each frame's verdict with the device that owns its PDU; frames that are
+not a network's secured PDUs (ISO-TP transfers) are listed as skipped.
+
+Examples:
+  fleetkey can verify --home fleet capture.log
   fleetkey can verify --profile p1 --key-file session.key secured.log
   line 1: 123 ok fv=1
   summary: 1 frames, 1 accepted, 0 rejected (malformed 0, no key 0, replay 0, authentication 0)";
@@ -55,16 +62,11 @@ Example:
 /// Where the session keys come from.
 #[derive(clap::Args)]
 pub(crate) struct KeyArgs {
-    /// SecOC profile: p1, p2, fd64 or fd128.
+    /// SecOC profile: p1, p2, fd64 or fd128 (required with --key-file or --seed-file).
     #[arg(long)]
-    profile: String,
+    profile: Option<String>,
     /// File holding the session key, 32 hex characters (one fixed key).
-    #[arg(
-        long,
-        value_name = "FILE",
-        conflicts_with = "seed_file",
-        required_unless_present = "seed_file"
-    )]
+    #[arg(long, value_name = "FILE", conflicts_with = "seed_file")]
     key_file: Option<PathBuf>,
     /// File holding a roll seed, 64 hex characters (a key per epoch, from each frame's timestamp).
     #[arg(long, value_name = "FILE", requires_all = ["channel", "origin_ms", "period_ms"])]
@@ -115,9 +117,12 @@ pub(crate) struct VerifyArgs {
     input: Option<PathBuf>,
 }
 
-pub(crate) fn run(command: Command) -> Result<(), CliError> {
+pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
     match command {
         Command::Sign(args) => sign(args),
+        Command::Verify(args) if args.keys.key_file.is_none() && args.keys.seed_file.is_none() => {
+            verify_with_fleet(global, args)
+        }
         Command::Verify(args) => verify(args),
     }
 }
@@ -141,12 +146,13 @@ struct Setup {
 }
 
 fn setup(args: &KeyArgs) -> Result<Setup, CliError> {
-    let profile = Profile::by_name(&args.profile).map_err(|_| {
-        CliError::input(
-            "--profile",
-            format_args!("unknown profile {:?}", args.profile),
-        )
-        .hint("use p1 or p2 (classic CAN), fd64 or fd128 (CAN FD)")
+    let name = args.profile.as_deref().ok_or_else(|| {
+        CliError::input("--profile", "missing")
+            .hint("give --profile p1, p2, fd64 or fd128 with --key-file or --seed-file")
+    })?;
+    let profile = Profile::by_name(name).map_err(|_| {
+        CliError::input("--profile", format_args!("unknown profile {name:?}"))
+            .hint("use p1 or p2 (classic CAN), fd64 or fd128 (CAN FD)")
     })?;
     let data_id = args.data_id.as_deref().map(parse_data_id).transpose()?;
     let keys = match (&args.key_file, &args.seed_file) {
@@ -572,4 +578,116 @@ fn json_report(setup: &Setup, verdicts: &[Verdict], stats: &Stats) -> String {
         },
     });
     format!("{report}\n")
+}
+
+// ---- verify with the fleet's keys ------------------------------------------------------------
+
+fn verify_with_fleet(global: &Global, args: VerifyArgs) -> Result<(), CliError> {
+    use fleetkey_sim::bus::CanFrame;
+    use fleetkey_sim::capture::{self, Verdict as FleetVerdict};
+
+    let lines = read_lines(args.input.as_deref())?;
+    let mut fleet = global.open()?;
+    let networks = capture::networks_from_fleet(&mut fleet)
+        .map_err(|e| CliError::failed(format_args!("fleet keys: {e}")))?;
+    if networks.is_empty() {
+        return Err(CliError::input(
+            "--home",
+            format_args!("the fleet at {} records no simulated network", global.home.display()),
+        )
+        .hint("give --key-file or --seed-file with --profile, or run `fleetkey sim run --keep DIR` to make one"));
+    }
+    let mut frames = Vec::with_capacity(lines.len());
+    let mut numbers = Vec::with_capacity(lines.len());
+    for (number, line) in &lines {
+        match CanFrame::from_log_line(line) {
+            Some(f) => {
+                frames.push(f);
+                numbers.push((*number, line.frame.id().to_string()));
+            }
+            None => check_data_frame(line, *number)?,
+        }
+    }
+    let (verdicts, stats) = capture::verify_frames(&networks, &frames);
+    let owner = |id: u32| -> Option<&str> {
+        let pdu = u16::try_from(id).ok()?;
+        networks
+            .iter()
+            .find_map(|n| n.pdus.get(&pdu).map(|(serial, _)| serial.as_str()))
+    };
+    let skipped = verdicts
+        .iter()
+        .filter(|v| matches!(v, FleetVerdict::Skipped))
+        .count();
+    let text = if args.json {
+        let frames: Vec<_> = verdicts
+            .iter()
+            .zip(&numbers)
+            .zip(&frames)
+            .map(|((v, (line, id)), f)| {
+                let mut j = serde_json::to_value(v).unwrap_or_default();
+                j["line"] = (*line).into();
+                j["id"] = id.clone().into();
+                if let Some(o) = owner(f.1.id()) {
+                    j["device"] = o.into();
+                }
+                j
+            })
+            .collect();
+        let report = serde_json::json!({
+            "networks": networks.iter().map(|n| serde_json::json!({
+                "name": n.name, "profile": n.profile.name(),
+                "period_ms": n.schedule.period_ms(), "group_seeds": n.candidates(),
+            })).collect::<Vec<_>>(),
+            "frames": frames,
+            "summary": {
+                "frames": verdicts.len() - skipped, "skipped": skipped,
+                "accepted": stats.accepted, "rejected": stats.rejected(),
+                "malformed": stats.malformed, "no_key": stats.no_key,
+                "replay": stats.replay, "authentication": stats.authentication,
+            },
+        });
+        format!("{report}\n")
+    } else {
+        let mut t = String::new();
+        for ((v, (line, id)), f) in verdicts.iter().zip(&numbers).zip(&frames) {
+            let who = owner(f.1.id()).unwrap_or("-");
+            let verdict = match v {
+                FleetVerdict::Ok {
+                    fv,
+                    epoch,
+                    generation,
+                    revision,
+                } => format!("ok fv={fv} epoch={epoch} seed={generation}.{revision}"),
+                FleetVerdict::Rejected { reason } => format!(
+                    "rejected ({})",
+                    serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|r| r.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                ),
+                FleetVerdict::Skipped => "skipped (not a secured PDU)".to_owned(),
+            };
+            t.push_str(&format!("line {line}: {id} {who} {verdict}\n"));
+        }
+        t.push_str(&format!(
+            "summary: {} secured frames ({skipped} other frames skipped), {} accepted, {} rejected (malformed {}, no key {}, replay {}, authentication {})\n",
+            verdicts.len() - skipped,
+            stats.accepted,
+            stats.rejected(),
+            stats.malformed,
+            stats.no_key,
+            stats.replay,
+            stats.authentication
+        ));
+        t
+    };
+    write_output(None, text.as_bytes())?;
+    match stats.rejected() {
+        0 => Ok(()),
+        n => Err(CliError::rejected(format_args!(
+            "{n} of {} secured frames rejected",
+            verdicts.len() - skipped
+        ))),
+    }
 }

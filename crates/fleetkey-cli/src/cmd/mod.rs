@@ -15,4 +15,5 @@ pub(crate) mod roll;
 pub(crate) mod serve;
 pub(crate) mod she;
 pub(crate) mod token;
+pub(crate) mod sim;
 pub(crate) mod token_backup;
