@@ -170,6 +170,7 @@ fn sim_run_capture_verifies_offline_and_survives_can_utils() {
         .unwrap());
     let capture = PathBuf::from(summary["capture"].as_str().unwrap());
     assert!(summary["attacker"]["replayed"].as_u64().unwrap() >= 1);
+    assert_eq!(summary["attacks_accepted"], 0, "{summary}");
     assert!(summary["audit_events"].as_u64().unwrap() > 10);
 
     let verify = |log: &Path| -> serde_json::Value {
