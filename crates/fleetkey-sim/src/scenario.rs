@@ -444,12 +444,22 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
         .ecu(0)
         .map(|e| e.counters().seeds_refused)
         .unwrap_or(0);
+    let refusal = run
+        .net
+        .ecu_mut(0)
+        .map(|e| e.take_events())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.contains("refused a group seed"));
+    if refused_after == refused_before {
+        run.breaches += 1;
+    }
     run.report.line(&format!(
         "attacker: replay of ECU-0000's captured generation-1 seed update over ISO-TP: {}",
-        if refused_after > refused_before {
-            "REFUSED (generation 1 is revoked)"
-        } else {
-            "accepted"
+        match (refused_after > refused_before, refusal) {
+            (true, Some(why)) => format!("REFUSED ({why})"),
+            (true, None) => "REFUSED".to_owned(),
+            (false, _) => "ACCEPTED".to_owned(),
         }
     ));
     run.end();
