@@ -170,6 +170,7 @@ fn sim_run_capture_verifies_offline_and_survives_can_utils() {
         .unwrap());
     let capture = PathBuf::from(summary["capture"].as_str().unwrap());
     assert!(summary["attacker"]["replayed"].as_u64().unwrap() >= 1);
+    assert_eq!(summary["attacks_accepted"], 0, "{summary}");
     assert!(summary["audit_events"].as_u64().unwrap() > 10);
 
     let verify = |log: &Path| -> serde_json::Value {
@@ -271,7 +272,7 @@ fn demo_tells_the_whole_story_and_checks_it() {
         "attacker: replay of ECU-0000's last frame: REJECTED (replay)",
         "attacker: a frame with a guessed MAC: REJECTED (authentication)",
         "attacker: a frame made with a generation-1 group seed: REJECTED",
-        "REFUSED (generation 1 is revoked)",
+        "REFUSED (ECU-0000: refused a group seed: generation 1: generation: revoked)",
         "after the deny record, the same grant: REFUSED (denied)",
         "attacker: a frame made with ECU-0001's extracted group seed: REJECTED",
         "every SHE slot empty: true",

@@ -78,6 +78,8 @@ pub struct Summary {
     pub updates: GatewayCounters,
     /// What the attacker sent.
     pub attacker: AttackCounters,
+    /// Attacks that got through (frames accepted, updates installed): 0 when all is well.
+    pub attacks_accepted: u64,
     /// Audit events, chain verified.
     pub audit_events: u64,
     /// Capture path.
@@ -138,6 +140,7 @@ struct Run<'a> {
     mark: Stats,
     refused_mark: u64,
     title: String,
+    breaches: u64,
 }
 
 fn refused(net: &Network) -> u64 {
@@ -199,6 +202,9 @@ impl Run<'_> {
             "not seen"
         };
         let rejected = now.rejected() > before.rejected() && now.accepted == before.accepted;
+        if !rejected {
+            self.breaches += 1;
+        }
         self.report.line(&format!(
             "attacker: {what}: {} ({reason})",
             verdict(!rejected)
@@ -262,6 +268,7 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
         mark: Stats::default(),
         refused_mark: 0,
         title: String::new(),
+        breaches: 0,
     };
     let gw_counters = run.net.gateway.counters();
     run.report.line(&format!(
@@ -437,12 +444,22 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
         .ecu(0)
         .map(|e| e.counters().seeds_refused)
         .unwrap_or(0);
+    let refusal = run
+        .net
+        .ecu_mut(0)
+        .map(|e| e.take_events())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.contains("refused a group seed"));
+    if refused_after == refused_before {
+        run.breaches += 1;
+    }
     run.report.line(&format!(
         "attacker: replay of ECU-0000's captured generation-1 seed update over ISO-TP: {}",
-        if refused_after > refused_before {
-            "REFUSED (generation 1 is revoked)"
-        } else {
-            "accepted"
+        match (refused_after > refused_before, refusal) {
+            (true, Some(why)) => format!("REFUSED ({why})"),
+            (true, None) => "REFUSED".to_owned(),
+            (false, _) => "ACCEPTED".to_owned(),
         }
     ));
     run.end();
@@ -459,6 +476,9 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
     fleet.deny_grant(id, "laptop lost")?;
     run.net.push_latest_record(&mut fleet)?;
     let second = run.net.present_grant(0, &grant)?;
+    if second == GrantOutcome::Accepted {
+        run.breaches += 1;
+    }
     run.report.line(&format!(
         "after the deny record, the same grant: {}",
         match second {
@@ -544,6 +564,7 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
         gateway: run.net.gateway.stats().into(),
         updates: run.net.gateway.counters(),
         attacker: run.net.attacker.counters(),
+        attacks_accepted: run.breaches,
         audit_events,
         capture: options.capture.clone(),
         offline: offline_stats.into(),

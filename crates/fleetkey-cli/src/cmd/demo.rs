@@ -82,8 +82,14 @@ pub(crate) fn summary_table(s: &Summary) -> String {
         s.gateway.accepted, s.gateway.replay, s.gateway.authentication, s.updates.confirmed, s.updates.retries
     ));
     t.push_str(&format!(
-        "   attacker sent {} replays, {} forgeries, {} frames under keys it should not have: none accepted\n",
-        s.attacker.replayed, s.attacker.forged, s.attacker.injected
+        "   attacker sent {} replays, {} forgeries, {} frames under keys it should not have: {}\n",
+        s.attacker.replayed,
+        s.attacker.forged,
+        s.attacker.injected,
+        match s.attacks_accepted {
+            0 => "none accepted".to_owned(),
+            n => format!("{n} ACCEPTED"),
+        }
     ));
     t.push_str(&format!(
         "   audit: {} events, chain intact; capture {} verified offline: {} accepted, {} rejected\n",
