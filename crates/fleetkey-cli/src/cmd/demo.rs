@@ -16,18 +16,25 @@ use crate::error::CliError;
 /// Run the walkthrough on the simulated CAN FD bus.
 #[derive(clap::Args)]
 #[command(after_help = "\
-Runs in a temporary fleet home unless --keep DIR is given; the capture (candump -l) is written
-beside it. No passphrase needed: the demo fleet uses a fixed one. Docs: docs/simulator.md.
+Keeps the demo fleet in ./fleetkey-demo (or --keep DIR) and the capture (candump -l) beside it
+as fleetkey-demo.capture.log, so both can be looked at afterwards; a rerun replaces an earlier
+demo's directory (and refuses any other). --temporary leaves nothing behind. No passphrase
+needed: the demo fleet uses a fixed one. Docs: docs/simulator.md.
 
-Example:
-  fleetkey demo --devices 6 --keep demo-fleet")]
+Examples:
+  fleetkey demo
+  fleetkey demo --devices 6 --keep demo-fleet
+  fleetkey demo --temporary")]
 pub(crate) struct Args {
     /// How many ECUs.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(4..=64))]
     devices: u16,
-    /// Keep the demo fleet in this (new) directory instead of a temporary one.
+    /// Where to keep the demo fleet (new, or an earlier demo's, which is replaced).
+    #[arg(long, default_value = "fleetkey-demo", conflicts_with = "temporary")]
+    keep: PathBuf,
+    /// Run in a temporary directory and keep nothing.
     #[arg(long)]
-    keep: Option<PathBuf>,
+    temporary: bool,
     /// Seconds of simulated bus traffic per traffic step.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
     seconds: u64,
@@ -103,14 +110,15 @@ pub(crate) fn summary_table(s: &Summary) -> String {
 
 pub(crate) fn run(_global: &Global, args: Args) -> Result<(), CliError> {
     let temp = tempfile::tempdir().map_err(demo_error)?;
-    let home = args
-        .keep
-        .clone()
-        .unwrap_or_else(|| temp.path().join("fleet"));
-    let capture = match &args.keep {
+    let keep = (!args.temporary).then(|| args.keep.clone());
+    let home = keep.clone().unwrap_or_else(|| temp.path().join("fleet"));
+    let capture = match &keep {
         Some(keep) => keep.with_extension("capture.log"),
         None => temp.path().join("capture.log"),
     };
+    if keep.is_some() {
+        clear_earlier_demo(&home, &capture)?;
+    }
     let options = Options {
         home: home.clone(),
         capture,
@@ -120,7 +128,7 @@ pub(crate) fn run(_global: &Global, args: Args) -> Result<(), CliError> {
     };
     let summary = scenario::walkthrough(&options, &mut Printer { n: 0 }).map_err(demo_error)?;
     print!("{}", summary_table(&summary));
-    if args.keep.is_some() {
+    if keep.is_some() {
         println!(
             "   the fleet is kept in {}; check the capture again with:\n   $ FLEETKEY_PASSPHRASE='fleetkey demo passphrase' fleetkey can verify {} --home {}",
             home.display(),
@@ -128,7 +136,31 @@ pub(crate) fn run(_global: &Global, args: Args) -> Result<(), CliError> {
             home.display()
         );
     } else {
-        println!("   (temporary: use --keep DIR to keep the fleet and the capture)");
+        println!("   (--temporary: nothing was kept)");
+    }
+    Ok(())
+}
+
+/// Removes an earlier demo's fleet and capture at `home`, and refuses anything else there.
+fn clear_earlier_demo(home: &std::path::Path, capture: &std::path::Path) -> Result<(), CliError> {
+    let empty = std::fs::read_dir(home).map(|mut d| d.next().is_none());
+    if !home.exists() || empty.unwrap_or(false) {
+        return Ok(());
+    }
+    let is_demo = fleetkey::home::FleetConfig::load(home).is_ok_and(|c| c.fleet_id == "demo");
+    if !is_demo {
+        return Err(CliError::input(
+            "--keep",
+            format_args!(
+                "{} exists and is not an earlier demo's fleet",
+                home.display()
+            ),
+        )
+        .hint("choose another directory with --keep DIR, or run with --temporary"));
+    }
+    std::fs::remove_dir_all(home).map_err(demo_error)?;
+    if capture.exists() {
+        std::fs::remove_file(capture).map_err(demo_error)?;
     }
     Ok(())
 }

@@ -14,6 +14,6 @@ pub(crate) mod master;
 pub(crate) mod roll;
 pub(crate) mod serve;
 pub(crate) mod she;
-pub(crate) mod token;
 pub(crate) mod sim;
+pub(crate) mod token;
 pub(crate) mod token_backup;
