@@ -36,12 +36,15 @@ fn assert_problem(r: &Response, status: u16, slug: &str) -> serde_json::Value {
     p
 }
 
+/// Method, path, body, status, problem slug, field.
+type Case<'a> = (&'a str, &'a str, &'a str, u16, &'a str, Option<&'a str>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_are_refused_with_the_field_and_write_nothing() {
     let h = harness(unlimited());
     let admin = h.tokens[&Role::Admin].clone();
     let before = snapshot(&h);
-    let cases: &[(&str, &str, &str, u16, &str, Option<&str>)] = &[
+    let cases: &[Case] = &[
         // method, path, body, status, problem, field
         (
             "POST",
@@ -409,7 +412,7 @@ async fn bad_tokens_get_401_and_write_nothing() {
         Some(tampered.as_str()),
         Some(h.expired.as_str()),
         Some(h.revoked.as_str()),
-        Some(&"x"[..]),
+        Some("x"),
     ] {
         let header = format!("Bearer {}", token.unwrap());
         let r = send(
