@@ -10,6 +10,11 @@
 2. tests/vectors/governance-v1-python.json: records built here (another fleet, another root) that
    the Rust device core must accept (`vectors_from_the_manager_and_python` in the core's tests).
    The file must equal what this script builds; `--write` rewrites it.
+3. Root handovers (kind 3): tests/vectors/governance-handover-v1.json (written by the Rust
+   manager: a record by the old root, the handover, a record by the new root) is checked as in 1,
+   each record under the root that signed it, the handover's new kid being SHA-256(new key)[:8];
+   tests/vectors/governance-handover-v1-python.json is built here and must be accepted in order
+   by the Rust device core (`python_handover_vectors_are_accepted_by_the_device`).
 
 Run from the repository root: python3 tests/crosscheck/check_governance.py
 """
@@ -28,6 +33,8 @@ except ImportError as e:  # pragma: no cover
 
 RUST = "tests/vectors/governance-v1.json"
 PYTHON = "tests/vectors/governance-v1-python.json"
+RUST_HANDOVER = "tests/vectors/governance-handover-v1.json"
+PYTHON_HANDOVER = "tests/vectors/governance-handover-v1-python.json"
 AAD = b"fleetkey governance v1"
 POP = b"fleetkey pop v1"
 
@@ -50,6 +57,11 @@ def payload_map(r: dict) -> dict:
             10: r["grant_id"], 11: r["subject"], 12: r["role"],
             13: [bytes.fromhex(p) for p in r["scope"]], 14: bytes.fromhex(r["subject_key"]),
         })
+    elif r["kind"] == 3:
+        m.update({
+            5: r["sequence"], 15: bytes.fromhex(r["new_root_key"]),
+            16: bytes.fromhex(r["new_root_kid"]),
+        })
     else:
         fail(f"unknown kind {r['kind']}")
     return m
@@ -62,20 +74,35 @@ def sign1(sk: Ed25519PrivateKey, kid: bytes, payload: bytes) -> bytes:
     return cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, sig]))
 
 
-def check_rust(doc: dict) -> int:
-    seed = bytes.fromhex(doc["root_seed"])
-    sk = Ed25519PrivateKey.from_private_bytes(seed)
-    pk = bytes.fromhex(doc["root_public_key"])
+def root_of(doc: dict, prefix: str):
+    """(signing key, public key, kid) of the root named `<prefix>root_*` in a vectors document."""
+    sk = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(doc[prefix + "root_seed"]))
+    pk = bytes.fromhex(doc[prefix + "root_public_key"])
     if sk.public_key().public_bytes_raw() != pk:
-        fail("root seed and public key disagree")
-    kid = bytes.fromhex(doc["root_kid"])
+        fail(f"{prefix}root seed and public key disagree")
+    kid = bytes.fromhex(doc[prefix + "root_kid"])
     if kid != kid_of(pk):
-        fail("root kid is not SHA-256(public key)[:8]")
+        fail(f"{prefix}root kid is not SHA-256(public key)[:8]")
+    return sk, pk, kid
+
+
+def check_rust(doc: dict) -> int:
     if bytes.fromhex(doc["external_aad"]) != AAD:
         fail("external_aad")
-    vk = Ed25519PublicKey.from_public_bytes(pk)
+    if "root_seed" in doc:
+        roots = {None: root_of(doc, "")}
+    else:
+        roots = {"old": root_of(doc, "old_"), "new": root_of(doc, "new_")}
     n = 0
     for i, r in enumerate(doc["records"]):
+        sk, pk, kid = roots[r.get("signer")]
+        vk = Ed25519PublicKey.from_public_bytes(pk)
+        if r["kind"] == 3:
+            new_key = bytes.fromhex(r["new_root_key"])
+            if bytes.fromhex(r["new_root_kid"]) != kid_of(new_key):
+                fail(f"record {i}: the handover's new kid is not SHA-256(new key)[:8]")
+            if "new" in roots and new_key != roots["new"][1]:
+                fail(f"record {i}: the handover names another root than the new one")
         cose = bytes.fromhex(r["cose"])
         top = cbor2.loads(cose)
         if not isinstance(top, cbor2.CBORTag) or top.tag != 18 or len(top.value) != 4:
@@ -142,20 +169,70 @@ def python_doc() -> dict:
     }
 
 
+def python_handover_doc() -> dict:
+    """A record by the old root, a handover to the new root, a record by the new root."""
+    old_seed, new_seed = bytes([0x0a] * 32), bytes([0x0b] * 32)
+    old = Ed25519PrivateKey.from_private_bytes(old_seed)
+    new = Ed25519PrivateKey.from_private_bytes(new_seed)
+    old_pk, new_pk = old.public_key().public_bytes_raw(), new.public_key().public_bytes_raw()
+    now = 1_800_000_000
+    fleet = "fleet-py"
+    recs = [
+        ({"kind": 1, "signer": "old", "fleet": fleet, "not_before": now - 60,
+          "not_after": now + 86400, "sequence": 4, "current": 1, "accepted": [], "revoked": [],
+          "denied": []}, old, old_pk),
+        ({"kind": 3, "signer": "old", "fleet": fleet, "not_before": now - 60,
+          "not_after": now + 86400 * 30, "sequence": 5, "new_root_key": new_pk.hex(),
+          "new_root_kid": kid_of(new_pk).hex()}, old, old_pk),
+        ({"kind": 1, "signer": "new", "fleet": fleet, "not_before": now - 60,
+          "not_after": now + 86400, "sequence": 6, "current": 2, "accepted": [1], "revoked": [],
+          "denied": [3]}, new, new_pk),
+    ]
+    out = []
+    for r, sk, pk in recs:
+        payload = cbor2.dumps(payload_map(r), canonical=True)
+        r["payload"] = payload.hex()
+        r["cose"] = sign1(sk, kid_of(pk), payload).hex()
+        out.append(r)
+    return {
+        "source": "fleetkey governance v1 root handover, built by tests/crosscheck/check_governance.py (cbor2, cryptography)",
+        "external_aad": AAD.hex(),
+        "fleet": fleet,
+        "now": now,
+        "old_root_seed": old_seed.hex(),
+        "old_root_public_key": old_pk.hex(),
+        "old_root_kid": kid_of(old_pk).hex(),
+        "new_root_seed": new_seed.hex(),
+        "new_root_public_key": new_pk.hex(),
+        "new_root_kid": kid_of(new_pk).hex(),
+        "records": out,
+    }
+
+
+def built(path: str, doc: dict):
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if "--write" in sys.argv:
+        with open(path, "w") as f:
+            f.write(text)
+    with open(path) as f:
+        if f.read() != text:
+            fail(f"{path} is not what this script builds (rerun with --write)")
+
+
 def main():
     with open(RUST) as f:
         n = check_rust(json.load(f))
     doc = python_doc()
-    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    if "--write" in sys.argv:
-        with open(PYTHON, "w") as f:
-            f.write(text)
-    with open(PYTHON) as f:
-        if f.read() != text:
-            fail(f"{PYTHON} is not what this script builds (rerun with --write)")
+    built(PYTHON, doc)
     # The Python file checks itself too, so both files pass the same independent decoder.
     m = check_rust(doc)
-    print(f"governance: {n} manager records verified and rebuilt byte for byte, {m} python records for the core")
+    with open(RUST_HANDOVER) as f:
+        h = check_rust(json.load(f))
+    handover_doc = python_handover_doc()
+    built(PYTHON_HANDOVER, handover_doc)
+    k = check_rust(handover_doc)
+    print(f"governance: {n} manager records verified and rebuilt byte for byte, {m} python records for the core; "
+          f"handover: {h} manager records (old and new root) verified and rebuilt, {k} python records for the core")
 
 
 if __name__ == "__main__":

@@ -288,3 +288,145 @@ fn refusals_write_nothing() {
     assert!(!second.exists());
     assert_eq!(token.json(&first, &["audit", "verify"])["ok"], true);
 }
+
+/// A governed fleet on a token: its root split into custodian shares at init, rotated (the
+/// handover signed in the token, the old root destroyed there), then the token is replaced by an
+/// empty one and the master and the current root come back from their shares; the restored root
+/// signs records a device that followed the handover accepts.
+#[test]
+fn governed_root_on_a_token_rotates_and_comes_back_on_a_new_token() {
+    use fleetkey_core::governance::{
+        Acceptance, GovernanceState, RootKey, verify_generation_record, verify_handover,
+    };
+    let Some(token) = Token::new("gov-hsm") else {
+        return;
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let home = token.dir.path().join("home");
+    let shares = token.dir.path().join("shares");
+    let shares_dir = shares.to_str().unwrap();
+    let custodians = [
+        "--custodian",
+        "ann",
+        "--custodian",
+        "ben",
+        "--custodian",
+        "cy",
+    ];
+    let mut extra = custodians.to_vec();
+    extra.extend(["--threshold", "2", "--shares-dir", shares_dir]);
+    succeeded(&token.init(&home, "gov-fleet", "governed", &extra));
+    let first = token.json(&home, &["governance", "publish", "--reason", "first"]);
+    let key = |v: &serde_json::Value| -> [u8; 32] {
+        hex::decode(v.as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let kid = hex::decode(first["root_kid"].as_str().unwrap()).unwrap();
+    let mut device = GovernanceState::new(
+        "gov-fleet",
+        RootKey::new(key(&first["root_public_key"]), &kid).unwrap(),
+    )
+    .unwrap();
+    let record = hex::decode(first["record"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        verify_generation_record(&mut device, &record, now()),
+        Ok(Acceptance::Updated)
+    );
+
+    let shares2 = token.dir.path().join("shares-root2");
+    let mut extra = vec!["governance", "rotate-root", "--reason", "yearly"];
+    extra.extend(custodians);
+    extra.extend([
+        "--threshold",
+        "2",
+        "--shares-dir",
+        shares2.to_str().unwrap(),
+    ]);
+    let rotated = token.json(&home, &extra);
+    assert_eq!(rotated["old_root_public_key"], first["root_public_key"]);
+    let handover = hex::decode(rotated["handover"].as_str().unwrap()).unwrap();
+    assert_eq!(verify_handover(&mut device, &handover, now()), Ok(()));
+
+    // The token is lost: a new empty one takes its place in fleet.json.
+    let out = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", "gov-hsm-2"])
+        .args(["--pin", PIN, "--so-pin", "13579111"])
+        .env("SOFTHSM2_CONF", &token.conf)
+        .output()
+        .unwrap();
+    succeeded(&out);
+    let config_path = home.join("fleet.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let module = config
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+        .find(|v| v.get("token_label").is_some())
+        .unwrap();
+    module["token_label"] = "gov-hsm-2".into();
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    let out = token
+        .fleetkey(&home)
+        .args(["governance", "publish", "--reason", "no root"])
+        .output()
+        .unwrap();
+    failed_saying(&out, "the key module has no governance root");
+
+    let files = |dir: &Path, prefix: &str| -> Vec<String> {
+        let mut found: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+            .map(|p| p.to_str().unwrap().to_owned())
+            .collect();
+        found.sort();
+        found
+    };
+    let master = files(&shares, "gov-fleet-g1-share-");
+    let root1 = files(&shares, "gov-fleet-root1-share-");
+    let root2 = files(&shares2, "gov-fleet-root2-share-");
+    token.json(
+        &home,
+        &["master", "restore", "--shares", &master[0], &master[1]],
+    );
+    // Root 1's shares are of the root before the handover: refused by the pinned key.
+    let out = token
+        .fleetkey(&home)
+        .args([
+            "governance",
+            "restore-root",
+            "--shares",
+            &root1[0],
+            &root1[2],
+        ])
+        .output()
+        .unwrap();
+    failed_saying(&out, "but the fleet pins");
+    let restored = token.json(
+        &home,
+        &[
+            "governance",
+            "restore-root",
+            "--shares",
+            &root2[1],
+            &root2[2],
+        ],
+    );
+    assert_eq!(restored["public_key"], rotated["root_public_key"]);
+    assert_eq!(restored["module"], "pkcs11");
+    let next = token.json(&home, &["governance", "publish", "--reason", "new token"]);
+    let record = hex::decode(next["record"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        verify_generation_record(&mut device, &record, now()),
+        Ok(Acceptance::Updated)
+    );
+    assert_eq!(token.json(&home, &["audit", "verify"])["ok"], true);
+}

@@ -16,6 +16,14 @@
 //! fields, so a share file whose fleet, generation, index or custodian was edited is refused
 //! on its own, before any reconstruction.
 //!
+//! The governance root (governed scheme) is backed up the same way: its 32-byte Ed25519 seed is
+//! split like a master, into share files of their own format (`fleetkey-root-share`, fields
+//! `root` and `root_kcv`, file names `<fleet>-root<N>-share-...`), with KCVs under their own
+//! labels ([`ROOT_KCV_LABEL`], [`ROOT_SHARE_KCV_LABEL`]) so a master's share can never pass as a
+//! root's or the other way round. [`ShareInfo::secret`] says which; for a root,
+//! [`ShareInfo::generation`] is the root's number (1 the first, 2 after the first rotation) and
+//! [`ShareInfo::master_kcv`] the whole root's KCV.
+//!
 //! Memory: masters are [`MasterKey`], share values `Zeroizing<[u8; 32]>`; `blahaj` zeroizes its
 //! polynomials and shares on drop (its `zeroize_memory` feature), and every buffer here that
 //! holds share bytes or their hex (file text, JSON, decoded values) is zeroizing.
@@ -39,11 +47,13 @@ use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::model::UnixMillis;
-use crate::module::KeyModule;
+use crate::module::{KeyModule, SigningSeed};
 
 mod file;
 
-pub use file::{SHARE_FORMAT, SHARE_VERSION, WrittenShares, share_file_name, write_shares};
+pub use file::{
+    ROOT_SHARE_FORMAT, SHARE_FORMAT, SHARE_VERSION, WrittenShares, share_file_name, write_shares,
+};
 
 /// The length of a key check value in bytes.
 pub const KCV_LEN: usize = 3;
@@ -51,6 +61,10 @@ pub const KCV_LEN: usize = 3;
 pub const MASTER_KCV_LABEL: &[u8] = b"FK1K master KCV v1";
 /// The first bytes of the HMAC message of a share's KCV.
 pub const SHARE_KCV_LABEL: &[u8] = b"FK1K share KCV v1";
+/// The HMAC message of the whole governance root's KCV (keyed by its seed).
+pub const ROOT_KCV_LABEL: &[u8] = b"FK1K root KCV v1";
+/// The first bytes of the HMAC message of a governance root share's KCV.
+pub const ROOT_SHARE_KCV_LABEL: &[u8] = b"FK1K root share KCV v1";
 /// The most shares of one split (GF(256) has 255 non-zero evaluation points).
 pub const MAX_SHARES: u8 = 255;
 /// The longest custodian label.
@@ -113,14 +127,49 @@ pub fn master_kcv(master: &MasterKey) -> Kcv {
     hmac_kcv(master.expose_secret(), &[MASTER_KCV_LABEL])
 }
 
+/// The KCV of a governance root: `HMAC-SHA256(seed, "FK1K root KCV v1")[0..3]`.
+pub fn root_kcv(seed: &SigningSeed) -> Kcv {
+    hmac_kcv(seed.expose_secret(), &[ROOT_KCV_LABEL])
+}
+
+fn whole_kcv(secret: Secret, value: &[u8; 32]) -> Kcv {
+    match secret {
+        Secret::Master => hmac_kcv(value, &[MASTER_KCV_LABEL]),
+        Secret::GovernanceRoot => hmac_kcv(value, &[ROOT_KCV_LABEL]),
+    }
+}
+
+/// What a split holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Secret {
+    /// A generation's master.
+    Master,
+    /// The governance root's Ed25519 seed (governed scheme).
+    GovernanceRoot,
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Secret::Master => "a master",
+            Secret::GovernanceRoot => "the governance root",
+        })
+    }
+}
+
 /// The KCV of a share: its value as the HMAC key over the label and every other field.
 fn share_kcv(info: &ShareInfo, value: &[u8; 32]) -> Kcv {
+    let label = match info.secret {
+        Secret::Master => SHARE_KCV_LABEL,
+        Secret::GovernanceRoot => ROOT_SHARE_KCV_LABEL,
+    };
     let fleet_len = [u8::try_from(info.fleet.len()).unwrap_or(u8::MAX)];
     let custodian_len = [u8::try_from(info.custodian.len()).unwrap_or(u8::MAX)];
     hmac_kcv(
         value,
         &[
-            SHARE_KCV_LABEL,
+            label,
             &fleet_len,
             info.fleet.as_bytes(),
             &info.generation.to_be_bytes(),
@@ -199,6 +248,27 @@ pub enum BackupError {
         /// The first file.
         first: String,
     },
+    /// A share is of another kind of secret than the one asked for (a master's share given to
+    /// restore the governance root, or the other way round).
+    #[error("share file {file} holds a share of {found}, not of {expected}")]
+    WrongSecret {
+        /// The file.
+        file: String,
+        /// What the file holds.
+        found: Secret,
+        /// What was asked for.
+        expected: Secret,
+    },
+    /// The governance root rebuilt from shares is not the root the fleet pins.
+    #[error(
+        "the governance root rebuilt from the shares has public key {found}, but the fleet pins {pinned}: the shares are of another root"
+    )]
+    RootMismatch {
+        /// The rebuilt root's public key, hex.
+        found: String,
+        /// The pinned root's public key, hex.
+        pinned: String,
+    },
     /// Fewer shares than the threshold.
     #[error("{have} distinct shares given, the split needs {need}")]
     NotEnough {
@@ -223,7 +293,10 @@ pub enum BackupError {
 impl BackupError {
     /// A check that ran and failed (exit 1 at the CLI), rather than bad input.
     pub fn is_check_failure(&self) -> bool {
-        matches!(self, Self::ShareKcv { .. } | Self::MasterKcv { .. })
+        matches!(
+            self,
+            Self::ShareKcv { .. } | Self::MasterKcv { .. } | Self::RootMismatch { .. }
+        )
     }
 
     fn invalid(field: &'static str, problem: impl fmt::Display) -> Self {
@@ -312,9 +385,11 @@ fn check_label(field: &'static str, label: &str) -> Result<(), BackupError> {
 /// Everything a share file says about its share except the share bytes. Public.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ShareInfo {
+    /// What the split holds: a master, or the governance root.
+    pub secret: Secret,
     /// The fleet id.
     pub fleet: String,
-    /// The master's generation.
+    /// The master's generation; for the governance root, the root's number.
     pub generation: u32,
     /// M: shares needed.
     pub threshold: u8,
@@ -326,7 +401,7 @@ pub struct ShareInfo {
     pub custodian: String,
     /// This share's KCV.
     pub share_kcv: Kcv,
-    /// The whole master's KCV.
+    /// The whole master's KCV (for the governance root: the root's KCV).
     pub master_kcv: Kcv,
     /// When the split was made (ms since the Unix epoch); informational, not covered by a KCV.
     pub created_at: UnixMillis,
@@ -431,14 +506,55 @@ pub fn split(
     custodians: &[String],
     created_at: UnixMillis,
 ) -> Result<Vec<Share>, BackupError> {
+    split_secret(
+        Secret::Master,
+        master.expose_secret(),
+        fleet,
+        generation,
+        threshold,
+        custodians,
+        created_at,
+    )
+}
+
+/// Splits the governance root's seed into one share per custodian, `threshold` of them needed
+/// to restore it; `root` is the root's number (1 the first, 2 after the first rotation).
+pub fn split_root(
+    seed: &SigningSeed,
+    fleet: &str,
+    root: u32,
+    threshold: u8,
+    custodians: &[String],
+    created_at: UnixMillis,
+) -> Result<Vec<Share>, BackupError> {
+    split_secret(
+        Secret::GovernanceRoot,
+        seed.expose_secret(),
+        fleet,
+        root,
+        threshold,
+        custodians,
+        created_at,
+    )
+}
+
+fn split_secret(
+    secret: Secret,
+    value: &[u8; 32],
+    fleet: &str,
+    generation: u32,
+    threshold: u8,
+    custodians: &[String],
+    created_at: UnixMillis,
+) -> Result<Vec<Share>, BackupError> {
     check_split(threshold, custodians)?;
     check_label("fleet", fleet)?;
     let count = u8::try_from(custodians.len())
         .map_err(|_| BackupError::invalid("custodians", "at most 255"))?;
-    let whole = master_kcv(master);
+    let whole = whole_kcv(secret, value);
     let mut rng = OsRandom { failure: None };
     let mut shares = Vec::with_capacity(custodians.len());
-    let dealer = blahaj::Sharks(threshold).dealer_rng(master.expose_secret(), &mut rng);
+    let dealer = blahaj::Sharks(threshold).dealer_rng(value, &mut rng);
     for (made, custodian) in dealer.zip(custodians) {
         let mut value = Zeroizing::new([0u8; 32]);
         if made.y.len() != value.len() {
@@ -450,6 +566,7 @@ pub fn split(
             *dst = y.0;
         }
         let mut info = ShareInfo {
+            secret,
             fleet: fleet.to_owned(),
             generation,
             threshold,
@@ -480,9 +597,11 @@ pub fn split(
 /// was checked (it is when at least M shares are given).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
+    /// What the shares hold: a master, or the governance root.
+    pub secret: Secret,
     /// The fleet.
     pub fleet: String,
-    /// The generation.
+    /// The generation (for the governance root: the root's number).
     pub generation: u32,
     /// M.
     pub threshold: u8,
@@ -515,6 +634,13 @@ fn check_set(shares: &[Share]) -> Result<&ShareInfo, BackupError> {
                 first: first.origin.clone(),
             })
         };
+        if s.secret != f.secret {
+            return Err(BackupError::WrongSecret {
+                file: share.origin.clone(),
+                found: s.secret,
+                expected: f.secret,
+            });
+        }
         if s.fleet != f.fleet {
             return mismatch("fleet", s.fleet.clone(), f.fleet.clone());
         }
@@ -552,8 +678,27 @@ fn check_set(shares: &[Share]) -> Result<&ShareInfo, BackupError> {
 
 /// Rebuilds the master from at least M shares of one split: every share's KCV is checked, the
 /// shares must agree on fleet, generation, M, N and the whole KCV, no index may repeat, and the
-/// rebuilt master must match the whole KCV.
+/// rebuilt master must match the whole KCV. Shares of the governance root are refused
+/// ([`BackupError::WrongSecret`]).
 pub fn combine(shares: &[Share]) -> Result<MasterKey, BackupError> {
+    let value = combine_secret(shares, Secret::Master)?;
+    Ok(MasterKey::from_bytes(*value))
+}
+
+/// Rebuilds the governance root's seed from at least M of its shares, checked as [`combine`]
+/// checks a master's. Shares of a master are refused ([`BackupError::WrongSecret`]).
+pub fn combine_root(shares: &[Share]) -> Result<SigningSeed, BackupError> {
+    combine_secret(shares, Secret::GovernanceRoot).map(SigningSeed::from_bytes)
+}
+
+fn combine_secret(shares: &[Share], expected: Secret) -> Result<Zeroizing<[u8; 32]>, BackupError> {
+    if let Some(other) = shares.iter().find(|s| s.info.secret != expected) {
+        return Err(BackupError::WrongSecret {
+            file: other.origin.clone(),
+            found: other.info.secret,
+            expected,
+        });
+    }
     let info = check_set(shares)?;
     if shares.len() < usize::from(info.threshold) {
         return Err(BackupError::NotEnough {
@@ -578,15 +723,19 @@ pub fn combine(shares: &[Share]) -> Result<MasterKey, BackupError> {
         },
     )?);
     drop(points);
-    let master = MasterKey::from_slice(&rebuilt).ok_or(BackupError::MasterKcv {
-        expected: info.master_kcv,
-    })?;
-    if !master_kcv(&master).matches(&info.master_kcv) {
+    let mut value = Zeroizing::new([0u8; 32]);
+    if rebuilt.len() != value.len() {
         return Err(BackupError::MasterKcv {
             expected: info.master_kcv,
         });
     }
-    Ok(master)
+    value.copy_from_slice(&rebuilt);
+    if !whole_kcv(expected, &value).matches(&info.master_kcv) {
+        return Err(BackupError::MasterKcv {
+            expected: info.master_kcv,
+        });
+    }
+    Ok(value)
 }
 
 /// Checks shares without a key module: each share's KCV and their agreement; with at least M
@@ -594,12 +743,13 @@ pub fn combine(shares: &[Share]) -> Result<MasterKey, BackupError> {
 pub fn verify(shares: &[Share]) -> Result<VerifyReport, BackupError> {
     let info = check_set(shares)?;
     let master_checked = if shares.len() >= usize::from(info.threshold) {
-        combine(shares)?;
+        combine_secret(shares, info.secret)?;
         true
     } else {
         false
     };
     Ok(VerifyReport {
+        secret: info.secret,
         fleet: info.fleet.clone(),
         generation: info.generation,
         threshold: info.threshold,
@@ -695,6 +845,106 @@ pub fn restore_into_new_key_file(
     let result = restore_into(&module, shares, generation);
     drop(module);
     if result.is_err() {
+        let _ = std::fs::remove_file(path);
+        let mut lock = path.as_os_str().to_owned();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(lock);
+    }
+    result
+}
+
+/// What a governance root restore did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RootRestoreReport {
+    /// The fleet the shares belong to.
+    pub fleet: String,
+    /// The root's number.
+    pub root: u32,
+    /// The root's KCV, matched by the rebuilt seed.
+    pub root_kcv: Kcv,
+    /// The root's Ed25519 public key, hex (what devices pin).
+    pub public_key: String,
+    /// The root's key id, hex.
+    pub kid: String,
+    /// M.
+    pub threshold: u8,
+    /// The shares used: (index, custodian).
+    pub shares_used: Vec<(u8, String)>,
+    /// The module it went into (`soft`, `pkcs11`).
+    pub module: &'static str,
+}
+
+/// Rebuilds the governance root from its shares and imports it into a key module, which must
+/// have no root. With `pinned` (the public key devices pin) the rebuilt root must be that one
+/// ([`BackupError::RootMismatch`]), checked before anything enters the module. The import is
+/// proven: the module's root public key must be the seed's.
+pub fn restore_root_into(
+    module: &dyn KeyModule,
+    shares: &[Share],
+    pinned: Option<&[u8; 32]>,
+) -> Result<RootRestoreReport, Error> {
+    let seed = combine_root(shares)?;
+    let info = check_set(shares)?;
+    let public = seed.public_key();
+    if let Some(pinned) = pinned.filter(|p| **p != public) {
+        return Err(BackupError::RootMismatch {
+            found: hex::encode(public),
+            pinned: hex::encode(pinned),
+        }
+        .into());
+    }
+    let imported = module.import_signing_key(&seed)?;
+    if imported != public || module.signing_public_key()? != Some(public) {
+        return Err(Error::Refused {
+            what: "the key module's governance root is not the one imported".into(),
+            hint: "the module is faulty: check its objects and try another module".into(),
+        });
+    }
+    Ok(RootRestoreReport {
+        fleet: info.fleet.clone(),
+        root: info.generation,
+        root_kcv: info.master_kcv,
+        public_key: hex::encode(public),
+        kid: hex::encode(crate::governance::key_id(&public)),
+        threshold: info.threshold,
+        shares_used: shares
+            .iter()
+            .map(|s| (s.info.index, s.info.custodian.clone()))
+            .collect(),
+        module: module.kind(),
+    })
+}
+
+/// Restores the governance root from shares into the soft key file at `path`: opened when it
+/// exists (e.g. made by [`restore_into_new_key_file`] for the masters), created otherwise (and
+/// removed again on failure). `pinned`, when given, is the public key the root must have.
+pub fn restore_root_into_key_file(
+    path: &std::path::Path,
+    passphrase: &age::secrecy::SecretString,
+    work_factor: crate::module::soft::WorkFactor,
+    shares: &[Share],
+    pinned: Option<&[u8; 32]>,
+) -> Result<RootRestoreReport, Error> {
+    use age::secrecy::ExposeSecret as _;
+    // Check the shares and the pinned key before opening or creating anything.
+    let seed = combine_root(shares)?;
+    if let Some(pinned) = pinned.filter(|p| **p != seed.public_key()) {
+        return Err(BackupError::RootMismatch {
+            found: hex::encode(seed.public_key()),
+            pinned: hex::encode(pinned),
+        }
+        .into());
+    }
+    drop(seed);
+    let created = !path.exists();
+    let module = if created {
+        crate::module::soft::SoftModule::create_with(path, passphrase.expose_secret(), work_factor)?
+    } else {
+        crate::module::soft::SoftModule::open(path, passphrase.expose_secret())?
+    };
+    let result = restore_root_into(&module, shares, pinned);
+    drop(module);
+    if result.is_err() && created {
         let _ = std::fs::remove_file(path);
         let mut lock = path.as_os_str().to_owned();
         lock.push(".lock");

@@ -20,6 +20,12 @@ pub enum ModuleError {
     /// The module has no governance signing key.
     #[error("the key module has no governance root key")]
     NoSigningKey,
+    /// The module has a governance root already.
+    #[error("the key module has a governance root key already")]
+    SigningKeyExists,
+    /// No next governance root is staged (root rotation).
+    #[error("the key module has no staged next governance root")]
+    NoStagedSigningKey,
     /// The passphrase or PIN was refused, or the key file does not decrypt.
     #[error("the key module refused the passphrase or PIN")]
     Authentication,
@@ -181,6 +187,18 @@ impl Error {
             Error::Backup(crate::backup::BackupError::NotEnough { need, .. }) => Some(format!(
                 "bring at least {need} share files of the same fleet and generation"
             )),
+            Error::Backup(crate::backup::BackupError::WrongSecret { expected, .. }) => {
+                Some(match expected {
+                    crate::backup::Secret::Master => "these are the governance root's shares: restore them with `fleetkey governance restore-root --shares ...`".into(),
+                    crate::backup::Secret::GovernanceRoot => "these are a master's shares: restore them with `fleetkey master restore --shares ...`".into(),
+                })
+            }
+            Error::Backup(crate::backup::BackupError::RootMismatch { .. }) => Some(
+                "bring the shares of the root in use (`fleetkey governance show` names it; after a rotation the newest root's shares)".into(),
+            ),
+            Error::Module(ModuleError::SigningKeyExists) => Some(
+                "the module has its governance root: nothing to restore".into(),
+            ),
             Error::Backup(crate::backup::BackupError::MasterKcv { .. }) => Some(
                 "check that every file is of the same ceremony: `fleetkey master verify --shares ...`".into(),
             ),

@@ -33,6 +33,7 @@ mod devices;
 mod generations;
 pub mod governance;
 pub mod material;
+pub mod root;
 mod tokens;
 
 pub use crate::backup::MasterBackup;
@@ -103,7 +104,7 @@ pub struct InitOptions {
 pub struct Fleet {
     home: PathBuf,
     config: FleetConfig,
-    module: Box<dyn KeyModule>,
+    module: Arc<dyn KeyModule>,
     store: Box<dyn Store>,
     access: Access,
 }
@@ -155,6 +156,21 @@ impl Fleet {
         options: InitOptions,
         access: Access,
     ) -> Result<Fleet, Error> {
+        let store = StoreConfig::Sqlite {
+            file: crate::home::STORE_FILE.into(),
+        };
+        Self::init_with(home, module, store, options, access)
+    }
+
+    /// [`Fleet::init_with_module`] with another store too: a PostgreSQL schema (the URL as
+    /// [`StoreConfig::postgres_url`] finds it), which must hold no fleet yet.
+    pub fn init_with(
+        home: &Path,
+        module: ModuleConfig,
+        store: StoreConfig,
+        options: InitOptions,
+        access: Access,
+    ) -> Result<Fleet, Error> {
         if home.join(crate::home::CONFIG_FILE).exists() {
             return Err(Error::Refused {
                 what: format!("{} already holds a fleet", home.display()),
@@ -189,6 +205,7 @@ impl Fleet {
         })?;
         let mut config = FleetConfig::embedded(&options.fleet_id, options.scheme);
         config.module = module;
+        config.store = store;
         let fleet_id = options.fleet_id.clone();
         let module_config = config.module.clone();
         let result = Self::create_in(home, config, options, access);
@@ -221,14 +238,14 @@ impl Fleet {
         options: InitOptions,
         access: Access,
     ) -> Result<Fleet, Error> {
-        let module: Box<dyn KeyModule> = match &config.module {
-            ModuleConfig::Soft { file } => Box::new(SoftModule::create_with(
+        let module: Arc<dyn KeyModule> = match &config.module {
+            ModuleConfig::Soft { file } => Arc::new(SoftModule::create_with(
                 home.join(file),
                 access.passphrase.expose_secret(),
                 options.work_factor,
             )?),
             ModuleConfig::Pkcs11 { .. } => {
-                Box::new(open_pkcs11(&config.module, &options.fleet_id)?)
+                Arc::new(open_pkcs11(&config.module, &options.fleet_id)?)
             }
         };
         module.ensure_kek()?;
@@ -249,18 +266,22 @@ impl Fleet {
         } else {
             None
         };
-        let signing_key = match options.scheme {
-            Scheme::Governed => Some(hex::encode(module.ensure_signing_key()?)),
+        let new_root = match options.scheme {
+            Scheme::Governed => Some(root::create_root(
+                module.as_ref(),
+                &options.fleet_id,
+                &options.backup,
+                access.clock.now_ms(),
+            )?),
             _ => None,
         };
+        let signing_key = new_root.as_ref().map(|r| hex::encode(r.public));
         let wrapped_transport = options
             .she_transport_key
             .as_ref()
             .map(|k| module.wrap(k.expose_secret()))
             .transpose()?;
-        let store: Box<dyn Store> = match &config.store {
-            StoreConfig::Sqlite { file } => Box::new(SqliteStore::open(home.join(file))?),
-        };
+        let store = open_store(home, &config.store, true)?;
         let mut fleet = Fleet {
             home: home.to_owned(),
             config,
@@ -305,7 +326,18 @@ impl Fleet {
                 new_master.details.clone(),
             ));
         }
+        if let Some(new_root) = &new_root {
+            drafts.push(fleet.draft(
+                root::ROOT_BACKUP_ACTION,
+                None,
+                vec![],
+                new_root.details.clone(),
+            ));
+        }
         transact(fleet.store.as_mut(), |tx| {
+            if let Some(new_root) = &new_root {
+                root::record_first_root(tx, &new_root.public)?;
+            }
             if tx.fleet()?.is_some() {
                 return Err(Error::Refused {
                     what: "the store already holds a fleet".into(),
@@ -333,22 +365,28 @@ impl Fleet {
         if let Some(new_master) = new_master {
             new_master.keep();
         }
+        if let Some(new_root) = new_root {
+            new_root.keep();
+        }
         Ok(fleet)
     }
 
     /// Opens an existing fleet home.
     pub fn open(home: &Path, access: Access) -> Result<Fleet, Error> {
+        let module = open_module(home, &access)?;
+        Self::open_with_module(home, module, access)
+    }
+
+    /// Opens an existing fleet home with a key module opened already by [`open_module`]: many
+    /// handles (each with its own store connection, as a service's workers need) share one
+    /// module, unlocked once.
+    pub fn open_with_module(
+        home: &Path,
+        module: Arc<dyn KeyModule>,
+        access: Access,
+    ) -> Result<Fleet, Error> {
         let config = FleetConfig::load(home)?;
-        let module: Box<dyn KeyModule> = match &config.module {
-            ModuleConfig::Soft { file } => Box::new(SoftModule::open(
-                home.join(file),
-                access.passphrase.expose_secret(),
-            )?),
-            ModuleConfig::Pkcs11 { .. } => Box::new(open_pkcs11(&config.module, &config.fleet_id)?),
-        };
-        let store: Box<dyn Store> = match &config.store {
-            StoreConfig::Sqlite { file } => Box::new(SqliteStore::open_existing(home.join(file))?),
-        };
+        let store = open_store(home, &config.store, false)?;
         Ok(Fleet {
             home: home.to_owned(),
             config,
@@ -500,6 +538,49 @@ impl Fleet {
 }
 
 /// The PKCS#11 module of a configuration, in the fleet's namespace.
+/// Opens the key module of the fleet at `home` (the soft file under the access's passphrase, or
+/// the PKCS#11 token), to share between [`Fleet::open_with_module`] handles.
+pub fn open_module(home: &Path, access: &Access) -> Result<Arc<dyn KeyModule>, Error> {
+    let config = FleetConfig::load(home)?;
+    Ok(match &config.module {
+        ModuleConfig::Soft { file } => Arc::new(SoftModule::open(
+            home.join(file),
+            access.passphrase.expose_secret(),
+        )?),
+        ModuleConfig::Pkcs11 { .. } => Arc::new(open_pkcs11(&config.module, &config.fleet_id)?),
+    })
+}
+
+/// Opens (or, at init, creates) the store a configuration names.
+fn open_store(home: &Path, config: &StoreConfig, create: bool) -> Result<Box<dyn Store>, Error> {
+    Ok(match config {
+        StoreConfig::Sqlite { file } if create => Box::new(SqliteStore::open(home.join(file))?),
+        StoreConfig::Sqlite { file } => Box::new(SqliteStore::open_existing(home.join(file))?),
+        StoreConfig::Postgres { schema, .. } => {
+            let url = config.postgres_url(home)?.unwrap_or_default();
+            let options = crate::store::postgres::PostgresOptions {
+                schema: schema.clone(),
+                ..Default::default()
+            };
+            let store = if create {
+                crate::store::postgres::PostgresStore::connect_with(&url, &options)
+            } else {
+                crate::store::postgres::PostgresStore::connect_existing(&url, &options)
+            };
+            Box::new(store.map_err(|e| match e {
+                StoreError::NotFound(what) => Error::Refused {
+                    what: format!("no fleet store: {what} does not exist"),
+                    hint: format!(
+                        "check the URL ({}) and the schema in fleet.json, or create the fleet with `fleetkey init --store postgres://...`",
+                        crate::home::STORE_URL_ENV
+                    ),
+                },
+                other => Error::Store(other),
+            })?)
+        }
+    })
+}
+
 fn open_pkcs11(
     config: &ModuleConfig,
     fleet_id: &str,

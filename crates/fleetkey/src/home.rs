@@ -57,6 +57,78 @@ pub enum StoreConfig {
         /// The database file.
         file: PathBuf,
     },
+    /// A PostgreSQL schema, shared by every `fleetkey serve` instance of the fleet. The URL
+    /// comes from `FLEETKEY_STORE_URL` when set, else from `url_file` (relative to the home),
+    /// else from `url`; a URL holding a password is never kept in `fleet.json` itself.
+    Postgres {
+        /// The PostgreSQL schema holding the fleet's tables.
+        schema: String,
+        /// The URL, when it holds no password.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        /// A file holding the URL (mode 0600), when it holds a password.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url_file: Option<PathBuf>,
+    },
+}
+
+/// The environment variable that overrides a PostgreSQL store's URL.
+pub const STORE_URL_ENV: &str = "FLEETKEY_STORE_URL";
+/// The file `fleetkey init --store postgres://...` keeps a URL with a password in.
+pub const STORE_URL_FILE: &str = "store-url";
+
+impl StoreConfig {
+    /// The PostgreSQL URL of a `Postgres` store: `FLEETKEY_STORE_URL`, else `url_file`, else
+    /// `url`. `None` for SQLite.
+    pub fn postgres_url(&self, home: &Path) -> Result<Option<String>, Error> {
+        let StoreConfig::Postgres { url, url_file, .. } = self else {
+            return Ok(None);
+        };
+        if let Ok(from_env) = std::env::var(STORE_URL_ENV)
+            && !from_env.trim().is_empty()
+        {
+            return Ok(Some(from_env.trim().to_owned()));
+        }
+        if let Some(file) = url_file {
+            let path = home.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            return Ok(Some(text.trim().to_owned()));
+        }
+        match url {
+            Some(url) => Ok(Some(url.clone())),
+            None => Err(Error::Refused {
+                what: "the fleet's PostgreSQL store has no URL".into(),
+                hint: format!(
+                    "set {STORE_URL_ENV}=postgres://user@host/db, or add \"url\" to fleet.json"
+                ),
+            }),
+        }
+    }
+
+    /// The store's kind and where it is, for messages (never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreConfig::Sqlite { file } => format!("sqlite {}", file.display()),
+            StoreConfig::Postgres { schema, .. } => format!("postgres schema {schema}"),
+        }
+    }
+}
+
+/// Whether a PostgreSQL URL carries a password (`user:password@` or `password=`).
+pub fn url_has_password(url: &str) -> bool {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    {
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let userinfo = authority.rsplit_once('@').map(|(u, _)| u).unwrap_or("");
+        userinfo.contains(':') || rest.contains("password=")
+    } else {
+        url.contains("password")
+    }
 }
 
 /// `fleet.json`: what a fleet home is made of. Holds no secret.
@@ -166,5 +238,49 @@ mod tests {
             FleetConfig::load(dir.path()),
             Err(Error::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn postgres_urls_with_passwords_are_recognised() {
+        assert!(url_has_password("postgres://fk:secret@127.0.0.1/fk"));
+        assert!(url_has_password(
+            "postgresql://fk:s@h:5432/db?sslmode=disable"
+        ));
+        assert!(url_has_password("host=/run/postgresql user=fk password=x"));
+        assert!(url_has_password("postgres://fk@h/db?password=x"));
+        assert!(!url_has_password("postgres://postgres@127.0.0.1:5432/test"));
+        assert!(!url_has_password("postgres://h/db"));
+        assert!(!url_has_password("host=/run/postgresql user=fk dbname=fk"));
+    }
+
+    #[test]
+    fn postgres_url_comes_from_the_file_when_set() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("u"), "postgres://a:b@h/d\n").unwrap();
+        let config = StoreConfig::Postgres {
+            schema: "fleet".into(),
+            url: None,
+            url_file: Some("u".into()),
+        };
+        if std::env::var(STORE_URL_ENV).is_err() {
+            assert_eq!(
+                config.postgres_url(dir.path()).unwrap().as_deref(),
+                Some("postgres://a:b@h/d")
+            );
+        }
+        let none = StoreConfig::Postgres {
+            schema: "fleet".into(),
+            url: None,
+            url_file: None,
+        };
+        if std::env::var(STORE_URL_ENV).is_err() {
+            assert!(none.postgres_url(dir.path()).is_err());
+        }
+        assert_eq!(
+            StoreConfig::Sqlite { file: "f".into() }
+                .postgres_url(dir.path())
+                .unwrap(),
+            None
+        );
     }
 }

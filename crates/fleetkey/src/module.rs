@@ -10,6 +10,47 @@ use fleetkey_core::derive::{DeviceKey, DeviceKeyInputs, Generation};
 use crate::error::ModuleError;
 use crate::model::WrappedKey;
 
+/// The secret seed of an Ed25519 governance root (RFC 8032 section 5.1.5), in zeroizing memory.
+/// It exists on the host only during a root ceremony (drawn, split into custodian shares,
+/// imported) or a restore from shares; it appears in no `Debug` output and no error.
+pub struct SigningSeed(zeroize::Zeroizing<[u8; 32]>);
+
+impl SigningSeed {
+    /// A seed from its 32 bytes.
+    pub fn from_bytes(bytes: zeroize::Zeroizing<[u8; 32]>) -> Self {
+        Self(bytes)
+    }
+
+    /// A fresh seed from the OS random number generator.
+    pub fn random() -> Result<Self, ModuleError> {
+        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut bytes[..]).map_err(|e| ModuleError::Backend {
+            operation: "OS random number generator",
+            detail: e.to_string(),
+        })?;
+        Ok(Self(bytes))
+    }
+
+    /// The seed's bytes.
+    pub fn expose_secret(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The Ed25519 public key of this seed.
+    pub fn public_key(&self) -> [u8; 32] {
+        // `SigningKey` zeroizes its copy of the seed on drop.
+        ed25519_dalek::SigningKey::from_bytes(&self.0)
+            .verifying_key()
+            .to_bytes()
+    }
+}
+
+impl std::fmt::Debug for SigningSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningSeed(..)")
+    }
+}
+
 pub mod pkcs11;
 pub mod soft;
 
@@ -86,4 +127,23 @@ pub trait KeyModule: Send + Sync {
 
     /// Signs a message with the governance root (Ed25519, RFC 8032).
     fn sign(&self, message: &[u8]) -> Result<[u8; 64], ModuleError>;
+
+    /// Imports the governance root from its seed (a root ceremony with custodian shares, or a
+    /// restore from them) and returns its public key. Refused with
+    /// [`ModuleError::SigningKeyExists`] when the module has a root. In a PKCS#11 token the
+    /// private key is sensitive and not extractable, for signing only.
+    fn import_signing_key(&self, seed: &SigningSeed) -> Result<[u8; 32], ModuleError>;
+
+    /// Root rotation, step 1: puts the next root beside the current one, which still signs (the
+    /// handover). From `seed`, or generated inside the module when `None`. A next root staged
+    /// before (a rotation that did not finish) is destroyed first. Returns its public key.
+    fn stage_signing_key(&self, seed: Option<&SigningSeed>) -> Result<[u8; 32], ModuleError>;
+
+    /// The staged next root's public key, if one is staged.
+    fn staged_signing_public_key(&self) -> Result<Option<[u8; 32]>, ModuleError>;
+
+    /// Root rotation, step 2: destroys the current root (zeroized; the token objects destroyed)
+    /// and makes the staged one the root; returns its public key. Without a staged root:
+    /// [`ModuleError::NoStagedSigningKey`], nothing changed.
+    fn promote_signing_key(&self) -> Result<[u8; 32], ModuleError>;
 }

@@ -40,9 +40,14 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 8.0)]
         seconds: f64,
     },
+    /// Provisioning requests/s and p50/p99 latency through the HTTP service at several client
+    /// concurrencies, SQLite or PostgreSQL, beside the same operation in process.
+    Serve(serve::ServeBenchArgs),
 }
 
+mod load;
 mod pkcs11;
+mod serve;
 
 #[derive(Serialize)]
 struct Report {
@@ -93,6 +98,7 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
     let (devices, two_pass) = match command {
         Command::Provision { devices, two_pass } => (devices, two_pass),
         Command::Pkcs11 { seconds } => return pkcs11::run(global, seconds),
+        Command::Serve(args) => return serve::run(global, args),
     };
     let one_pass = !two_pass;
     let dir = tempfile::tempdir().map_err(|e| CliError::input("temporary directory", e))?;

@@ -1,4 +1,5 @@
-//! `fleetkey governance publish|show|verify|export` and `fleetkey grant issue|deny|list|show`.
+//! `fleetkey governance publish|show|verify|export|rotate-root|restore-root` and
+//! `fleetkey grant issue|deny|list|show`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,6 +7,7 @@ use std::time::Duration;
 use fleetkey::fleet::Fleet;
 use fleetkey::fleet::governance::{GrantInfo, Published, role_name};
 use fleetkey::model::DeviceSerial;
+use fleetkey::module::soft::WorkFactor;
 use fleetkey_core::governance::{
     self as core_gov, GovernanceState, Record, Role, RootKey, verify_generation_record,
     verify_grant,
@@ -31,20 +33,87 @@ pub(crate) enum Command {
     /// Verify a record file as a device would (pinned root, fleet, window) and print its fields.
     #[command(after_help = "\
 The root is the one a device pins: --root-public-key HEX (no fleet needed), or --fleet-home for
-the root of the fleet at --home. A grant is verified for --serial.
+the root of the fleet at --home (for a root handover, the fleet's root that signed it). A grant is
+verified for --serial.
 
 Examples:
   fleetkey governance verify records/generation-record-3.cose --fleet-home
   fleetkey governance verify grant-1.cose --root-public-key d75a98... --serial ECU-0001")]
     Verify(VerifyArgs),
-    /// Write the newest generation record and the grants not denied as .cose files.
+    /// Write the root handovers, the newest generation record and the grants not denied as
+    /// .cose files.
     #[command(after_help = "\
-Files: generation-record-<seq>.cose and grant-<id>.cose (tagged COSE_Sign1), written through a
+Files: root-handover-<seq>.cose (every root handover, to push first and in order),
+generation-record-<seq>.cose and grant-<id>.cose (tagged COSE_Sign1), written through a
 temporary file and a rename, for a gateway to push over CAN.
 
 Example:
   fleetkey governance export --out ./records")]
     Export(ExportArgs),
+    /// Replace the governance root: the old root signs a handover to a new one, then is destroyed.
+    #[command(after_help = "\
+The new root is made in the key module beside the old one, with the same backup ceremony as a
+master (--custodian ... --threshold M --shares-dir DIR, or --no-backup). The old root signs a
+handover record (kind 3) naming the new root, with the next sequence; it is stored with its audit
+event, the old root is destroyed in the key module, and the new root signs a new generation record.
+Export and push the handover before any record of the new root: a device takes it once and then
+pins the new root. A device that has not taken it before it expires (--valid-days) can never be
+moved.
+
+Examples:
+  fleetkey governance rotate-root --reason 'yearly root change' \\
+      --custodian alice --custodian bob --custodian carol --threshold 2 --shares-dir ./root2-shares
+  fleetkey governance rotate-root --reason lab --no-backup --json
+  fleetkey governance export --out ./records")]
+    RotateRoot(RotateRootArgs),
+    /// Rebuild the governance root from M custodian share files into the fleet's key module
+    /// (when it has none) or into a soft key file.
+    #[command(after_help = "\
+Every share's key check value (KCV) is checked, the shares must be of one fleet and root, the
+rebuilt seed must match the root KCV and its public key must be the one devices pin (the fleet's,
+or --root-public-key). Only then is it imported.
+
+Examples:
+  fleetkey --home ./tractors governance restore-root --shares alice.json carol.json --reason 'token replaced'
+  FLEETKEY_PASSPHRASE=... fleetkey governance restore-root --shares a.json b.json \\
+      --key-file restored.age --root-public-key d75a98...")]
+    RestoreRoot(RestoreRootArgs),
+}
+
+/// `governance rotate-root`.
+#[derive(clap::Args)]
+pub(crate) struct RotateRootArgs {
+    /// Why (recorded in the audit event).
+    #[arg(long)]
+    reason: String,
+    /// Days the handover is valid from now: the longest a device may stay offline and still
+    /// take it.
+    #[arg(long, default_value_t = 365)]
+    valid_days: u64,
+    #[command(flatten)]
+    backup: crate::cmd::master::BackupArgs,
+}
+
+/// `governance restore-root`.
+#[derive(clap::Args)]
+pub(crate) struct RestoreRootArgs {
+    /// The root's share files (at least M).
+    #[arg(long, num_args = 1.., required = true, value_name = "FILE")]
+    shares: Vec<PathBuf>,
+    /// Restore into this soft key file (opened, or created when missing; passphrase from
+    /// FLEETKEY_PASSPHRASE) instead of the fleet at --home.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// With --key-file: the public key the rebuilt root must have (hex), e.g. from `fleetkey
+    /// governance show` or the devices' pin.
+    #[arg(long, requires = "key_file")]
+    root_public_key: Option<String>,
+    /// With --key-file, when it is created: its scrypt work factor (log2); default: age's.
+    #[arg(long, requires = "key_file", value_parser = clap::value_parser!(u8).range(10..=22))]
+    kdf_log_n: Option<u8>,
+    /// Why (recorded in the fleet's audit).
+    #[arg(long, default_value = "governance root restored from custodian shares")]
+    reason: String,
 }
 
 /// `governance publish`.
@@ -204,19 +273,91 @@ fn human(v: &serde_json::Value) -> String {
         .unwrap_or_default()
 }
 
-fn published(global: &Global, fleet: &Fleet, p: &Published) -> Result<(), CliError> {
-    let (root, kid) = fleet.governance_root()?;
+fn published(global: &Global, fleet: &mut Fleet, p: &Published) -> Result<(), CliError> {
+    let root = fleet.root_info()?;
     let fields = decoded(&p.bytes)?;
     let out = serde_json::json!({"sequence": p.sequence, "record": hex::encode(&p.bytes),
-                                 "root_public_key": hex::encode(root), "root_kid": hex::encode(kid),
-                                 "fields": fields});
+                                 "root_public_key": hex::encode(root.public_key),
+                                 "root_kid": hex::encode(root.kid), "root_number": root.number,
+                                 "handovers": root.handovers, "fields": fields});
     global.print(&out, |_| {
         format!(
-            "generation record {} ({} bytes), root {}\n{}",
+            "generation record {} ({} bytes)\nroot {} kid {} (root {}, {} handover(s) before it)\n{}",
             p.sequence,
             p.bytes.len(),
-            hex::encode(root),
+            hex::encode(root.public_key),
+            hex::encode(root.kid),
+            root.number,
+            root.handovers.len(),
             human(&fields)
+        )
+    })
+}
+
+fn rotate_root(global: &Global, a: &RotateRootArgs) -> Result<(), CliError> {
+    let validity = days(a.valid_days, "--valid-days")?;
+    let backup = a.backup.resolve_root()?;
+    let mut fleet = global.open()?;
+    let r = fleet.rotate_root(&a.reason, &backup, validity)?;
+    crate::cmd::master::report_root_backup(&r.backup);
+    let out = serde_json::json!({
+        "old_root_public_key": hex::encode(r.old_public_key),
+        "root_public_key": hex::encode(r.new_public_key), "root_kid": hex::encode(r.new_kid),
+        "root_number": r.number, "handover_sequence": r.handover.sequence,
+        "handover": hex::encode(&r.handover.bytes), "record_sequence": r.record_sequence,
+    });
+    global.print(&out, |_| {
+        format!(
+            "root {} handed over to root {} (public key {}, kid {}) by handover {}; the old root \
+             is destroyed in the key module.{}\nExport (`fleetkey governance export`) and push \
+             root-handover-{}.cose before any record of the new root.",
+            hex::encode(r.old_public_key),
+            r.number,
+            hex::encode(r.new_public_key),
+            hex::encode(r.new_kid),
+            r.handover.sequence,
+            r.record_sequence
+                .map(|s| format!(" Generation record {s} is signed by the new root."))
+                .unwrap_or_default(),
+            r.handover.sequence,
+        )
+    })
+}
+
+fn restore_root(global: &Global, a: &RestoreRootArgs) -> Result<(), CliError> {
+    let shares = crate::cmd::master::read_shares(&a.shares)?;
+    let (report, into) = match &a.key_file {
+        Some(path) => {
+            let pinned = a
+                .root_public_key
+                .as_deref()
+                .map(|h| hex_array::<32>("--root-public-key", h))
+                .transpose()?;
+            let passphrase = global.access_for_init()?.passphrase;
+            let work_factor = a.kdf_log_n.map_or(WorkFactor::AgeDefault, WorkFactor::Log2);
+            let report = fleetkey::backup::restore_root_into_key_file(
+                path,
+                &passphrase,
+                work_factor,
+                &shares,
+                pinned.as_ref(),
+            )?;
+            (report, path.display().to_string())
+        }
+        None => {
+            let mut fleet = global.open()?;
+            let report = fleet.restore_root(&shares, &a.reason)?;
+            (
+                report,
+                format!("the key module of {}", global.home.display()),
+            )
+        }
+    };
+    global.print(&report, |r| {
+        format!(
+            "restored governance root {} of fleet {} into {into}: the rebuilt root matches KCV {} \
+             and its public key {} (kid {})",
+            r.root, r.fleet, r.root_kcv, r.public_key, r.kid
         )
     })
 }
@@ -227,17 +368,27 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
             let validity = days(a.valid_days, "--valid-days")?;
             let mut fleet = global.open()?;
             let p = fleet.publish_generation_record(&a.reason, validity)?;
-            published(global, &fleet, &p)
+            published(global, &mut fleet, &p)
         }
         Command::Show => {
             let mut fleet = global.open()?;
             match fleet.latest_generation_record()? {
-                Some(p) => published(global, &fleet, &p),
-                None => Err(CliError::failed("no generation record published yet")
-                    .hint("`fleetkey governance publish --reason ...`")),
+                Some(p) => published(global, &mut fleet, &p),
+                None => {
+                    let root = fleet.root_info()?;
+                    Err(CliError::failed("no generation record published yet").hint(format!(
+                        "`fleetkey governance publish --reason ...`; the root devices pin is {} \
+                         (kid {}, root {})",
+                        hex::encode(root.public_key),
+                        hex::encode(root.kid),
+                        root.number
+                    )))
+                }
             }
         }
         Command::Verify(a) => verify(global, &a),
+        Command::RotateRoot(a) => rotate_root(global, &a),
+        Command::RestoreRoot(a) => restore_root(global, &a),
         Command::Export(a) => {
             let mut fleet = global.open()?;
             let files = fleet.export_records(&a.out)?;
@@ -267,8 +418,21 @@ fn verify(global: &Global, a: &VerifyArgs) -> Result<(), CliError> {
             (public, fleet.to_owned())
         }
         None => {
-            let fleet = global.open()?;
-            let (public, _) = fleet.governance_root()?;
+            let mut fleet = global.open()?;
+            let (mut public, _) = fleet.governance_root()?;
+            // A handover is signed by the root before it: the one of the fleet's roots (each
+            // has a `governance.root_backup` audit event) whose kid the record names.
+            if let Ok((envelope, Record::Handover(_))) = core_gov::inspect_unverified(&bytes) {
+                for backup in fleet.root_backups()? {
+                    if let Some(Ok(key)) = backup["public_key"]
+                        .as_str()
+                        .map(|h| hex_array::<32>("root", h))
+                        && fleetkey::governance::key_id(&key)[..] == *envelope.kid
+                    {
+                        public = key;
+                    }
+                }
+            }
             (public, fleet.config().fleet_id.clone())
         }
     };

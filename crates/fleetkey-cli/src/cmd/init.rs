@@ -6,7 +6,7 @@ use fleetkey::module::soft::WorkFactor;
 use fleetkey_core::Key128;
 
 use crate::cmd::ctx::Global;
-use crate::cmd::master::{BackupArgs, report_backup};
+use crate::cmd::master::{BackupArgs, report_backup, report_root_backup};
 use crate::error::CliError;
 use crate::input;
 
@@ -16,6 +16,9 @@ use crate::input;
 The key file is encrypted under a passphrase from FLEETKEY_PASSPHRASE or a prompt (never argv).
 The derived and governed schemes run the master key ceremony: generation 1's master is split into
 custodian shares (M of N restore it) written before it enters the key module; or --no-backup.
+The governed scheme's Ed25519 root gets the same ceremony with the same options, in share files of
+its own (<fleet>-root1-share-...); with --no-backup it is generated in the key module, and losing
+it means devices can never accept a new record.
 
 Examples:
   export FLEETKEY_PASSPHRASE='a long passphrase'
@@ -23,6 +26,10 @@ Examples:
       --custodian alice --custodian bob --custodian carol --custodian dave --custodian erin \\
       --threshold 3 --shares-dir ./shares
   fleetkey --home ./lab init --fleet lab --scheme derived --no-backup
+  fleetkey --home ./shared init --fleet plant1 --scheme derived --no-backup \\
+      --store postgres://postgres@127.0.0.1:5432/test
+  fleetkey --home ./fleet init --fleet fleet --scheme governed --publish \\
+      --custodian alice --custodian bob --custodian carol --threshold 2 --shares-dir ./shares
   FLEETKEY_PKCS11_PIN=... fleetkey --home ./hsm init --fleet hsm --scheme derived --no-backup \\
       --module pkcs11 --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --token-label fleet-hsm")]
 pub(crate) struct InitArgs {
@@ -55,9 +62,23 @@ pub(crate) struct InitArgs {
     /// trusted backup KEK (token-to-token backup: fleetkey master export-wrapped), and only so.
     #[arg(long, requires = "pkcs11_module")]
     pkcs11_backup_by_trusted_wrap: bool,
+    /// Store: `sqlite` (default: fleet.db in the home) or a PostgreSQL URL
+    /// (postgres://user[:password]@host:port/db) for a fleet that several `fleetkey serve`
+    /// instances share. A URL with a password is kept in <home>/store-url (mode 0600), not in
+    /// fleet.json; FLEETKEY_STORE_URL overrides it at every open. docs/postgres.md.
+    #[arg(long, default_value = "sqlite")]
+    store: String,
+    /// PostgreSQL schema for the fleet's tables (with a postgres:// --store); default
+    /// `fleetkey_<fleet id>` with other characters as `_`.
+    #[arg(long)]
+    store_schema: Option<String>,
     /// scrypt work factor (log2) of the key file; default: age's (about a second to open).
     #[arg(long, value_parser = clap::value_parser!(u8).range(10..=22))]
     kdf_log_n: Option<u8>,
+    /// Governed scheme: publish the first generation record (sequence 1, valid 365 days) right
+    /// away, so the fleet has one to export and push.
+    #[arg(long)]
+    publish: bool,
     #[command(flatten)]
     backup: BackupArgs,
 }
@@ -81,6 +102,12 @@ pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
         SchemeArg::Derived => Scheme::Derived,
         SchemeArg::Governed => Scheme::Governed,
     };
+    if args.publish && scheme != Scheme::Governed {
+        return Err(CliError::input(
+            "--publish",
+            "only the governed scheme has generation records",
+        ));
+    }
     let she_transport_key = match &args.she_transport_key_file {
         Some(path) => Some(Key128::from_bytes(*input::key_from_file::<16>(
             "--she-transport-key-file",
@@ -102,33 +129,47 @@ pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
             .map_or(WorkFactor::AgeDefault, WorkFactor::Log2),
         backup,
     };
-    let mut fleet = match (args.module, args.pkcs11_module, args.token_label) {
-        (ModuleArg::Pkcs11, Some(library), Some(token_label)) => {
-            let absolute = |flag: &str, path: std::path::PathBuf| {
-                std::path::absolute(&path).map_err(|e| CliError::input(flag, e))
-            };
-            let module = fleetkey::home::ModuleConfig::Pkcs11 {
-                library: absolute("--pkcs11-module", library)?,
-                token_label,
-                pin_file: args
-                    .pin_file
-                    .map(|f| absolute("--pin-file", f))
-                    .transpose()?,
-                backup_by_trusted_wrap: args.pkcs11_backup_by_trusted_wrap,
-            };
-            Fleet::init_with_module(&global.home, module, options, global.access_for_token()?)?
+    let store = StoreChoice::new(
+        &global.home,
+        &options.fleet_id,
+        &args.store,
+        args.store_schema,
+    )?;
+    let result = init_fleet(
+        global,
+        args.module,
+        args.pkcs11_module,
+        args.token_label,
+        args.pin_file,
+        args.pkcs11_backup_by_trusted_wrap,
+        store.config.clone(),
+        options,
+    );
+    let mut fleet = match result {
+        Ok(fleet) => fleet,
+        Err(e) => {
+            store.undo();
+            return Err(e);
         }
-        (ModuleArg::Pkcs11, ..) => {
-            return Err(CliError::input(
-                "--module pkcs11",
-                "needs --pkcs11-module and --token-label",
-            ));
-        }
-        (ModuleArg::Soft, ..) => Fleet::init(&global.home, options, global.access_for_init()?)?,
     };
     let status = fleet.status()?;
     if scheme.derives_from_master() {
         report_backup(&mut fleet, 1)?;
+    }
+    if scheme == Scheme::Governed {
+        for record in fleet.root_backups()? {
+            report_root_backup(&record);
+        }
+        if args.publish {
+            let p = fleet.publish_generation_record(
+                "fleet created",
+                fleetkey::fleet::governance::AUTO_RECORD_VALIDITY,
+            )?;
+            eprintln!(
+                "generation record {} published: `fleetkey governance export --out DIR` writes it",
+                p.sequence
+            );
+        }
     }
     global.print(&status, |s| {
         format!(
@@ -139,6 +180,163 @@ pub(crate) fn init(global: &Global, args: InitArgs) -> Result<(), CliError> {
             s.store,
             s.module
         )
+    })
+}
+
+/// The store `--store` names, and what was written for it before the fleet exists.
+struct StoreChoice {
+    config: fleetkey::home::StoreConfig,
+    /// Files (and the home itself) created here, removed when init fails.
+    created: Vec<std::path::PathBuf>,
+    created_home: Option<std::path::PathBuf>,
+}
+
+impl StoreChoice {
+    fn new(
+        home: &std::path::Path,
+        fleet_id: &str,
+        store: &str,
+        schema: Option<String>,
+    ) -> Result<StoreChoice, CliError> {
+        use fleetkey::home::{STORE_FILE, STORE_URL_FILE, StoreConfig, url_has_password};
+        let mut choice = StoreChoice {
+            config: StoreConfig::Sqlite {
+                file: STORE_FILE.into(),
+            },
+            created: vec![],
+            created_home: None,
+        };
+        if store == "sqlite" {
+            if schema.is_some() {
+                return Err(CliError::input(
+                    "--store-schema",
+                    "needs a postgres:// --store",
+                ));
+            }
+            return Ok(choice);
+        }
+        if !(store.starts_with("postgres://") || store.starts_with("postgresql://")) {
+            return Err(CliError::input(
+                "--store",
+                "use `sqlite` or a URL postgres://user@host:port/database",
+            ));
+        }
+        let schema = schema.unwrap_or_else(|| default_schema(fleet_id));
+        if url_has_password(store) {
+            if home.join(fleetkey::home::CONFIG_FILE).exists() {
+                return Err(CliError::input("--home", "already holds a fleet"));
+            }
+            if !home.exists() {
+                std::fs::create_dir_all(home).map_err(|e| CliError::input("--home", e))?;
+                choice.created_home = Some(home.to_owned());
+            }
+            let path = home.join(STORE_URL_FILE);
+            write_private(&path, store.as_bytes()).map_err(|e| CliError::input("--store", e))?;
+            choice.created.push(path);
+            choice.config = StoreConfig::Postgres {
+                schema,
+                url: None,
+                url_file: Some(STORE_URL_FILE.into()),
+            };
+        } else {
+            choice.config = StoreConfig::Postgres {
+                schema,
+                url: Some(store.to_owned()),
+                url_file: None,
+            };
+        }
+        Ok(choice)
+    }
+
+    fn undo(&self) {
+        for f in &self.created {
+            let _ = std::fs::remove_file(f);
+        }
+        if let Some(home) = &self.created_home {
+            let _ = std::fs::remove_dir(home);
+        }
+    }
+}
+
+/// `fleetkey_<fleet id>`, lowercase, other characters as `_`, at most 63 bytes.
+fn default_schema(fleet_id: &str) -> String {
+    let mut schema: String = format!("fleetkey_{fleet_id}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    schema.truncate(63);
+    schema
+}
+
+/// Writes a file only its owner can read, atomically.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn init_fleet(
+    global: &Global,
+    module: ModuleArg,
+    pkcs11_module: Option<std::path::PathBuf>,
+    token_label: Option<String>,
+    pin_file: Option<std::path::PathBuf>,
+    backup_by_trusted_wrap: bool,
+    store: fleetkey::home::StoreConfig,
+    options: InitOptions,
+) -> Result<Fleet, CliError> {
+    Ok(match (module, pkcs11_module, token_label) {
+        (ModuleArg::Pkcs11, Some(library), Some(token_label)) => {
+            let absolute = |flag: &str, path: std::path::PathBuf| {
+                std::path::absolute(&path).map_err(|e| CliError::input(flag, e))
+            };
+            let module = fleetkey::home::ModuleConfig::Pkcs11 {
+                library: absolute("--pkcs11-module", library)?,
+                token_label,
+                pin_file: pin_file.map(|f| absolute("--pin-file", f)).transpose()?,
+                backup_by_trusted_wrap,
+            };
+            Fleet::init_with(
+                &global.home,
+                module,
+                store,
+                options,
+                global.access_for_token()?,
+            )?
+        }
+        (ModuleArg::Pkcs11, ..) => {
+            return Err(CliError::input(
+                "--module pkcs11",
+                "needs --pkcs11-module and --token-label",
+            ));
+        }
+        (ModuleArg::Soft, ..) => {
+            let module = fleetkey::home::ModuleConfig::Soft {
+                file: fleetkey::home::KEY_FILE.into(),
+            };
+            Fleet::init_with(
+                &global.home,
+                module,
+                store,
+                options,
+                global.access_for_init()?,
+            )?
+        }
     })
 }
 

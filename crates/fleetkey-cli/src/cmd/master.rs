@@ -40,25 +40,40 @@ impl BackupArgs {
     /// The backup the options ask for; a new master with neither shares nor `--no-backup` is
     /// refused (exit 2).
     pub(crate) fn resolve(&self) -> Result<MasterBackup, CliError> {
+        self.resolve_for(
+            "master",
+            "losing the module then loses every key of the generation",
+        )
+    }
+
+    /// [`BackupArgs::resolve`] for a new governance root (`governance rotate-root`).
+    pub(crate) fn resolve_root(&self) -> Result<MasterBackup, CliError> {
+        self.resolve_for(
+            "governance root",
+            "losing the module then means devices can never accept a new record",
+        )
+    }
+
+    fn resolve_for(&self, what: &str, loss: &str) -> Result<MasterBackup, CliError> {
         if self.no_backup {
             return Ok(MasterBackup::NoBackup);
         }
         if self.custodians.is_empty() {
             return Err(CliError::input(
                 "--custodian",
-                "a new master needs a backup: name its custodians",
+                format_args!("a new {what} needs a backup: name its custodians"),
             )
-            .hint(
+            .hint(format_args!(
                 "split it into shares: --custodian alice --custodian bob --custodian carol \
                  --threshold 2 --shares-dir DIR; or pass --no-backup to keep it only in the key \
-                 module (losing the module then loses every key of the generation)",
-            ));
+                 module ({loss})"
+            )));
         }
         let threshold = self.threshold.ok_or_else(|| {
             CliError::input(
                 "--threshold",
                 format_args!(
-                    "how many of the {} shares restore the master",
+                    "how many of the {} shares restore the {what}",
                     self.custodians.len()
                 ),
             )
@@ -111,6 +126,35 @@ pub(crate) fn report_backup(
     Ok(())
 }
 
+/// What to say after a new governance root was made: where its shares are, or the no-backup
+/// warning. `record` is its `governance.root_backup` audit details.
+pub(crate) fn report_root_backup(record: &serde_json::Value) {
+    let root = &record["root"];
+    if record["method"] == "shares" {
+        eprintln!(
+            "governance root {root} ({}): {} of {} custodian shares written, root KCV {}:",
+            record["public_key"].as_str().unwrap_or("-"),
+            record["threshold"],
+            record["count"],
+            record["root_kcv"].as_str().unwrap_or("-"),
+        );
+        for f in record["files"].as_array().into_iter().flatten() {
+            eprintln!("  {}", f.as_str().unwrap_or("-"));
+        }
+        eprintln!(
+            "Give each file to its custodian (offline) and remove it here. Restore with \
+             `fleetkey governance restore-root --shares ...`."
+        );
+    } else {
+        eprintln!(
+            "WARNING: governance root {root} has NO backup: it exists only in the key module. If \
+             the module (or the key file and its passphrase) is lost, devices pinned to this root \
+             can never accept a new record (no rotation, no revocation, no deny list) until they \
+             are re-pinned by hand."
+        );
+    }
+}
+
 /// Master key backup: restore and verify custodian shares.
 #[derive(clap::Subcommand)]
 pub(crate) enum Command {
@@ -125,8 +169,8 @@ Examples:
   fleetkey --home ./tractors master restore --shares alice.json carol.json erin.json --reason 'key file lost'
   FLEETKEY_PASSPHRASE=... fleetkey master restore --shares a.json b.json c.json --key-file new.age --json")]
     Restore(RestoreArgs),
-    /// Check share files without a key module: each share's KCV, that they belong together,
-    /// and, given at least M of them, the whole master's KCV.
+    /// Check share files (of a master or of the governance root) without a key module: each
+    /// share's KCV, that they belong together, and, given at least M of them, the whole KCV.
     #[command(after_help = "\
 Nothing is written; the master rebuilt for the check is zeroized at once.
 
@@ -168,7 +212,7 @@ pub(crate) struct VerifyArgs {
     shares: Vec<PathBuf>,
 }
 
-fn read_shares(paths: &[PathBuf]) -> Result<Vec<Share>, CliError> {
+pub(crate) fn read_shares(paths: &[PathBuf]) -> Result<Vec<Share>, CliError> {
     paths
         .iter()
         .map(|p| Share::read(p).map_err(|e| CliError::from(fleetkey::Error::from(e))))
@@ -234,21 +278,25 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
 
 fn verify_text(r: &VerifyReport) -> String {
     let mut out = String::new();
+    let (what, number) = match r.secret {
+        backup::Secret::Master => ("master", "generation"),
+        backup::Secret::GovernanceRoot => ("governance root", "root"),
+    };
     for s in &r.shares {
         out.push_str(&format!(
-            "share {} of {} ({}), fleet {} generation {}: KCV {} ok\n",
+            "share {} of {} ({}), fleet {} {number} {}: KCV {} ok\n",
             s.index, s.count, s.custodian, s.fleet, s.generation, s.share_kcv
         ));
     }
     if r.master_checked {
         out.push_str(&format!(
-            "the {} shares rebuild the master: KCV {} matches",
+            "the {} shares rebuild the {what}: KCV {} matches",
             r.shares.len(),
             r.master_kcv
         ));
     } else {
         out.push_str(&format!(
-            "{} of the {} needed shares given: the whole master (KCV {}) was not checked",
+            "{} of the {} needed shares given: the whole {what} (KCV {}) was not checked",
             r.shares.len(),
             r.threshold,
             r.master_kcv

@@ -1,4 +1,6 @@
 //! The share file: one small JSON document per share (format version 1, `docs/backup.md`),
+//! `fleetkey-master-share` for a master, `fleetkey-root-share` for the governance root (whose
+//! file says `root` and `root_kcv` where a master's says `generation` and `master_kcv`),
 //! written through a temporary file, fsynced and renamed into place, mode 0600, never
 //! overwriting. Every buffer holding the share's hex or the file's text is zeroizing.
 
@@ -8,10 +10,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{BackupError, Kcv, Share, ShareInfo, check_label};
+use super::{BackupError, Kcv, Secret, Share, ShareInfo, check_label};
 
-/// The `format` field of every share file.
+/// The `format` field of a master's share file.
 pub const SHARE_FORMAT: &str = "fleetkey-master-share";
+/// The `format` field of a governance root's share file.
+pub const ROOT_SHARE_FORMAT: &str = "fleetkey-root-share";
 /// The share file format version.
 pub const SHARE_VERSION: u32 = 1;
 /// Share files are small; anything larger is not one (and is not read whole).
@@ -23,7 +27,12 @@ struct ShareJson<'a> {
     format: &'a str,
     version: u32,
     fleet: &'a str,
-    generation: u32,
+    /// A master's generation (master shares only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generation: Option<u32>,
+    /// The governance root's number (root shares only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    root: Option<u32>,
     threshold: u8,
     count: u8,
     index: u8,
@@ -31,14 +40,23 @@ struct ShareJson<'a> {
     /// The share value, 64 hex digits. Borrowed from zeroizing text on both ways.
     share: &'a str,
     share_kcv: &'a str,
-    master_kcv: &'a str,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    master_kcv: Option<&'a str>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    root_kcv: Option<&'a str>,
     created_at: i64,
 }
 
-/// The file name of a share: `<fleet>-g<generation>-share-<index>-of-<count>-<custodian>.json`.
+/// The file name of a share: `<fleet>-g<generation>-share-<index>-of-<count>-<custodian>.json`
+/// for a master, `<fleet>-root<root>-share-<index>-of-<count>-<custodian>.json` for the
+/// governance root.
 pub fn share_file_name(info: &ShareInfo) -> String {
+    let what = match info.secret {
+        Secret::Master => "g",
+        Secret::GovernanceRoot => "root",
+    };
     format!(
-        "{}-g{}-share-{}-of-{}-{}.json",
+        "{}-{what}{}-share-{}-of-{}-{}.json",
         info.fleet, info.generation, info.index, info.count, info.custodian
     )
 }
@@ -50,19 +68,26 @@ impl Share {
         // 32 bytes always fit 64 hex digits.
         let _ = hex::encode_to_slice(&self.value[..], &mut hex_value[..]);
         let share_kcv = self.info.share_kcv.to_string();
-        let master_kcv = self.info.master_kcv.to_string();
+        let whole_kcv = self.info.master_kcv.to_string();
+        let master = self.info.secret == Secret::Master;
         let doc = ShareJson {
-            format: SHARE_FORMAT,
+            format: if master {
+                SHARE_FORMAT
+            } else {
+                ROOT_SHARE_FORMAT
+            },
             version: SHARE_VERSION,
             fleet: &self.info.fleet,
-            generation: self.info.generation,
+            generation: master.then_some(self.info.generation),
+            root: (!master).then_some(self.info.generation),
             threshold: self.info.threshold,
             count: self.info.count,
             index: self.info.index,
             custodian: &self.info.custodian,
             share: std::str::from_utf8(&hex_value[..]).unwrap_or_default(),
             share_kcv: &share_kcv,
-            master_kcv: &master_kcv,
+            master_kcv: master.then_some(whole_kcv.as_str()),
+            root_kcv: (!master).then_some(whole_kcv.as_str()),
             created_at: self.info.created_at,
         };
         // Reserved up front so the buffer never reallocates (a reallocation would leave a copy
@@ -91,12 +116,39 @@ impl Share {
                 e.column()
             ))
         })?;
-        if doc.format != SHARE_FORMAT {
-            return Err(malformed(format!(
-                "format {:?}, expected {SHARE_FORMAT:?}",
+        let (secret, number, whole) = match doc.format {
+            SHARE_FORMAT => (
+                Secret::Master,
+                doc.generation.filter(|_| doc.root.is_none()),
+                doc.master_kcv.filter(|_| doc.root_kcv.is_none()),
+            ),
+            ROOT_SHARE_FORMAT => (
+                Secret::GovernanceRoot,
+                doc.root.filter(|_| doc.generation.is_none()),
+                doc.root_kcv.filter(|_| doc.master_kcv.is_none()),
+            ),
+            other => {
+                return Err(malformed(format!(
+                    "format {other:?}, expected {SHARE_FORMAT:?} or {ROOT_SHARE_FORMAT:?}"
+                )));
+            }
+        };
+        let (number_field, kcv_field) = match secret {
+            Secret::Master => ("generation", "master_kcv"),
+            Secret::GovernanceRoot => ("root", "root_kcv"),
+        };
+        let number = number.ok_or_else(|| {
+            malformed(format!(
+                "a {} file needs {number_field:?} (and not the other kind's field)",
                 doc.format
-            )));
-        }
+            ))
+        })?;
+        let whole = whole.ok_or_else(|| {
+            malformed(format!(
+                "a {} file needs {kcv_field:?} (and not the other kind's field)",
+                doc.format
+            ))
+        })?;
         if doc.version != SHARE_VERSION {
             return Err(malformed(format!(
                 "version {}, this fleetkey reads version {SHARE_VERSION}",
@@ -125,14 +177,15 @@ impl Share {
         };
         Ok(Share {
             info: ShareInfo {
+                secret,
                 fleet: doc.fleet.to_owned(),
-                generation: doc.generation,
+                generation: number,
                 threshold: doc.threshold,
                 count: doc.count,
                 index: doc.index,
                 custodian: doc.custodian.to_owned(),
                 share_kcv: kcv("share_kcv", doc.share_kcv)?,
-                master_kcv: kcv("master_kcv", doc.master_kcv)?,
+                master_kcv: kcv(kcv_field, whole)?,
                 created_at: doc.created_at,
             },
             value,

@@ -313,12 +313,95 @@ fn files_are_written_0600_never_overwritten_and_removed_unless_kept() {
     assert!(leftovers.is_empty());
 }
 
+fn seed(byte: u8) -> SigningSeed {
+    SigningSeed::from_bytes(Zeroizing::new([byte; 32]))
+}
+
+#[test]
+fn root_shares_have_their_own_format_name_and_kcvs() {
+    let shares = split_root(&seed(9), "tractors", 2, 2, &labels(3), 5).unwrap();
+    let info = shares[0].info();
+    assert_eq!(info.secret, Secret::GovernanceRoot);
+    assert_eq!(info.generation, 2);
+    assert_eq!(
+        share_file_name(info),
+        "tractors-root2-share-1-of-3-custodian1.json"
+    );
+    assert_eq!(info.master_kcv, root_kcv(&seed(9)));
+    // The root KCV is the documented HMAC under its own label, unlike a master's.
+    assert_eq!(
+        info.master_kcv,
+        hmac_kcv(&[9; 32], &[b"FK1K root KCV v1".as_slice()])
+    );
+    assert_ne!(info.master_kcv, master_kcv(&master(9)));
+    let doc: serde_json::Value = serde_json::from_slice(&shares[0].to_json()).unwrap();
+    assert_eq!(doc["format"], "fleetkey-root-share");
+    assert_eq!(doc["root"], 2);
+    assert_eq!(doc["root_kcv"], info.master_kcv.to_string());
+    assert!(doc.get("generation").is_none() && doc.get("master_kcv").is_none());
+    let back = reparse(&shares[0]);
+    assert_eq!(back.info(), info);
+    assert!(back.check_kcv());
+    let rebuilt = combine_root(&[reparse(&shares[2]), reparse(&shares[0])]).unwrap();
+    assert_eq!(rebuilt.expose_secret(), &[9; 32]);
+    let report = verify(&[reparse(&shares[1]), reparse(&shares[2])]).unwrap();
+    assert!(report.master_checked);
+    assert_eq!(report.secret, Secret::GovernanceRoot);
+
+    // The same bytes split as a master give other share KCVs: a file cannot change kind.
+    let as_master = split(&master(9), "tractors", 2, 2, &labels(3), 5).unwrap();
+    assert!(matches!(
+        combine(&[reparse(&shares[0]), reparse(&as_master[1])]),
+        Err(BackupError::WrongSecret { .. })
+    ));
+    for field in ["root", "root_kcv"] {
+        // A root file must carry its own fields, and not a master's.
+        let err = edit(&shares[0], |d| {
+            d.as_object_mut().unwrap().remove(field);
+        })
+        .unwrap_err();
+        assert!(matches!(err, BackupError::Malformed { .. }), "{err}");
+    }
+    let err = edit(&shares[0], |d| d["generation"] = 2.into()).unwrap_err();
+    assert!(matches!(err, BackupError::Malformed { .. }), "{err}");
+    let err = edit(&as_master[0], |d| d["root_kcv"] = "000000".into()).unwrap_err();
+    assert!(matches!(err, BackupError::Malformed { .. }), "{err}");
+    let err = edit(&as_master[0], |d| {
+        d["format"] = "fleetkey-root-share".into()
+    })
+    .unwrap_err();
+    assert!(matches!(err, BackupError::Malformed { .. }), "{err}");
+}
+
 mod prop {
     use super::*;
     use proptest::prelude::*;
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_threshold_of_root_shares_restores_the_root_through_its_files(
+            bytes in any::<[u8; 32]>(),
+            n in 1usize..=6,
+            m_seed in any::<u8>(),
+            root in 1u32..=u32::MAX,
+        ) {
+            let m = u8::try_from(usize::from(m_seed) % n + 1).unwrap();
+            let seed = SigningSeed::from_bytes(Zeroizing::new(bytes));
+            let shares = split_root(&seed, "p", root, m, &labels(n), 0).unwrap();
+            let chosen: Vec<Share> = shares.iter().rev().take(usize::from(m)).map(reparse).collect();
+            let rebuilt = combine_root(&chosen).unwrap();
+            prop_assert_eq!(rebuilt.public_key(), seed.public_key());
+            prop_assert_eq!(chosen[0].info().generation, root);
+            if m > 1 {
+                let too_few = combine_root(&chosen[1..]);
+                prop_assert!(
+                    matches!(too_few, Err(BackupError::NotEnough { .. })),
+                    "too few shares must be NotEnough"
+                );
+            }
+        }
+
         #[test]
         fn any_threshold_of_shares_restores_any_master(
             bytes in any::<[u8; 32]>(),

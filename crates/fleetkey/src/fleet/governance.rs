@@ -5,7 +5,8 @@
 //! Store meta keys: `governance.sequence` (the last published sequence), `governance.record.<seq>`
 //! (hex of each record), `governance.grant_next` (the last issued grant id),
 //! `governance.grant.<id>` (a [`GrantInfo`] as JSON) and `governance.denied` (a JSON array of
-//! denied grant ids). No key material is stored or audited here.
+//! denied grant ids). No key material is stored or audited here. The root's own lifecycle
+//! (backup, rotation with its handover, restore) is in `root.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::lifecycle::State;
 use crate::model::Scheme;
 use crate::store::{Tx, transact};
 
-const META_SEQUENCE: &str = "governance.sequence";
+pub(super) const META_SEQUENCE: &str = "governance.sequence";
 const META_RECORD: &str = "governance.record.";
 const META_GRANT_NEXT: &str = "governance.grant_next";
 const META_GRANT: &str = "governance.grant.";
@@ -74,14 +75,14 @@ pub fn role_name(role: Role) -> &'static str {
     }
 }
 
-fn issue_error(e: IssueError<ModuleError>) -> Error {
+pub(super) fn issue_error(e: IssueError<ModuleError>) -> Error {
     match e {
         IssueError::Sign(m) => Error::Module(m),
         other => Error::invalid("governance record", other),
     }
 }
 
-fn meta_u64(tx: &mut dyn Tx, key: &str) -> Result<u64, Error> {
+pub(super) fn meta_u64(tx: &mut dyn Tx, key: &str) -> Result<u64, Error> {
     match tx.meta(key)? {
         None => Ok(0),
         Some(v) => v
@@ -108,7 +109,7 @@ fn grant_info(tx: &mut dyn Tx, id: u64) -> Result<Option<GrantInfo>, Error> {
     }
 }
 
-fn read_hex(tx: &mut dyn Tx, key: &str) -> Result<Option<Vec<u8>>, Error> {
+pub(super) fn read_hex(tx: &mut dyn Tx, key: &str) -> Result<Option<Vec<u8>>, Error> {
     tx.meta(key)?
         .map(|h| hex::decode(h).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")).into()))
         .transpose()
@@ -133,7 +134,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 }
 
 impl Fleet {
-    fn require_governed(&self, what: &str) -> Result<(), Error> {
+    pub(super) fn require_governed(&self, what: &str) -> Result<(), Error> {
         if self.config.scheme == Scheme::Governed {
             Ok(())
         } else {
@@ -153,7 +154,7 @@ impl Fleet {
         u64::try_from(self.access.clock.now_ms() / 1000).unwrap_or(0)
     }
 
-    fn window(&self, validity: Duration) -> Result<(u64, u64), Error> {
+    pub(super) fn window(&self, validity: Duration) -> Result<(u64, u64), Error> {
         let secs = validity.as_secs();
         if secs == 0 {
             return Err(Error::invalid("validity", "at least one second"));
@@ -162,21 +163,16 @@ impl Fleet {
         Ok((now, now.saturating_add(secs)))
     }
 
-    fn root_kid(&self) -> Result<Vec<u8>, Error> {
-        let public = self
-            .module
-            .signing_public_key()?
-            .ok_or(ModuleError::NoSigningKey)?;
+    fn root_kid(&mut self) -> Result<Vec<u8>, Error> {
+        let public = self.signing_root()?;
         Ok(key_id(&public).to_vec())
     }
 
-    /// The governance root's public key (what devices pin) and its key id.
-    pub fn governance_root(&self) -> Result<([u8; 32], [u8; 8]), Error> {
+    /// The governance root's public key (what devices pin) and its key id: after a root
+    /// rotation, the new root.
+    pub fn governance_root(&mut self) -> Result<([u8; 32], [u8; 8]), Error> {
         self.require_governed("governance root")?;
-        let public = self
-            .module
-            .signing_public_key()?
-            .ok_or(ModuleError::NoSigningKey)?;
+        let public = self.signing_root()?;
         Ok((public, key_id(&public)))
     }
 
@@ -293,10 +289,13 @@ impl Fleet {
     pub fn latest_generation_record(&mut self) -> Result<Option<Published>, Error> {
         self.require_governed("governance show")?;
         transact(self.store.as_mut(), |tx| {
-            let sequence = meta_u64(tx, META_SEQUENCE)?;
-            if sequence == 0 {
+            let last = meta_u64(tx, META_SEQUENCE)?;
+            let handovers = super::root::handover_sequences(tx)?;
+            // The series also numbers the root handovers: the newest generation record is the
+            // highest sequence that is not one.
+            let Some(sequence) = (1..=last).rev().find(|s| !handovers.contains(s)) else {
                 return Ok(None);
-            }
+            };
             let bytes = read_hex(tx, &format!("{META_RECORD}{sequence}"))?.ok_or_else(|| {
                 StoreError::Corrupt(format!("{META_RECORD}{sequence} is missing"))
             })?;
@@ -422,10 +421,13 @@ impl Fleet {
             .ok_or_else(|| Error::NotFound(format!("grant {id}")))
     }
 
-    /// Writes the newest generation record (`generation-record-<seq>.cose`) and every grant not
-    /// denied (`grant-<id>.cose`) into `dir`, each through a temporary file and a rename.
+    /// Writes every root handover (`root-handover-<seq>.cose`, oldest first: a device pinned
+    /// to an old root takes them in order), the newest generation record
+    /// (`generation-record-<seq>.cose`) and every grant not denied (`grant-<id>.cose`) into
+    /// `dir`, each through a temporary file and a rename.
     pub fn export_records(&mut self, dir: &Path) -> Result<Vec<PathBuf>, Error> {
         self.require_governed("governance export")?;
+        let handovers = self.handovers()?;
         let latest = self.latest_generation_record()?;
         let grants = self.grants()?;
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -433,6 +435,11 @@ impl Fleet {
             source,
         })?;
         let mut written = Vec::new();
+        for h in &handovers {
+            let path = dir.join(format!("root-handover-{}.cose", h.sequence));
+            write_atomic(&path, &h.bytes)?;
+            written.push(path);
+        }
         if let Some(record) = latest {
             let path = dir.join(format!("generation-record-{}.cose", record.sequence));
             write_atomic(&path, &record.bytes)?;

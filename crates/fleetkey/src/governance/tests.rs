@@ -348,3 +348,125 @@ proptest! {
         prop_assert_eq!(g.scope.as_slice(), &scope[..]);
     }
 }
+
+/// The second root of the handover vectors (a fixed test seed, never a real root).
+const NEW_ROOT_SEED: [u8; 32] = [0x43; 32];
+
+/// `tests/vectors/governance-handover-v1.json`: a generation record by root A, a handover from
+/// A to B, and a generation record by B, in the order a device applies them; each says which
+/// root signed it. A device pinned to A accepts all three, then refuses the handover again.
+#[test]
+fn handover_vectors_file_is_current_and_a_device_follows_it() {
+    let old = SigningKey::from_bytes(&ROOT_SEED);
+    let new = SigningKey::from_bytes(&NEW_ROOT_SEED);
+    let (old_pk, new_pk) = (
+        old.verifying_key().to_bytes(),
+        new.verifying_key().to_bytes(),
+    );
+    let handover = HandoverSpec {
+        fleet: FLEET.into(),
+        not_before: NOW - 3600,
+        not_after: NOW + 30 * 86400,
+        sequence: 2,
+        new_key: new_pk,
+        new_kid: key_id(&new_pk).to_vec(),
+    };
+    let first = gen_spec(1, 1, &[], &[], &[]);
+    let after = gen_spec(3, 2, &[1], &[], &[]);
+    let gen_json = |s: &GenerationRecordSpec, sk: &SigningKey, signer_name: &str| {
+        let pk = sk.verifying_key().to_bytes();
+        let cose = s.encode_and_sign(&key_id(&pk), &signer(sk)).unwrap();
+        json!({
+            "kind": 1, "signer": signer_name, "fleet": s.fleet, "not_before": s.not_before,
+            "not_after": s.not_after, "sequence": s.sequence, "current": s.current,
+            "accepted": s.accepted, "revoked": s.revoked, "denied": s.denied,
+            "payload": hex::encode(s.payload::<Infallible>().unwrap()), "cose": hex::encode(cose),
+        })
+    };
+    let handover_cose = handover
+        .encode_and_sign(&key_id(&old_pk), &signer(&old))
+        .unwrap();
+    let records = vec![
+        gen_json(&first, &old, "old"),
+        json!({
+            "kind": 3, "signer": "old", "fleet": handover.fleet,
+            "not_before": handover.not_before, "not_after": handover.not_after,
+            "sequence": handover.sequence, "new_root_key": hex::encode(handover.new_key),
+            "new_root_kid": hex::encode(&handover.new_kid),
+            "payload": hex::encode(handover.payload::<Infallible>().unwrap()),
+            "cose": hex::encode(&handover_cose),
+        }),
+        gen_json(&after, &new, "new"),
+    ];
+    let doc = json!({
+        "source": "fleetkey governance v1 root handover (docs/governance.md); written by crates/fleetkey/src/governance/tests.rs (coset), FLEETKEY_WRITE_VECTORS=1 to rewrite",
+        "external_aad": hex::encode(EXTERNAL_AAD),
+        "fleet": FLEET,
+        "now": NOW,
+        "old_root_seed": hex::encode(ROOT_SEED),
+        "old_root_public_key": hex::encode(old_pk),
+        "old_root_kid": hex::encode(key_id(&old_pk)),
+        "new_root_seed": hex::encode(NEW_ROOT_SEED),
+        "new_root_public_key": hex::encode(new_pk),
+        "new_root_kid": hex::encode(key_id(&new_pk)),
+        "records": records,
+    });
+    let text = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/vectors/governance-handover-v1.json"
+    );
+    if std::env::var_os("FLEETKEY_WRITE_VECTORS").is_some() {
+        std::fs::write(path, &text).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(path).unwrap(),
+        text,
+        "rerun with FLEETKEY_WRITE_VECTORS=1"
+    );
+    follow_handover_vectors(&doc);
+}
+
+/// Applies a handover vectors document (ours, or the one Python builds) to a device pinned to
+/// its old root.
+fn follow_handover_vectors(doc: &serde_json::Value) {
+    let field = |k: &str| hex::decode(doc[k].as_str().unwrap()).unwrap();
+    let old_pk: [u8; 32] = field("old_root_public_key").try_into().unwrap();
+    let fleet = doc["fleet"].as_str().unwrap();
+    let now = doc["now"].as_u64().unwrap();
+    let mut state =
+        GovernanceState::new(fleet, RootKey::new(old_pk, &field("old_root_kid")).unwrap()).unwrap();
+    let cose = |i: usize| hex::decode(doc["records"][i]["cose"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        verify_generation_record(&mut state, &cose(0), now),
+        Ok(Acceptance::Updated)
+    );
+    assert_eq!(
+        verify_generation_record(&mut state, &cose(2), now),
+        Err(GovernanceError::UnknownKid)
+    );
+    assert_eq!(verify_handover(&mut state, &cose(1), now), Ok(()));
+    assert_eq!(
+        verify_generation_record(&mut state, &cose(2), now),
+        Ok(Acceptance::Updated)
+    );
+    assert_eq!(
+        verify_handover(&mut state, &cose(1), now),
+        Err(GovernanceError::UnknownKid)
+    );
+    assert!(generation_allowed(
+        &state,
+        Generation(u32::try_from(doc["records"][2]["current"].as_u64().unwrap()).unwrap())
+    ));
+}
+
+/// The handover vectors Python builds with `cbor2` and `cryptography`
+/// (`tests/crosscheck/check_governance.py`) are accepted by the device core in order.
+#[test]
+fn python_handover_vectors_are_accepted_by_the_device() {
+    let doc: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../../tests/vectors/governance-handover-v1-python.json"
+    ))
+    .unwrap();
+    follow_handover_vectors(&doc);
+}

@@ -22,7 +22,10 @@
 //!   short-lived session object; a device root is generated, wrapped and, to derive, unwrapped
 //!   into a sensitive session object without ever being in host memory.
 //! - **Governance root**: Ed25519 (`CKM_EC_EDWARDS_KEY_PAIR_GEN`, `CKM_EDDSA`); a token without
-//!   them answers [`ModuleError::Unsupported`].
+//!   them answers [`ModuleError::Unsupported`]. A root from a ceremony with custodian shares is
+//!   imported (`CKK_EC_EDWARDS`, private half sensitive, not extractable, sign only) and proven
+//!   by one signature. During a root rotation the next root is staged under the role
+//!   `governance-next`; promoting it destroys the old root's objects and relabels the new ones.
 //! - **Concurrency**: changes to token objects are serialised per token in the process (SoftHSM
 //!   2.6.1 fails now and then with `CKR_GENERAL_ERROR` when threads create token objects at
 //!   once); derivations run in parallel, one session per worker; two processes creating the same
@@ -52,11 +55,16 @@ pub use self::backup::{
 };
 pub use self::token::{PIN_ENV, Pin, SO_PIN_ENV};
 use self::token::{Token, backend, rv};
-use super::{BulkDeriver, KeyModule};
+use super::{BulkDeriver, KeyModule, SigningSeed};
 use crate::error::ModuleError;
 use crate::model::WrappedKey;
 /// The PKCS#11 binding this module is built on, for callers that inspect a token themselves.
 pub use cryptoki;
+
+/// The role of the governance root's objects.
+const GOVERNANCE: &str = "governance";
+/// The role of the next governance root, staged during a root rotation.
+const GOVERNANCE_NEXT: &str = "governance-next";
 
 /// DER of the Ed25519 curve's object identifier 1.3.101.112, for `CKA_EC_PARAMS`.
 const ED25519_OID: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
@@ -184,7 +192,7 @@ impl Pkcs11Module {
     fn namespace_objects(&self) -> Result<Vec<ObjectHandle>, ModuleError> {
         let session = self.session()?;
         let mut found = Vec::new();
-        for role in ["master", "kek", "governance"] {
+        for role in ["master", "kek", GOVERNANCE, GOVERNANCE_NEXT] {
             found.extend(self.find(
                 session.get(),
                 &[Attribute::Token(true), Attribute::Id(self.id(role))],
@@ -220,6 +228,33 @@ impl Pkcs11Module {
             .get()
             .get_attributes(master.handle, attributes)
             .map_err(backend("C_GetAttributeValue"))
+    }
+
+    /// Attributes of the governance root's private key (or, with `staged`, of the next root
+    /// staged by a rotation), for inspection (tests, diagnostics). [`ModuleError::NoSigningKey`]
+    /// when there is none.
+    pub fn root_attributes(
+        &self,
+        staged: bool,
+        attributes: &[AttributeType],
+    ) -> Result<Vec<Attribute>, ModuleError> {
+        let session = self.session()?;
+        let role = if staged { GOVERNANCE_NEXT } else { GOVERNANCE };
+        let private = self
+            .governance_role(session.get(), ObjectClass::PRIVATE_KEY, role)?
+            .ok_or(ModuleError::NoSigningKey)?;
+        session
+            .get()
+            .get_attributes(private, attributes)
+            .map_err(backend("C_GetAttributeValue"))
+    }
+
+    /// How many token objects (public and private halves) the governance root has, or with
+    /// `staged` the staged next root: 2 while it exists, 0 once destroyed.
+    pub fn root_object_count(&self, staged: bool) -> Result<usize, ModuleError> {
+        let session = self.session()?;
+        let role = if staged { GOVERNANCE_NEXT } else { GOVERNANCE };
+        Ok(self.governance_objects(session.get(), role)?.len())
     }
 
     fn id(&self, role: &str) -> Vec<u8> {
@@ -360,17 +395,195 @@ impl Pkcs11Module {
         session: &Session,
         class: ObjectClass,
     ) -> Result<Option<ObjectHandle>, ModuleError> {
+        self.governance_role(session, class, GOVERNANCE)
+    }
+
+    /// The token object of a governance root role ([`GOVERNANCE`] or [`GOVERNANCE_NEXT`]).
+    fn governance_role(
+        &self,
+        session: &Session,
+        class: ObjectClass,
+        role: &str,
+    ) -> Result<Option<ObjectHandle>, ModuleError> {
         Ok(self
             .find(
                 session,
                 &[
                     Attribute::Class(class),
                     Attribute::Token(true),
-                    Attribute::Label(self.id("governance")),
+                    Attribute::Label(self.id(role)),
                 ],
             )?
             .first()
             .copied())
+    }
+
+    /// Every token object (both halves) of a governance root role.
+    fn governance_objects(
+        &self,
+        session: &Session,
+        role: &str,
+    ) -> Result<Vec<ObjectHandle>, ModuleError> {
+        let mut found = Vec::new();
+        for class in [ObjectClass::PUBLIC_KEY, ObjectClass::PRIVATE_KEY] {
+            found.extend(self.find(
+                session,
+                &[
+                    Attribute::Class(class),
+                    Attribute::Token(true),
+                    Attribute::Label(self.id(role)),
+                ],
+            )?);
+        }
+        Ok(found)
+    }
+
+    fn destroy_governance(&self, session: &Session, role: &str) -> Result<(), ModuleError> {
+        for handle in self.governance_objects(session, role)? {
+            session
+                .destroy_object(handle)
+                .map_err(backend("C_DestroyObject"))?;
+        }
+        Ok(())
+    }
+
+    /// The attributes of a governance root's public half: verify only.
+    fn root_public_template(&self, role: &str) -> Vec<Attribute> {
+        let label = self.id(role);
+        vec![
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Derive(false),
+            Attribute::EcParams(ED25519_OID.to_vec()),
+            Attribute::Label(label.clone()),
+            Attribute::Id(label),
+        ]
+    }
+
+    /// The attributes of a governance root's private half: sensitive, not extractable, sign
+    /// only.
+    fn root_private_template(&self, role: &str) -> Vec<Attribute> {
+        let label = self.id(role);
+        vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::Label(label.clone()),
+            Attribute::Id(label),
+        ]
+    }
+
+    /// Generates an Ed25519 key pair in the token under `role`; returns its public key.
+    fn generate_root(&self, session: &Session, role: &str) -> Result<[u8; 32], ModuleError> {
+        let public_template = self.root_public_template(role);
+        let private_template = self.root_private_template(role);
+        let (public, _private) = create_retrying(
+            session,
+            |s| self.governance_objects(s, role),
+            |s| {
+                s.generate_key_pair(
+                    &Mechanism::EccEdwardsKeyPairGen,
+                    &public_template,
+                    &private_template,
+                )
+            },
+            |e| match rv(&e) {
+                Some(
+                    RvError::MechanismInvalid
+                    | RvError::CurveNotSupported
+                    | RvError::DomainParamsInvalid,
+                ) => ModuleError::Unsupported(
+                    "Ed25519 keys (CKM_EC_EDWARDS_KEY_PAIR_GEN) on this token",
+                ),
+                _ => backend("C_GenerateKeyPair")(e),
+            },
+        )?;
+        self.public_key(session, public)
+    }
+
+    /// Imports an Ed25519 key pair from its seed under `role` (`CKK_EC_EDWARDS`, the private
+    /// half's `CKA_VALUE` the 32-byte seed, RFC 8410 section 7 as PKCS#11 3.0 says), then proves
+    /// it: one signature by the token verified here under the seed's public key. On failure
+    /// nothing of the role is left.
+    fn import_root(
+        &self,
+        session: &Session,
+        role: &str,
+        seed: &SigningSeed,
+    ) -> Result<[u8; 32], ModuleError> {
+        let public = seed.public_key();
+        let mut private_template = self.root_private_template(role);
+        private_template.extend([
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::EC_EDWARDS),
+            Attribute::EcParams(ED25519_OID.to_vec()),
+            Attribute::Value(seed.expose_secret().to_vec()),
+        ]);
+        let mut public_template = self.root_public_template(role);
+        let mut point = vec![0x04, 0x20];
+        point.extend_from_slice(&public);
+        public_template.extend([
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC_EDWARDS),
+            Attribute::EcPoint(point),
+        ]);
+        let result = (|| {
+            let leftovers = |s: &Session| self.governance_objects(s, role);
+            let private = create_retrying(
+                session,
+                leftovers,
+                |s| s.create_object(&private_template),
+                |e| match rv(&e) {
+                    Some(
+                        RvError::AttributeValueInvalid
+                        | RvError::CurveNotSupported
+                        | RvError::DomainParamsInvalid,
+                    ) => ModuleError::Unsupported("importing Ed25519 keys on this token"),
+                    _ => backend("C_CreateObject")(e),
+                },
+            )?;
+            let public_handle = create_retrying(
+                session,
+                |s| {
+                    self.governance_role(s, ObjectClass::PUBLIC_KEY, role)
+                        .map(|h| h.into_iter().collect())
+                },
+                |s| s.create_object(&public_template),
+                backend("C_CreateObject"),
+            )?;
+            if self.public_key(session, public_handle)? != public {
+                return Err(ModuleError::Corrupt(
+                    "the imported governance public key reads back differently".into(),
+                ));
+            }
+            let probe = b"fleetkey governance root import probe";
+            let signature = eddsa_sign(session, private, probe)?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&public)
+                .map_err(|_| ModuleError::Corrupt("the root's public key is not a point".into()))?;
+            key.verify_strict(probe, &ed25519_dalek::Signature::from_bytes(&signature))
+                .map_err(|_| ModuleError::Backend {
+                    operation: "C_CreateObject",
+                    detail: "the imported Ed25519 key signs, but not as its seed's key".into(),
+                })?;
+            Ok(public)
+        })();
+        for attribute in &mut private_template {
+            if let Attribute::Value(bytes) = attribute {
+                bytes.zeroize();
+            }
+        }
+        if result.is_err() {
+            let _ = self.destroy_governance(session, role);
+        }
+        result
     }
 
     fn public_key(&self, session: &Session, handle: ObjectHandle) -> Result<[u8; 32], ModuleError> {
@@ -953,59 +1166,7 @@ impl KeyModule for Pkcs11Module {
         if let Some(public) = self.governance(session.get(), ObjectClass::PUBLIC_KEY)? {
             return self.public_key(session.get(), public);
         }
-        let label = self.id("governance");
-        let public_template = [
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::Verify(true),
-            Attribute::Encrypt(false),
-            Attribute::Wrap(false),
-            Attribute::Derive(false),
-            Attribute::EcParams(ED25519_OID.to_vec()),
-            Attribute::Label(label.clone()),
-            Attribute::Id(label.clone()),
-        ];
-        let private_template = [
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Decrypt(false),
-            Attribute::Unwrap(false),
-            Attribute::Derive(false),
-            Attribute::Label(label.clone()),
-            Attribute::Id(label),
-        ];
-        let leftovers = |s: &Session| {
-            let mut found = Vec::new();
-            for class in [ObjectClass::PUBLIC_KEY, ObjectClass::PRIVATE_KEY] {
-                found.extend(self.governance(s, class)?);
-            }
-            Ok(found)
-        };
-        let (public, _private) = create_retrying(
-            session.get(),
-            leftovers,
-            |s| {
-                s.generate_key_pair(
-                    &Mechanism::EccEdwardsKeyPairGen,
-                    &public_template,
-                    &private_template,
-                )
-            },
-            |e| match rv(&e) {
-                Some(
-                    RvError::MechanismInvalid
-                    | RvError::CurveNotSupported
-                    | RvError::DomainParamsInvalid,
-                ) => ModuleError::Unsupported(
-                    "Ed25519 keys (CKM_EC_EDWARDS_KEY_PAIR_GEN) on this token",
-                ),
-                _ => backend("C_GenerateKeyPair")(e),
-            },
-        )?;
-        self.public_key(session.get(), public)
+        self.generate_root(session.get(), GOVERNANCE)
     }
 
     fn signing_public_key(&self) -> Result<Option<[u8; 32]>, ModuleError> {
@@ -1021,24 +1182,94 @@ impl KeyModule for Pkcs11Module {
         let private = self
             .governance(session.get(), ObjectClass::PRIVATE_KEY)?
             .ok_or(ModuleError::NoSigningKey)?;
-        let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Ed25519));
-        let signature = session
-            .get()
-            .sign(&mechanism, private, message)
-            .map_err(|e| match rv(&e) {
-                Some(RvError::MechanismInvalid) => {
-                    ModuleError::Unsupported("CKM_EDDSA on this token")
-                }
-                _ => backend("C_Sign")(e),
-            })?;
-        signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| ModuleError::Backend {
-                operation: "C_Sign",
-                detail: format!("an Ed25519 signature of {} bytes", signature.len()),
-            })
+        eddsa_sign(session.get(), private, message)
     }
+
+    fn import_signing_key(&self, seed: &SigningSeed) -> Result<[u8; 32], ModuleError> {
+        let _change = lock(&self.token.changes);
+        let session = self.session()?;
+        if !self
+            .governance_objects(session.get(), GOVERNANCE)?
+            .is_empty()
+        {
+            return Err(ModuleError::SigningKeyExists);
+        }
+        self.import_root(session.get(), GOVERNANCE, seed)
+    }
+
+    fn stage_signing_key(&self, seed: Option<&SigningSeed>) -> Result<[u8; 32], ModuleError> {
+        let _change = lock(&self.token.changes);
+        let session = self.session()?;
+        if self
+            .governance(session.get(), ObjectClass::PRIVATE_KEY)?
+            .is_none()
+        {
+            return Err(ModuleError::NoSigningKey);
+        }
+        self.destroy_governance(session.get(), GOVERNANCE_NEXT)?;
+        match seed {
+            Some(seed) => self.import_root(session.get(), GOVERNANCE_NEXT, seed),
+            None => self.generate_root(session.get(), GOVERNANCE_NEXT),
+        }
+    }
+
+    fn staged_signing_public_key(&self) -> Result<Option<[u8; 32]>, ModuleError> {
+        let session = self.session()?;
+        match self.governance_role(session.get(), ObjectClass::PUBLIC_KEY, GOVERNANCE_NEXT)? {
+            Some(public) => self.public_key(session.get(), public).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn promote_signing_key(&self) -> Result<[u8; 32], ModuleError> {
+        let _change = lock(&self.token.changes);
+        let session = self.session()?;
+        let s = session.get();
+        let (Some(public), Some(_private)) = (
+            self.governance_role(s, ObjectClass::PUBLIC_KEY, GOVERNANCE_NEXT)?,
+            self.governance_role(s, ObjectClass::PRIVATE_KEY, GOVERNANCE_NEXT)?,
+        ) else {
+            return Err(ModuleError::NoStagedSigningKey);
+        };
+        let key = self.public_key(s, public)?;
+        // The old root's objects are destroyed first; a crash before the relabel leaves only the
+        // staged root, which the next promote finishes.
+        self.destroy_governance(s, GOVERNANCE)?;
+        let label = self.id(GOVERNANCE);
+        for handle in self.governance_objects(s, GOVERNANCE_NEXT)? {
+            s.update_attributes(
+                handle,
+                &[
+                    Attribute::Label(label.clone()),
+                    Attribute::Id(label.clone()),
+                ],
+            )
+            .map_err(backend("C_SetAttributeValue"))?;
+        }
+        Ok(key)
+    }
+}
+
+/// An Ed25519 signature (`CKM_EDDSA`) by a token key.
+fn eddsa_sign(
+    session: &Session,
+    private: ObjectHandle,
+    message: &[u8],
+) -> Result<[u8; 64], ModuleError> {
+    let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Ed25519));
+    let signature = session
+        .sign(&mechanism, private, message)
+        .map_err(|e| match rv(&e) {
+            Some(RvError::MechanismInvalid) => ModuleError::Unsupported("CKM_EDDSA on this token"),
+            _ => backend("C_Sign")(e),
+        })?;
+    signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| ModuleError::Backend {
+            operation: "C_Sign",
+            detail: format!("an Ed25519 signature of {} bytes", signature.len()),
+        })
 }
 
 /// A bulk deriver: its own session and, where the token allows, a session copy of the master.

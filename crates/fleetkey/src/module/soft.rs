@@ -13,8 +13,9 @@
 //!   and, with a lock file, between processes; a change refuses to overwrite a key file that
 //!   another process changed since this one read it.
 //! - **Memory**: masters as [`MasterKey`] with their precomputed [`Deriver`], the KEK as a
-//!   zeroizing array, the governance root as an `ed25519_dalek::SigningKey`; all zeroized on
-//!   drop, so destroying a master or dropping the module clears them. A bulk deriver holds a
+//!   zeroizing array, the governance root (and, during a root rotation, the staged next root)
+//!   as an `ed25519_dalek::SigningKey`; all zeroized on drop, so destroying a master, promoting
+//!   a staged root over the old one, or dropping the module clears them. A bulk deriver holds a
 //!   copy of its generation's `Deriver` and drops it at its first call after the destroy.
 //! - **Passphrase**: copied into age's zeroizing `SecretString` for re-encryption; it appears
 //!   in no error and no `Debug` output.
@@ -42,7 +43,7 @@ use zeroize::Zeroizing;
 use age::secrecy::SecretString;
 
 use self::durable::Paths;
-use super::{BulkDeriver, KeyModule};
+use super::{BulkDeriver, KeyModule, SigningSeed};
 use crate::error::ModuleError;
 use crate::model::WrappedKey;
 
@@ -81,6 +82,8 @@ struct State {
     masters: BTreeMap<u32, Slot>,
     kek: Option<Zeroizing<[u8; 32]>>,
     signing: Option<SigningKey>,
+    /// The next root, staged during a root rotation.
+    next_signing: Option<SigningKey>,
 }
 
 #[derive(Clone)]
@@ -191,6 +194,9 @@ impl SoftModule {
             signing: contents
                 .signing_seed
                 .map(|seed| SigningKey::from_bytes(&seed)),
+            next_signing: contents
+                .next_signing_seed
+                .map(|seed| SigningKey::from_bytes(&seed)),
         };
         Ok(Self {
             paths,
@@ -285,6 +291,7 @@ fn encode(state: &State) -> Zeroizing<Vec<u8>> {
             .collect(),
         kek: state.kek.as_deref(),
         signing_seed: state.signing.as_ref().map(SigningKey::as_bytes),
+        next_signing_seed: state.next_signing.as_ref().map(SigningKey::as_bytes),
     })
 }
 
@@ -478,6 +485,56 @@ impl KeyModule for SoftModule {
         let state = self.read();
         let key = state.signing.as_ref().ok_or(ModuleError::NoSigningKey)?;
         Ok(key.sign(message).to_bytes())
+    }
+
+    fn import_signing_key(&self, seed: &SigningSeed) -> Result<[u8; 32], ModuleError> {
+        self.change(|state| {
+            if state.signing.is_some() {
+                return Err(ModuleError::SigningKeyExists);
+            }
+            let key = SigningKey::from_bytes(seed.expose_secret());
+            let public = key.verifying_key().to_bytes();
+            state.signing = Some(key);
+            Ok(Change::Write(public))
+        })
+    }
+
+    fn stage_signing_key(&self, seed: Option<&SigningSeed>) -> Result<[u8; 32], ModuleError> {
+        let key = match seed {
+            Some(seed) => SigningKey::from_bytes(seed.expose_secret()),
+            None => SigningKey::from_bytes(&*random_32()?),
+        };
+        self.change(|state| {
+            if state.signing.is_none() {
+                return Err(ModuleError::NoSigningKey);
+            }
+            let public = key.verifying_key().to_bytes();
+            // A root staged before is dropped here (zeroized) and gone from the file.
+            state.next_signing = Some(key);
+            Ok(Change::Write(public))
+        })
+    }
+
+    fn staged_signing_public_key(&self) -> Result<Option<[u8; 32]>, ModuleError> {
+        Ok(self
+            .read()
+            .next_signing
+            .as_ref()
+            .map(|key| key.verifying_key().to_bytes()))
+    }
+
+    fn promote_signing_key(&self) -> Result<[u8; 32], ModuleError> {
+        self.change(|state| {
+            let next = state
+                .next_signing
+                .take()
+                .ok_or(ModuleError::NoStagedSigningKey)?;
+            let public = next.verifying_key().to_bytes();
+            // The old root is dropped (zeroized) with the state it was in, and the key file
+            // version holding it is overwritten and unlinked (`durable::wipe_aside`).
+            state.signing = Some(next);
+            Ok(Change::Write(public))
+        })
     }
 }
 

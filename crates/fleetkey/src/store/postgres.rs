@@ -142,6 +142,21 @@ impl PostgresStore {
 
     /// Connects with options; see [`PostgresStore::connect`].
     pub fn connect_with(url: &str, options: &PostgresOptions) -> Result<Self, StoreError> {
+        Self::connect_inner(url, options, true)
+    }
+
+    /// Connects to a store that must exist already (a fleet opening its store): a schema without
+    /// fleetkey tables is [`StoreError::NotFound`] rather than created, so a mistyped schema or
+    /// database does not quietly start an empty fleet. Migrates an older schema.
+    pub fn connect_existing(url: &str, options: &PostgresOptions) -> Result<Self, StoreError> {
+        Self::connect_inner(url, options, false)
+    }
+
+    fn connect_inner(
+        url: &str,
+        options: &PostgresOptions,
+        create: bool,
+    ) -> Result<Self, StoreError> {
         check_schema_name(&options.schema)?;
         // The parse error names what is wrong without repeating the URL (it may hold a password).
         let mut config: Config = url.parse().map_err(|e| StoreError::Backend {
@@ -159,6 +174,20 @@ impl PostgresStore {
             max_attempts: options.max_attempts.max(1),
             statements: HashMap::new(),
         };
+        if !create {
+            let schema = store.schema.clone();
+            let mut t = store
+                .client
+                .transaction()
+                .map_err(|e| backend("read schema version", e))?;
+            let found = schema_version(&mut t, &schema)?;
+            t.commit().map_err(|e| backend("read schema version", e))?;
+            if found == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "a fleetkey store in PostgreSQL schema {schema:?}"
+                )));
+            }
+        }
         store.migrate()?;
         Ok(store)
     }

@@ -20,14 +20,16 @@
 //! - a bulk deriver taken before `destroy_master` fails after it (any error);
 //! - any blob that is not a wrapping under this module's KEK, whatever its length, is
 //!   `ModuleError::Unwrap`; wrapping is deterministic (RFC 5649 has no nonce);
-//! - signatures are plain Ed25519 (RFC 8032), hence deterministic, and verify strictly.
+//! - signatures are plain Ed25519 (RFC 8032), hence deterministic, and verify strictly;
+//! - an imported governance root signs exactly as `ed25519-dalek` does with its seed; a staged
+//!   next root does not sign until promoted, and promoting destroys the old root.
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use fleetkey::ModuleError;
 use fleetkey::core::MasterKey;
 use fleetkey::core::derive::{self, DeviceKeyInputs, Generation, Revision, Serial, Usage};
 use fleetkey::model::WrappedKey;
-use fleetkey::module::KeyModule;
+use fleetkey::module::{KeyModule, SigningSeed};
 
 /// Makes the modules a check runs against.
 pub(crate) trait ModuleFactory: Sync {
@@ -62,6 +64,8 @@ macro_rules! module_conformance {
             derive_with_a_damaged_root_fails,
             signing_key_is_idempotent_and_verifies,
             sign_without_signing_key_is_no_signing_key,
+            imported_signing_key_signs_as_its_seed,
+            staged_root_replaces_the_old_one_on_promote,
             concurrent_derive_agrees,
         );
     };
@@ -674,6 +678,87 @@ pub(crate) fn sign_without_signing_key_is_no_signing_key(factory: &dyn ModuleFac
         Err(ModuleError::NoSigningKey)
     ));
     assert_eq!(module.signing_public_key().unwrap(), None);
+}
+
+/// An imported root signs as its seed does (RFC 8032 section 7.1 test 1); a second import, or
+/// an import over a generated root, is refused.
+pub(crate) fn imported_signing_key_signs_as_its_seed(factory: &dyn ModuleFactory) {
+    use ed25519_dalek::Signer as _;
+    let seed: [u8; 32] =
+        hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+            .unwrap()
+            .try_into()
+            .unwrap();
+    let module = factory.fresh();
+    let imported = module
+        .import_signing_key(&SigningSeed::from_bytes(zeroize::Zeroizing::new(seed)))
+        .unwrap();
+    assert_eq!(
+        hex::encode(imported),
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+    );
+    assert_eq!(module.signing_public_key().unwrap(), Some(imported));
+    let reference = ed25519_dalek::SigningKey::from_bytes(&seed);
+    for message in [&b""[..], b"handover"] {
+        assert_eq!(
+            module.sign(message).unwrap(),
+            reference.sign(message).to_bytes()
+        );
+    }
+    assert!(matches!(
+        module.import_signing_key(&SigningSeed::from_bytes(zeroize::Zeroizing::new([7; 32]))),
+        Err(ModuleError::SigningKeyExists)
+    ));
+    assert_eq!(module.signing_public_key().unwrap(), Some(imported));
+    let generated = factory.fresh();
+    generated.ensure_signing_key().unwrap();
+    assert!(matches!(
+        generated.import_signing_key(&SigningSeed::from_bytes(zeroize::Zeroizing::new(seed))),
+        Err(ModuleError::SigningKeyExists)
+    ));
+}
+
+/// Root rotation in the module: the staged root is listed but does not sign; staging again
+/// replaces it; promoting makes it the root and the old root is gone; without a staged root,
+/// promoting changes nothing.
+pub(crate) fn staged_root_replaces_the_old_one_on_promote(factory: &dyn ModuleFactory) {
+    let module = factory.fresh();
+    assert!(matches!(
+        module.stage_signing_key(None),
+        Err(ModuleError::NoSigningKey)
+    ));
+    let old = module.ensure_signing_key().unwrap();
+    assert!(matches!(
+        module.promote_signing_key(),
+        Err(ModuleError::NoStagedSigningKey)
+    ));
+    assert_eq!(module.staged_signing_public_key().unwrap(), None);
+    let discarded = module.stage_signing_key(None).unwrap();
+    assert_ne!(discarded, old);
+    let seed = SigningSeed::from_bytes(zeroize::Zeroizing::new([0x42; 32]));
+    let next = module.stage_signing_key(Some(&seed)).unwrap();
+    assert_eq!(next, seed.public_key());
+    assert_eq!(module.staged_signing_public_key().unwrap(), Some(next));
+    // The old root still signs the handover.
+    assert_eq!(module.signing_public_key().unwrap(), Some(old));
+    let handover = module.sign(b"handover").unwrap();
+    VerifyingKey::from_bytes(&old)
+        .unwrap()
+        .verify_strict(b"handover", &Signature::from_bytes(&handover))
+        .unwrap();
+    assert_eq!(module.promote_signing_key().unwrap(), next);
+    assert_eq!(module.signing_public_key().unwrap(), Some(next));
+    assert_eq!(module.staged_signing_public_key().unwrap(), None);
+    let record = module.sign(b"record").unwrap();
+    VerifyingKey::from_bytes(&next)
+        .unwrap()
+        .verify_strict(b"record", &Signature::from_bytes(&record))
+        .unwrap();
+    assert!(matches!(
+        module.promote_signing_key(),
+        Err(ModuleError::NoStagedSigningKey)
+    ));
+    assert_eq!(module.signing_public_key().unwrap(), Some(next));
 }
 
 /// Two threads deriving at once (while a third changes the module) get the sequential results.

@@ -4,11 +4,13 @@
 //!
 //! Plaintext, version 1 (written without spaces, generations ascending):
 //! ```text
-//! {"version":1,"masters":{"1":"<64 hex>","2":"<64 hex>"},"kek":"<64 hex>","signing_seed":"<64 hex>"}
+//! {"version":1,"masters":{"1":"<64 hex>","2":"<64 hex>"},"kek":"<64 hex>","signing_seed":"<64 hex>",
+//!  "next_signing_seed":"<64 hex>"}
 //! ```
 //! `masters` maps a generation (a u32 in canonical decimal) to its 32-byte master; `kek` (the
-//! AES-256 key-encryption key) and `signing_seed` (the Ed25519 secret key, RFC 8032 section
-//! 5.1.5) are absent while the module has none. Nothing else is allowed.
+//! AES-256 key-encryption key), `signing_seed` (the Ed25519 secret key of the governance root,
+//! RFC 8032 section 5.1.5) and `next_signing_seed` (the next root, staged during a root rotation)
+//! are absent while the module has none. Nothing else is allowed.
 //!
 //! Every plaintext buffer is a `Zeroizing` one, sized before it is written so that it never
 //! reallocates (a reallocation would leave a copy behind), and hex is parsed where it lies.
@@ -32,6 +34,7 @@ pub(super) struct Contents {
     pub(super) masters: BTreeMap<u32, MasterKey>,
     pub(super) kek: Option<Zeroizing<[u8; 32]>>,
     pub(super) signing_seed: Option<Zeroizing<[u8; 32]>>,
+    pub(super) next_signing_seed: Option<Zeroizing<[u8; 32]>>,
 }
 
 /// Borrowed secrets to encode.
@@ -39,13 +42,15 @@ pub(super) struct ContentsRef<'a> {
     pub(super) masters: Vec<(u32, &'a [u8; 32])>,
     pub(super) kek: Option<&'a [u8; 32]>,
     pub(super) signing_seed: Option<&'a [u8; 32]>,
+    pub(super) next_signing_seed: Option<&'a [u8; 32]>,
 }
 
 /// Encodes the plaintext document.
 pub(super) fn encode(contents: &ContentsRef<'_>) -> Zeroizing<Vec<u8>> {
     // An entry is at most `"4294967295":"<64 hex>",` (80 bytes), `"kek":"<64 hex>"` 72 and
-    // `"signing_seed":"<64 hex>"` 81, plus 26 bytes around them: 96 per entry and 128 cover it.
-    let capacity = 128 + 96 * (contents.masters.len() + 2);
+    // `"signing_seed":"<64 hex>"` 81, `"next_signing_seed":"<64 hex>"` 86, plus 26 bytes around
+    // them: 96 per entry and 128 cover it.
+    let capacity = 128 + 96 * (contents.masters.len() + 3);
     let mut out = Zeroizing::new(Vec::with_capacity(capacity));
     out.extend_from_slice(b"{\"version\":");
     out.extend_from_slice(VERSION.to_string().as_bytes());
@@ -66,6 +71,10 @@ pub(super) fn encode(contents: &ContentsRef<'_>) -> Zeroizing<Vec<u8>> {
     }
     if let Some(seed) = contents.signing_seed {
         out.extend_from_slice(b",\"signing_seed\":");
+        push_hex_string(&mut out, seed);
+    }
+    if let Some(seed) = contents.next_signing_seed {
+        out.extend_from_slice(b",\"next_signing_seed\":");
         push_hex_string(&mut out, seed);
     }
     out.push(b'}');
@@ -106,6 +115,8 @@ struct RawDocument<'a> {
     kek: Option<&'a str>,
     #[serde(borrow, default)]
     signing_seed: Option<&'a str>,
+    #[serde(borrow, default)]
+    next_signing_seed: Option<&'a str>,
 }
 
 /// The `masters` object as written, duplicates kept so that they can be refused.
@@ -169,6 +180,10 @@ pub(super) fn decode(plaintext: &[u8]) -> Result<Contents, ModuleError> {
     contents.signing_seed = raw
         .signing_seed
         .map(|h| secret_hex(h, "signing_seed"))
+        .transpose()?;
+    contents.next_signing_seed = raw
+        .next_signing_seed
+        .map(|h| secret_hex(h, "next_signing_seed"))
         .transpose()?;
     Ok(contents)
 }

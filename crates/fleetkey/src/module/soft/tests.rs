@@ -17,6 +17,7 @@ fn encodes_the_documented_layout() {
         masters: vec![(1, &m1), (u32::MAX, &m2)],
         kek: Some(&kek),
         signing_seed: Some(&seed),
+        next_signing_seed: None,
     });
     let expected = format!(
         r#"{{"version":1,"masters":{{"1":"{}","4294967295":"{}"}},"kek":"{}","signing_seed":"{}"}}"#,
@@ -30,6 +31,7 @@ fn encodes_the_documented_layout() {
         masters: vec![],
         kek: None,
         signing_seed: None,
+        next_signing_seed: None,
     });
     assert_eq!(&empty[..], br#"{"version":1,"masters":{}}"#);
     assert!(decode_ok(&empty).masters.is_empty());
@@ -78,11 +80,13 @@ proptest! {
         masters in proptest::collection::btree_map(any::<u32>(), any::<[u8; 32]>(), 0..20),
         kek in proptest::option::of(any::<[u8; 32]>()),
         seed in proptest::option::of(any::<[u8; 32]>()),
+        next in proptest::option::of(any::<[u8; 32]>()),
     ) {
         let text = keyfile::encode(&ContentsRef {
             masters: masters.iter().map(|(g, m)| (*g, m)).collect(),
             kek: kek.as_ref(),
             signing_seed: seed.as_ref(),
+            next_signing_seed: next.as_ref(),
         });
         let parsed: serde_json::Value = serde_json::from_slice(&text).unwrap();
         prop_assert_eq!(parsed["version"].as_u64(), Some(1));
@@ -92,6 +96,7 @@ proptest! {
         prop_assert_eq!(back_masters, masters);
         prop_assert_eq!(back.kek.map(|k| *k), kek);
         prop_assert_eq!(back.signing_seed.map(|k| *k), seed);
+        prop_assert_eq!(back.next_signing_seed.map(|k| *k), next);
     }
 
     #[test]

@@ -1,0 +1,295 @@
+//! `fleetkey bench serve`: provisioning requests per second and latency through the HTTP service
+//! (release build, loopback, plain HTTP), at several concurrencies, beside the same operation
+//! in process (`Fleet::provision` on one handle: the ceiling the service wraps).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetkey::access::Role;
+use fleetkey::fleet::{Access, Fleet, InitOptions, MasterBackup, SecretString, SystemClock};
+use fleetkey::home::{ModuleConfig, StoreConfig};
+use fleetkey::model::{DeviceSerial, Scheme};
+use fleetkey::module::soft::WorkFactor;
+use fleetkey_server::pool::FleetPool;
+use fleetkey_server::{AppState, Server, ServerConfig, ServiceConfig};
+use serde::Serialize;
+
+use super::load::{self, LoadReport, Request};
+use crate::cmd::ctx::{Bar, Global};
+use crate::error::CliError;
+
+/// Options of `fleetkey bench serve`.
+#[derive(clap::Args)]
+#[command(after_help = "\
+A temporary derived fleet (soft module) with its devices registered; a station token; the
+service in this process on 127.0.0.1 (plain HTTP, no rate limit); then, per concurrency C, C
+client threads with keep-alive connections POST /v1/devices/{serial}/provision with an
+Idempotency-Key, each request a device not provisioned before. The ceiling is Fleet::provision
+in process on one handle, on other fresh devices, measured in the same run. Build with
+--release: a debug build measures the debug build.
+
+Examples:
+  cargo run --release -p fleetkey-cli -- bench serve
+  fleetkey bench serve --store postgres://postgres@127.0.0.1:5432/test --concurrency 1,16,64 --json")]
+pub(crate) struct ServeBenchArgs {
+    /// `sqlite` (a file in a temporary directory) or a PostgreSQL URL (a temporary schema,
+    /// dropped at the end).
+    #[arg(long, default_value = "sqlite")]
+    store: String,
+    /// Client concurrencies to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+    /// Requests per concurrency level.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// The service's fleet handles (store connections).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+}
+
+#[derive(Serialize)]
+struct Row {
+    store: &'static str,
+    #[serde(flatten)]
+    load: LoadReport,
+    ceiling_per_s: f64,
+    ratio: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    ceiling: Ceiling,
+    rows: Vec<Row>,
+}
+
+#[derive(Serialize)]
+struct Ceiling {
+    operations: usize,
+    per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn serial(i: usize) -> String {
+    format!("BENCH-{i:08}")
+}
+
+pub(crate) fn run(global: &Global, args: ServeBenchArgs) -> Result<(), CliError> {
+    if args.concurrency.is_empty() || args.concurrency.iter().any(|&c| c == 0 || c > 1024) {
+        return Err(CliError::input("--concurrency", "numbers from 1 to 1024"));
+    }
+    if args.requests == 0 {
+        return Err(CliError::input("--requests", "at least 1"));
+    }
+    let dir = tempfile::tempdir().map_err(|e| CliError::input("temporary directory", e))?;
+    let home = dir.path().join("home");
+    let (store, store_name, drop_schema) = if args.store == "sqlite" {
+        let file = fleetkey::home::STORE_FILE.into();
+        (StoreConfig::Sqlite { file }, "sqlite", None)
+    } else if args.store.starts_with("postgres://") || args.store.starts_with("postgresql://") {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let schema = format!("fleetkey_bench_{}_{nanos:x}", std::process::id());
+        let config = StoreConfig::Postgres {
+            schema: schema.clone(),
+            url: Some(args.store.clone()),
+            url_file: None,
+        };
+        (
+            config,
+            "postgres",
+            Some(DropSchema {
+                url: args.store.clone(),
+                schema,
+            }),
+        )
+    } else {
+        return Err(CliError::input("--store", "`sqlite` or a postgres:// URL"));
+    };
+    let access = || Access {
+        passphrase: SecretString::from("fleetkey bench passphrase".to_owned()),
+        actor: "bench".into(),
+        clock: Arc::new(SystemClock),
+    };
+    let options = InitOptions {
+        fleet_id: "bench".into(),
+        scheme: Scheme::Derived,
+        she_transport_key: None,
+        work_factor: WorkFactor::Log2(10),
+        // A throwaway fleet: nothing to back up.
+        backup: MasterBackup::NoBackup,
+    };
+    let module = ModuleConfig::Soft {
+        file: fleetkey::home::KEY_FILE.into(),
+    };
+    let mut fleet = Fleet::init_with(&home, module, store, options, access())?;
+
+    // Devices: one block for the ceiling, one per concurrency level; none provisioned twice.
+    let per_level = args.requests;
+    let total = per_level * (args.concurrency.len() + 1);
+    let csv = dir.path().join("devices.csv");
+    {
+        let mut text = String::from("serial\n");
+        for i in 0..total {
+            let _ = writeln!(text, "{}", serial(i));
+        }
+        std::fs::write(&csv, text).map_err(|e| CliError::input("csv", e))?;
+    }
+    fleet.import_csv(&csv, None, &Bar::new())?;
+    let (_, token) = fleet.issue_token("bench-station", Role::Station, None, None)?;
+
+    // The ceiling: the same operation in process, one handle, one at a time.
+    eprintln!("in process: Fleet::provision x {per_level}");
+    let mut latencies = Vec::with_capacity(per_level);
+    let started = Instant::now();
+    for i in 0..per_level {
+        let s = DeviceSerial::parse(&serial(i)).map_err(|e| CliError::input("serial", e))?;
+        let t = Instant::now();
+        fleet.provision(&s)?;
+        latencies.push(t.elapsed());
+    }
+    let ceiling_s = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let ceiling = Ceiling {
+        operations: per_level,
+        per_s: per_level as f64 / ceiling_s,
+        p50_ms: ms(latencies[latencies.len() / 2]),
+        p99_ms: ms(latencies[(latencies.len() * 99).div_ceil(100).max(1) - 1]),
+    };
+    drop(fleet);
+
+    // The service, in this process.
+    let shared = fleetkey::fleet::open_module(&home, &access())?;
+    let opener_home = home.clone();
+    let pool = FleetPool::open(
+        args.workers,
+        Arc::new(move || Fleet::open_with_module(&opener_home, Arc::clone(&shared), access())),
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format_args!("tokio runtime: {e}")))?;
+    let service = ServiceConfig {
+        body_limit: 64 * 1024,
+        request_timeout: Duration::from_secs(60),
+        rate_per_second: 0.0,
+        rate_burst: 1,
+        station_needs_client_cert: false,
+    };
+    let listen = "127.0.0.1:0"
+        .parse()
+        .map_err(|e| CliError::input("listen", e))?;
+    let (addr, server) = runtime
+        .block_on(Server::bind(
+            ServerConfig::plain(listen),
+            AppState::new(pool, service),
+        ))
+        .map_err(|e| CliError::failed(format_args!("listen on 127.0.0.1: {e}")))?;
+    let base = format!("http://{addr}");
+
+    let mut rows = Vec::new();
+    for (level, &c) in args.concurrency.iter().enumerate() {
+        let first = per_level * (level + 1);
+        let requests: Vec<Request> = (first..first + per_level)
+            .map(|i| Request {
+                path: format!("/v1/devices/{}/provision", serial(i)),
+                body: "{}".into(),
+                headers: vec![("idempotency-key".into(), format!("bench-{i}"))],
+            })
+            .collect();
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(per_level as u64),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg:>28} [{bar:40}] {pos}/{len} ({per_sec})")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(format!("{store_name}, concurrency {c}"));
+        let report = load::run(&base, token.expose(), requests, c, 200, &|n| bar.inc(n));
+        bar.finish_and_clear();
+        if let Some(failure) = &report.first_failure {
+            eprintln!(
+                "warning: {} of {} requests failed at concurrency {c}; first: {failure}",
+                report.failed, report.requests
+            );
+        }
+        rows.push(Row {
+            store: store_name,
+            ratio: report.requests_per_s / ceiling.per_s,
+            ceiling_per_s: ceiling.per_s,
+            load: report,
+        });
+    }
+    runtime.block_on(server.shutdown());
+    drop(runtime);
+    if let Some(d) = drop_schema {
+        d.drop_now();
+    }
+    let report = Report { ceiling, rows };
+    let _ = std::io::stderr().flush();
+    global.print(&report, |r| {
+        let mut out = format!(
+            "provisioning through the service ({} store, release loopback, plain HTTP, {} workers)\n\
+             {:>6} {:>12} {:>9} {:>9} {:>8} {:>14} {:>7}\n",
+            r.rows.first().map_or("-", |x| x.store),
+            args.workers,
+            "conc.",
+            "requests/s",
+            "p50 ms",
+            "p99 ms",
+            "failed",
+            "in-process/s",
+            "ratio"
+        );
+        for row in &r.rows {
+            let _ = writeln!(
+                out,
+                "{:>6} {:>12.0} {:>9.2} {:>9.2} {:>8} {:>14.0} {:>7.2}",
+                row.load.concurrency,
+                row.load.requests_per_s,
+                row.load.p50_ms,
+                row.load.p99_ms,
+                row.load.failed,
+                row.ceiling_per_s,
+                row.ratio
+            );
+        }
+        let _ = write!(
+            out,
+            "in process (the ceiling): Fleet::provision on one handle, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+            r.ceiling.per_s, r.ceiling.p50_ms, r.ceiling.p99_ms
+        );
+        out
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The temporary PostgreSQL schema, dropped at the end.
+struct DropSchema {
+    url: String,
+    schema: String,
+}
+
+impl DropSchema {
+    fn drop_now(&self) {
+        match postgres::Client::connect(&self.url, postgres::NoTls) {
+            Ok(mut c) => {
+                if let Err(e) = c.batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                    self.schema
+                )) {
+                    eprintln!("warning: could not drop schema {}: {e}", self.schema);
+                }
+            }
+            Err(e) => eprintln!("warning: could not drop schema {}: {e}", self.schema),
+        }
+    }
+}

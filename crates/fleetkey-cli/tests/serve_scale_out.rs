@@ -1,0 +1,301 @@
+//! Scale-out: two `fleetkey serve` processes on one PostgreSQL schema (and one key file), many
+//! concurrent clients refreshing the same device and different ones through both. Afterwards
+//! every device's revisions are 1..=N with no gap and no duplicate, N is exactly the number of
+//! refreshes that succeeded (nothing lost, nothing bumped twice), the audit trail holds one
+//! refresh event per revision in order, and `audit verify` passes.
+//!
+//! Needs `FLEETKEY_TEST_DATABASE_URL` (CI: `postgres://postgres@127.0.0.1:5432/test`): unset,
+//! the test says it was skipped; set, a server that cannot be reached fails it.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const URL_VAR: &str = "FLEETKEY_TEST_DATABASE_URL";
+const PASSPHRASE: &str = "scale-out passphrase";
+const DEVICES: usize = 6;
+const CLIENTS: usize = 12;
+const REFRESHES_PER_CLIENT: usize = 15;
+
+fn fleetkey(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetkey"));
+    cmd.arg("--home")
+        .arg(home)
+        .env("FLEETKEY_PASSPHRASE", PASSPHRASE)
+        .env("FLEETKEY_ACTOR", "scale-out")
+        .env_remove("FLEETKEY_STORE_URL")
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[track_caller]
+fn ok(home: &Path, args: &[&str]) -> String {
+    let out: Output = fleetkey(home).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Kills the servers and drops the schema whatever happened.
+struct Cleanup {
+    url: String,
+    schema: String,
+    servers: Vec<Child>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        if let Ok(mut c) = postgres::Client::connect(&self.url, postgres::NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                self.schema
+            ));
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+fn wait_healthy(base: &str, server: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let agent = agent();
+    loop {
+        if let Ok(r) = agent.get(format!("{base}/healthz")).call()
+            && r.status() == 200
+        {
+            return;
+        }
+        if let Ok(Some(status)) = server.try_wait() {
+            panic!("fleetkey serve at {base} exited: {status}");
+        }
+        assert!(Instant::now() < deadline, "{base} did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_instances_on_one_postgres_never_lose_or_repeat_a_revision() {
+    let Ok(url) = std::env::var(URL_VAR) else {
+        eprintln!("skipped: {URL_VAR} is not set (no PostgreSQL to test against)");
+        return;
+    };
+    if let Err(e) = postgres::Client::connect(&url, postgres::NoTls) {
+        panic!("{URL_VAR} is set but the PostgreSQL server cannot be reached: {e}");
+    }
+    let mut cleanup = Cleanup {
+        url: url.clone(),
+        schema: format!("fk_scale_{}", std::process::id()),
+        servers: vec![],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("fleet");
+    ok(
+        &home,
+        &[
+            "init",
+            "--fleet",
+            "scale-out",
+            "--scheme",
+            "derived",
+            "--no-backup",
+            "--kdf-log-n",
+            "10",
+            "--store",
+            &url,
+            "--store-schema",
+            &cleanup.schema,
+        ],
+    );
+    let serials: Vec<String> = (0..DEVICES).map(|i| format!("ECU-SCALE-{i}")).collect();
+    for s in &serials {
+        ok(&home, &["device", "add", s]);
+        ok(&home, &["device", "provision", s]);
+    }
+    let issued: serde_json::Value = serde_json::from_str(&ok(
+        &home,
+        &[
+            "token",
+            "issue",
+            "--principal",
+            "ops",
+            "--role",
+            "operator",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let token = issued["token"]
+        .as_str()
+        .expect("token issue --json gives the token")
+        .to_owned();
+
+    let mut bases = vec![];
+    for _ in 0..2 {
+        let port = free_port();
+        let child = fleetkey(&home)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--workers",
+                "4",
+                "--rate-limit",
+                "0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        cleanup.servers.push(child);
+        bases.push(format!("http://127.0.0.1:{port}"));
+    }
+    for (base, server) in bases.iter().zip(cleanup.servers.iter_mut()) {
+        wait_healthy(base, server);
+    }
+
+    // Each client alternates instances; even requests hit the shared hot device 0, odd ones
+    // the client's own device. Successful refreshes are recorded with the revision returned.
+    let returned: Mutex<BTreeMap<String, Vec<u64>>> = Mutex::new(BTreeMap::new());
+    let failures: Mutex<Vec<String>> = Mutex::new(vec![]);
+    std::thread::scope(|s| {
+        for client in 0..CLIENTS {
+            let (bases, serials, token) = (&bases, &serials, &token);
+            let (returned, failures) = (&returned, &failures);
+            s.spawn(move || {
+                let agent = agent();
+                for i in 0..REFRESHES_PER_CLIENT {
+                    let base = &bases[(client + i) % 2];
+                    let serial = if i % 2 == 0 {
+                        &serials[0]
+                    } else {
+                        &serials[1 + client % (DEVICES - 1)]
+                    };
+                    let resp = agent
+                        .post(format!("{base}/v1/devices/{serial}/refresh"))
+                        .header("authorization", format!("Bearer {token}"))
+                        .content_type("application/json")
+                        .send(r#"{"reason":"scale-out"}"#);
+                    match resp {
+                        Ok(mut r) => {
+                            let status = r.status().as_u16();
+                            let body = r.body_mut().read_to_string().unwrap_or_default();
+                            if status == 200 {
+                                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                                let rev = v["device"]["revision"].as_u64().unwrap();
+                                returned
+                                    .lock()
+                                    .unwrap()
+                                    .entry(serial.clone())
+                                    .or_default()
+                                    .push(rev);
+                            } else {
+                                failures.lock().unwrap().push(format!("{status}: {body}"));
+                            }
+                        }
+                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    // A refresh may be refused as busy after its retries (503): then it must not have bumped.
+    for f in &failures {
+        assert!(f.starts_with("503"), "unexpected failure: {f}");
+    }
+    let returned = returned.into_inner().unwrap();
+    let succeeded: usize = returned.values().map(Vec::len).sum();
+    assert!(
+        succeeded >= CLIENTS * REFRESHES_PER_CLIENT * 9 / 10,
+        "too few refreshes succeeded: {succeeded}, failures {failures:?}"
+    );
+    assert_eq!(succeeded + failures.len(), CLIENTS * REFRESHES_PER_CLIENT);
+
+    for s in &serials {
+        let mut revs = returned.get(s).cloned().unwrap_or_default();
+        revs.sort_unstable();
+        let n = revs.len() as u64;
+        assert_eq!(
+            revs,
+            (1..=n).collect::<Vec<_>>(),
+            "{s}: the revisions returned must be 1..={n}, each once"
+        );
+        let shown: serde_json::Value =
+            serde_json::from_str(&ok(&home, &["device", "show", s, "--json"])).unwrap();
+        assert_eq!(
+            shown["revision"].as_u64(),
+            Some(n),
+            "{s}: nothing lost, nothing extra"
+        );
+        let events: serde_json::Value = serde_json::from_str(&ok(
+            &home,
+            &[
+                "audit",
+                "show",
+                "--device",
+                s,
+                "--action",
+                "device.refresh",
+                "--limit",
+                "1000",
+                "--json",
+            ],
+        ))
+        .unwrap();
+        let events = events
+            .as_array()
+            .or_else(|| events["events"].as_array())
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(events.len() as u64, n, "{s}: one audit event per refresh");
+        let audit_revs: Vec<u64> = events
+            .iter()
+            .map(|e| {
+                let details = if e["draft"].is_object() {
+                    &e["draft"]["details"]
+                } else {
+                    &e["details"]
+                };
+                details["revision"]
+                    .as_u64()
+                    .or_else(|| details["to"]["revision"].as_u64())
+                    .or_else(|| details["to"][1].as_u64())
+                    .unwrap_or_else(|| panic!("no revision in {e}"))
+            })
+            .collect();
+        assert_eq!(
+            audit_revs,
+            (1..=n).collect::<Vec<_>>(),
+            "{s}: the audit trail is in revision order"
+        );
+    }
+    assert!(ok(&home, &["audit", "verify"]).contains("intact"));
+    eprintln!(
+        "scale-out: {succeeded} refreshes through 2 instances, {} refused busy",
+        failures.len()
+    );
+}
