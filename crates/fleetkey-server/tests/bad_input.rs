@@ -481,6 +481,16 @@ async fn a_slowloris_connection_is_closed_while_others_are_served() {
         }
         slow
     });
+    // A client that connects and sends nothing is cut off too.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    // So is a kept-alive connection that goes quiet after a request.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
     // Meanwhile another client is served.
     let admin = h.tokens[&Role::Admin].clone();
     let mut other = TcpStream::connect(addr).await.unwrap();
