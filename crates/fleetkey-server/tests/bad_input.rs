@@ -511,6 +511,14 @@ async fn a_slowloris_connection_is_closed_while_others_are_served() {
         closed_within(&mut slow, Duration::from_secs(30)).await,
         "the slow connection stayed open"
     );
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(30)).await,
+        "the silent connection stayed open"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(30)).await,
+        "the idle connection stayed open"
+    );
     assert_eq!(snapshot(&h), before);
     // And the service still serves.
     let mut again = TcpStream::connect(addr).await.unwrap();
