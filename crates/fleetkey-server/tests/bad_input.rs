@@ -362,7 +362,8 @@ async fn huge_bodies_get_413_and_write_nothing() {
     assert!(body.len() > 4096);
     // With Content-Length (refused before reading) ...
     let r = call(&h, "POST", "/v1/devices/import", Some(&admin), Some(&body)).await;
-    assert_problem(&r, 413, "body-too-large");
+    let p = assert_problem(&r, 413, "body-too-large");
+    assert!(p["detail"].as_str().unwrap().contains("4096 bytes"), "{p}");
     // ... and streamed without one (chunked: refused while reading), over a real socket.
     let (addr, server) = Server::bind(
         ServerConfig::plain("127.0.0.1:0".parse().unwrap()),
