@@ -31,6 +31,18 @@ impl std::fmt::Debug for FleetPool {
     }
 }
 
+impl Drop for FleetPool {
+    fn drop(&mut self) {
+        let fleets = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if !fleets.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
+            // A synchronous store client (postgres) runs a runtime of its own to close its
+            // connection, which panics on a runtime's thread: the server drops its state there at
+            // shutdown. Close the handles on a plain thread.
+            let _ = std::thread::spawn(move || drop(fleets)).join();
+        }
+    }
+}
+
 impl FleetPool {
     /// Opens `size` handles (at least one) with `opener`.
     pub fn open(size: usize, opener: Opener) -> Result<FleetPool, Error> {
