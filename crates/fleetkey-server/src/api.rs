@@ -16,6 +16,18 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     } else {
         bytes
     };
+    // serde reads a struct from a JSON array too; the API takes objects only.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::Invalid {
+                    field: "body".into(),
+                    problem: "must be a JSON object".into(),
+                },
+                Err(e) => ApiError::Malformed(e.to_string()),
+            },
+        );
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -292,9 +304,14 @@ mod tests {
         ));
         assert_eq!(parse_body::<Empty>(b"").unwrap(), Empty {});
         assert_eq!(parse_body::<Reason>(b" \n").unwrap(), Reason::default());
+        assert_eq!(field_of(parse_body::<Empty>(b"[]").unwrap_err()), "body");
+        assert_eq!(
+            field_of(parse_body::<NewDevice>(br#"["A", null, []]"#).unwrap_err()),
+            "body"
+        );
         assert!(matches!(
-            parse_body::<Empty>(b"[]"),
-            Err(ApiError::Invalid { .. })
+            parse_body::<Empty>(b"[1,"),
+            Err(ApiError::Malformed(_))
         ));
     }
 }

@@ -340,7 +340,11 @@ async fn frame(State(state): State<AppState>, mut req: Request, next: Next) -> R
             Err(_) => ApiError::Timeout(timeout).into_response(),
         };
     let status = response.status();
-    if let Some(problem) = response.extensions_mut().remove::<Problem>() {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // From the body limit layer or the extractor: name the limit.
+        let problem = ApiError::TooLarge(state.inner.config.body_limit).problem();
+        response = problem::render(&problem, &id, &path);
+    } else if let Some(problem) = response.extensions_mut().remove::<Problem>() {
         response = problem::render(&problem, &id, &path);
     } else if (status.is_client_error() || status.is_server_error())
         && response

@@ -31,6 +31,18 @@ impl std::fmt::Debug for FleetPool {
     }
 }
 
+impl Drop for FleetPool {
+    fn drop(&mut self) {
+        let fleets = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if !fleets.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
+            // A synchronous store client (postgres) runs a runtime of its own to close its
+            // connection, which panics on a runtime's thread: the server drops its state there at
+            // shutdown. Close the handles on a plain thread.
+            let _ = std::thread::spawn(move || drop(fleets)).join();
+        }
+    }
+}
+
 impl FleetPool {
     /// Opens `size` handles (at least one) with `opener`.
     pub fn open(size: usize, opener: Opener) -> Result<FleetPool, Error> {
@@ -87,18 +99,6 @@ impl FleetPool {
             Ok(out) => out,
             // The handle went down with the panic; the next `run` opens a new one.
             Err(e) => Err(ApiError::Internal(format!("request worker failed: {e}"))),
-        }
-    }
-}
-
-impl Drop for FleetPool {
-    /// Closes the handles on a thread of their own. The pool is often dropped on one of tokio's
-    /// worker threads (with the last `AppState`), and a PostgreSQL store closes its connection by
-    /// blocking on a runtime of its own, which tokio forbids inside its workers.
-    fn drop(&mut self) {
-        let fleets = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
-        if !fleets.is_empty() {
-            let _ = std::thread::spawn(move || drop(fleets)).join();
         }
     }
 }

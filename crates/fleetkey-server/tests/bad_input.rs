@@ -36,12 +36,15 @@ fn assert_problem(r: &Response, status: u16, slug: &str) -> serde_json::Value {
     p
 }
 
+/// Method, path, body, status, problem slug, field.
+type Case<'a> = (&'a str, &'a str, &'a str, u16, &'a str, Option<&'a str>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_are_refused_with_the_field_and_write_nothing() {
     let h = harness(unlimited());
     let admin = h.tokens[&Role::Admin].clone();
     let before = snapshot(&h);
-    let cases: &[(&str, &str, &str, u16, &str, Option<&str>)] = &[
+    let cases: &[Case] = &[
         // method, path, body, status, problem, field
         (
             "POST",
@@ -359,7 +362,8 @@ async fn huge_bodies_get_413_and_write_nothing() {
     assert!(body.len() > 4096);
     // With Content-Length (refused before reading) ...
     let r = call(&h, "POST", "/v1/devices/import", Some(&admin), Some(&body)).await;
-    assert_problem(&r, 413, "body-too-large");
+    let p = assert_problem(&r, 413, "body-too-large");
+    assert!(p["detail"].as_str().unwrap().contains("4096 bytes"), "{p}");
     // ... and streamed without one (chunked: refused while reading), over a real socket.
     let (addr, server) = Server::bind(
         ServerConfig::plain("127.0.0.1:0".parse().unwrap()),
@@ -409,7 +413,7 @@ async fn bad_tokens_get_401_and_write_nothing() {
         Some(tampered.as_str()),
         Some(h.expired.as_str()),
         Some(h.revoked.as_str()),
-        Some(&"x"[..]),
+        Some("x"),
     ] {
         let header = format!("Bearer {}", token.unwrap());
         let r = send(
@@ -478,6 +482,16 @@ async fn a_slowloris_connection_is_closed_while_others_are_served() {
         }
         slow
     });
+    // A client that connects and sends nothing is cut off too.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    // So is a kept-alive connection that goes quiet after a request.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
     // Meanwhile another client is served.
     let admin = h.tokens[&Role::Admin].clone();
     let mut other = TcpStream::connect(addr).await.unwrap();
@@ -497,6 +511,14 @@ async fn a_slowloris_connection_is_closed_while_others_are_served() {
     assert!(
         closed_within(&mut slow, Duration::from_secs(30)).await,
         "the slow connection stayed open"
+    );
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(30)).await,
+        "the silent connection stayed open"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(30)).await,
+        "the idle connection stayed open"
     );
     assert_eq!(snapshot(&h), before);
     // And the service still serves.

@@ -234,3 +234,37 @@ async fn rate_limits_are_per_principal() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_of_another_fleet_is_refused() {
+    let h = harness(unlimited());
+    // A token record of another fleet in this store (as a shared database might hold).
+    let (id, secret) = fleetkey::access::new_token().unwrap();
+    let token = fleetkey::access::ApiToken {
+        id,
+        hash: fleetkey::access::token_hash(secret.expose()),
+        principal: "station-x".into(),
+        role: Role::Station,
+        subject: None,
+        fleet: "another-fleet".into(),
+        created_at: 0,
+        created_by: "test".into(),
+        expires_at: None,
+        revoked_at: None,
+    };
+    let mut fleet = fleetkey::fleet::Fleet::open(&h.home, access(&h.clock, "test")).unwrap();
+    fleetkey::store::transact(fleet.store_mut(), |tx| Ok(tx.insert_token(&token)?)).unwrap();
+    let r = call(
+        &h,
+        "POST",
+        "/v1/devices/ECU-2/provision",
+        Some(secret.expose()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        snapshot(&h).1.iter().find(|d| d.0 == "ECU-2").unwrap().1,
+        "pre-active"
+    );
+}

@@ -55,8 +55,9 @@ impl Global {
         Fleet::open(&self.home, access).map_err(CliError::from)
     }
 
-    /// Opens more handles on the fleet at `--home` (the service's pool), reading the passphrase
-    /// once.
+    /// Opens more handles on the fleet at `--home` (the service's pool): the key module is opened
+    /// once (the soft module's scrypt unlock, or the token login) and shared; each handle has its
+    /// own store connection.
     pub(crate) fn opener(&self) -> Result<fleetkey_server::pool::Opener, CliError> {
         let on_token = FleetConfig::load(&self.home)
             .is_ok_and(|c| matches!(c.module, ModuleConfig::Pkcs11 { .. }));
@@ -66,10 +67,12 @@ impl Global {
             passphrase(false)?
         };
         let template = self.access_with(passphrase)?;
+        let module = fleetkey::fleet::open_module(&self.home, &template)?;
         let home = self.home.clone();
         Ok(Arc::new(move || {
-            Fleet::open(
+            Fleet::open_with_module(
                 &home,
+                Arc::clone(&module),
                 Access {
                     passphrase: template.passphrase.clone(),
                     actor: template.actor.clone(),

@@ -22,7 +22,7 @@ endpoints, roles and errors.
 Examples:
   fleetkey serve                                   (http://127.0.0.1:8443, loopback only)
   fleetkey serve --listen 0.0.0.0:8443 --tls-cert server.pem --tls-key server.key --client-ca stations-ca.pem
-  TOKEN=$(fleetkey token issue --principal station-1 --role station --json | jq -r .token)
+  TOKEN=$(fleetkey token issue --principal station-1 --role station --expires 90d | head -n1)
   curl -s -X POST -H \"Authorization: Bearer $TOKEN\" -H 'Idempotency-Key: ECU-0001-1' \\
        http://127.0.0.1:8443/v1/devices/ECU-0001/provision")]
 pub(crate) struct ServeArgs {

@@ -41,6 +41,10 @@ pub struct Route {
     pub idempotent: bool,
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a table row: one argument per column"
+)]
 const fn r(
     method: &'static str,
     path: &'static str,

@@ -77,9 +77,7 @@ pub(super) async fn issue(
         })
         .transpose()?;
     s.run(&ctx, Action::Tokens, move |fleet, _| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let now = fleet.now_ms();
         let expires_at = expires_in_ms.map(|ms| now.saturating_add(ms));
         let (token, secret) =
             fleet.issue_token(&body.principal, role, body.subject.as_deref(), expires_at)?;

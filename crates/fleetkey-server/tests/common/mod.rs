@@ -153,9 +153,12 @@ pub(crate) fn state_for(
 ) -> AppState {
     let home = home.to_owned();
     let clock = Arc::clone(clock);
+    let module = fleetkey::fleet::open_module(&home, &access(&clock, "service")).unwrap();
     let pool = FleetPool::open(
         2,
-        Arc::new(move || Fleet::open(&home, access(&clock, "service"))),
+        Arc::new(move || {
+            Fleet::open_with_module(&home, Arc::clone(&module), access(&clock, "service"))
+        }),
     )
     .unwrap();
     AppState::new(pool, config)

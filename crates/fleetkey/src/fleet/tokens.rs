@@ -211,4 +211,9 @@ impl Fleet {
     pub fn actor(&self) -> &str {
         &self.access.actor
     }
+
+    /// Now, by the fleet's clock (token expiries are on it).
+    pub fn now_ms(&self) -> UnixMillis {
+        self.access.clock.now_ms()
+    }
 }

@@ -1287,7 +1287,7 @@ fn api_token(id: &str, hash_byte: u8, role: Role, at: i64) -> ApiToken {
         fleet: "fleet-a".into(),
         created_at: at,
         created_by: "admin".into(),
-        expires_at: (hash_byte % 2 == 0).then_some(at + 1000),
+        expires_at: hash_byte.is_multiple_of(2).then_some(at + 1000),
         revoked_at: None,
     }
 }
