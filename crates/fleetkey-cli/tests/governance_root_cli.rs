@@ -6,57 +6,17 @@
 //! records are accepted, the old root is gone from the key module, and the audit chain holds.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
 use fleetkey_core::governance::{
     Acceptance, GovernanceError, GovernanceState, RootKey, verify_generation_record,
     verify_handover,
 };
 
-const PASSPHRASE: &str = "correct horse battery staple";
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{fails, json, ok_with_stderr as ok};
+
 const FLEET: &str = "harvesters";
-
-fn fleetkey(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetkey"));
-    cmd.arg("--home")
-        .arg(home)
-        .env("FLEETKEY_PASSPHRASE", PASSPHRASE)
-        .env("FLEETKEY_ACTOR", "tester");
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-fn run(home: &Path, args: &[&str]) -> Output {
-    fleetkey(home).args(args).output().unwrap()
-}
-
-#[track_caller]
-fn ok(home: &Path, args: &[&str]) -> (String, String) {
-    let out = run(home, args);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "{args:?}: {stderr}");
-    (String::from_utf8(out.stdout).unwrap(), stderr)
-}
-
-#[track_caller]
-fn json(home: &Path, args: &[&str]) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    serde_json::from_str(&ok(home, &all).0).unwrap()
-}
-
-#[track_caller]
-fn fails(home: &Path, args: &[&str], code: i32, message: &str) -> String {
-    let out = run(home, args);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
-    assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
-    assert!(
-        stderr.contains(message),
-        "{args:?}: {stderr:?} should say {message:?}"
-    );
-    stderr
-}
 
 fn now_s() -> u64 {
     std::time::SystemTime::now()

@@ -2,55 +2,12 @@
 //! bulk import killed mid-way that a rerun completes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const PASSPHRASE: &str = "correct horse battery staple";
-
-fn fleetkey(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetkey"));
-    cmd.arg("--home")
-        .arg(home)
-        .env("FLEETKEY_PASSPHRASE", PASSPHRASE)
-        .env("FLEETKEY_ACTOR", "tester");
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-fn run(home: &Path, args: &[&str]) -> Output {
-    fleetkey(home).args(args).output().unwrap()
-}
-
-#[track_caller]
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = run(home, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-#[track_caller]
-fn json(home: &Path, args: &[&str]) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    serde_json::from_str(&ok(home, &all)).unwrap()
-}
-
-#[track_caller]
-fn fails(home: &Path, args: &[&str], code: i32, message: &str) -> String {
-    let out = run(home, args);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
-    assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
-    assert!(
-        stderr.contains(message),
-        "{args:?}: {stderr:?} should say {message:?}"
-    );
-    stderr
-}
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{fails, fleetkey, json, ok};
 
 fn init(dir: &Path, scheme: &str) -> PathBuf {
     let home = dir.join("home");

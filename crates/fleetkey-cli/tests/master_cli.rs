@@ -4,52 +4,12 @@
 //! without backup.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
-const PASSPHRASE: &str = "correct horse battery staple";
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{fails, json, ok_with_stderr as ok};
+
 const CUSTODIANS: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
-
-fn fleetkey(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetkey"));
-    cmd.arg("--home")
-        .arg(home)
-        .env("FLEETKEY_PASSPHRASE", PASSPHRASE)
-        .env("FLEETKEY_ACTOR", "tester");
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-fn run(home: &Path, args: &[&str]) -> Output {
-    fleetkey(home).args(args).output().unwrap()
-}
-
-#[track_caller]
-fn ok(home: &Path, args: &[&str]) -> (String, String) {
-    let out = run(home, args);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "{args:?}: {stderr}");
-    (String::from_utf8(out.stdout).unwrap(), stderr)
-}
-
-#[track_caller]
-fn json(home: &Path, args: &[&str]) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    serde_json::from_str(&ok(home, &all).0).unwrap()
-}
-
-#[track_caller]
-fn fails(home: &Path, args: &[&str], code: i32, message: &str) -> String {
-    let out = run(home, args);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
-    assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
-    assert!(
-        stderr.contains(message),
-        "{args:?}: {stderr:?} should say {message:?}"
-    );
-    stderr
-}
 
 /// `--custodian alice ... --threshold 3 --shares-dir DIR`.
 fn ceremony(dir: &Path) -> Vec<String> {

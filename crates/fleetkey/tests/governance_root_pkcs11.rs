@@ -8,7 +8,6 @@
 //! package `softhsm2`; without it the test fails saying so, unless `FLEETKEY_SKIP_PKCS11=1`.
 
 use std::path::Path;
-use std::process::Command;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use fleetkey::ModuleError;
@@ -18,52 +17,19 @@ use fleetkey::module::pkcs11::cryptoki::object::{Attribute, AttributeType, KeyTy
 use fleetkey::module::pkcs11::{Pin, Pkcs11Module};
 use fleetkey::module::{KeyModule, SigningSeed};
 
-const LIBRARY: &str = "/usr/lib/softhsm/libsofthsm2.so";
+#[path = "support/softhsm.rs"]
+mod softhsm;
+use softhsm::{LIBRARY, PIN, SoftHsm};
+
 const TOKEN: &str = "fleetkey-root";
-const PIN: &str = "123456";
 
 /// A fresh token, or `None` when the test is skipped.
-fn fresh_token() -> Option<(tempfile::TempDir, Pkcs11Module)> {
-    let installed = Path::new(LIBRARY).exists()
-        && Command::new("softhsm2-util")
-            .arg("--version")
-            .output()
-            .is_ok();
-    if !installed {
-        if std::env::var("FLEETKEY_SKIP_PKCS11").as_deref() == Ok("1") {
-            return None;
-        }
-        panic!(
-            "SoftHSM2 is not installed: `apt-get install softhsm2`, or set FLEETKEY_SKIP_PKCS11=1"
-        );
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", TOKEN])
-        .args(["--pin", PIN, "--so-pin", "12345678"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let module = temp_env::with_var("SOFTHSM2_CONF", Some(&conf), || {
+fn fresh_token() -> Option<(SoftHsm, Pkcs11Module)> {
+    let hsm = SoftHsm::new(&[TOKEN])?;
+    let module = hsm.with_conf(|| {
         Pkcs11Module::open(Path::new(LIBRARY), TOKEN, &Pin::new(PIN), "governed-fleet").unwrap()
     });
-    Some((dir, module))
+    Some((hsm, module))
 }
 
 fn verifies(public: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bool {

@@ -11,7 +11,6 @@ mod conformance {
 }
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -25,17 +24,14 @@ use fleetkey::model::WrappedKey;
 use fleetkey::module::KeyModule;
 use fleetkey::module::pkcs11::{Pin, Pkcs11Module};
 
-const LIBRARY: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// The token every module of the suite shares.
+#[path = "support/softhsm.rs"]
+mod softhsm;
+use softhsm::{LIBRARY, PIN, SoftHsm};
+
 const TOKEN: &str = "fleetkey-test";
 /// A token only the PIN tests log in to.
 const PIN_TOKEN: &str = "fleetkey-pin";
-const PIN: &str = "123456";
-const SO_PIN: &str = "12345678";
-
-struct SoftHsm {
-    _dir: tempfile::TempDir,
-}
 
 /// The process's SoftHSM2 tokens, or `None` when the tests are skipped.
 fn softhsm() -> Option<&'static SoftHsm> {
@@ -44,59 +40,12 @@ fn softhsm() -> Option<&'static SoftHsm> {
 }
 
 fn setup() -> Option<SoftHsm> {
-    let installed = Path::new(LIBRARY).exists()
-        && Command::new("softhsm2-util")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !installed {
-        if std::env::var("FLEETKEY_SKIP_PKCS11").as_deref() == Ok("1") {
-            eprintln!("SoftHSM2 is not installed: PKCS#11 tests skipped (FLEETKEY_SKIP_PKCS11=1)");
-            return None;
-        }
-        panic!(
-            "SoftHSM2 is not installed ({LIBRARY} or softhsm2-util missing): install it with \
-             `apt-get install softhsm2`, or set FLEETKEY_SKIP_PKCS11=1 to skip these tests"
-        );
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    for label in [TOKEN, PIN_TOKEN] {
-        let out = Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--pin",
-                PIN,
-                "--so-pin",
-                SO_PIN,
-            ])
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "softhsm2-util --init-token: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let hsm = SoftHsm::new(&[TOKEN, PIN_TOKEN])?;
     // SoftHSM reads SOFTHSM2_CONF in C_Initialize, which the first open does, once per process.
-    temp_env::with_var("SOFTHSM2_CONF", Some(&conf), || {
+    hsm.with_conf(|| {
         drop(Pkcs11Module::open(Path::new(LIBRARY), TOKEN, &Pin::new(PIN), "setup").unwrap());
     });
-    Some(SoftHsm { _dir: dir })
+    Some(hsm)
 }
 
 /// A module on the shared token in a namespace of its own.

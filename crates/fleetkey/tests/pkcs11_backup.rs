@@ -7,7 +7,6 @@
 //! `FLEETKEY_SKIP_PKCS11=1`.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
@@ -20,19 +19,16 @@ use fleetkey::module::pkcs11::{
     BACKUP_KEK_GENERATION, BackupKek, Pin, Pkcs11Module, Pkcs11Options, WRAPPED_MASTER_LEN,
 };
 
-const LIBRARY: &str = "/usr/lib/softhsm/libsofthsm2.so";
+#[path = "support/softhsm.rs"]
+mod softhsm;
+use softhsm::{LIBRARY, PIN, SO_PIN, SoftHsm};
+
 const TOKEN_A: &str = "fleetkey-backup-a";
 const TOKEN_B: &str = "fleetkey-backup-b";
-const PIN: &str = "123456";
-const SO_PIN: &str = "12345678";
 
 const BACKUP: Pkcs11Options = Pkcs11Options {
     backup_by_trusted_wrap: true,
 };
-
-struct SoftHsm {
-    _dir: tempfile::TempDir,
-}
 
 fn softhsm() -> Option<&'static SoftHsm> {
     static FIXTURE: OnceLock<Option<SoftHsm>> = OnceLock::new();
@@ -46,59 +42,12 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn setup() -> Option<SoftHsm> {
-    let installed = Path::new(LIBRARY).exists()
-        && Command::new("softhsm2-util")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !installed {
-        if std::env::var("FLEETKEY_SKIP_PKCS11").as_deref() == Ok("1") {
-            eprintln!("SoftHSM2 is not installed: PKCS#11 tests skipped (FLEETKEY_SKIP_PKCS11=1)");
-            return None;
-        }
-        panic!(
-            "SoftHSM2 is not installed ({LIBRARY} or softhsm2-util missing): install it with \
-             `apt-get install softhsm2`, or set FLEETKEY_SKIP_PKCS11=1 to skip these tests"
-        );
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    for label in [TOKEN_A, TOKEN_B] {
-        let out = Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--pin",
-                PIN,
-                "--so-pin",
-                SO_PIN,
-            ])
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "softhsm2-util --init-token: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let hsm = SoftHsm::new(&[TOKEN_A, TOKEN_B])?;
     // SoftHSM reads SOFTHSM2_CONF in C_Initialize, which the first open does, once per process.
-    temp_env::with_var("SOFTHSM2_CONF", Some(&conf), || {
+    hsm.with_conf(|| {
         drop(Pkcs11Module::open(Path::new(LIBRARY), TOKEN_A, &Pin::new(PIN), "setup").unwrap());
     });
-    Some(SoftHsm { _dir: dir })
+    Some(hsm)
 }
 
 fn unique(prefix: &str) -> String {

@@ -1,0 +1,65 @@
+//! Running the `fleetkey` binary in tests: a fleet home, a fixed passphrase and actor, no stdin;
+//! and the three outcomes a test checks (success, JSON, a refusal with its exit code and message).
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// The passphrase of every test fleet's key file.
+pub(crate) const PASSPHRASE: &str = "correct horse battery staple";
+
+/// `fleetkey --home HOME` with the passphrase and actor set and stdin closed.
+pub(crate) fn fleetkey(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetkey"));
+    cmd.arg("--home")
+        .arg(home)
+        .env("FLEETKEY_PASSPHRASE", PASSPHRASE)
+        .env("FLEETKEY_ACTOR", "tester")
+        .env_remove("FLEETKEY_STORE_URL");
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `fleetkey --home HOME ARGS...`.
+pub(crate) fn run(home: &Path, args: &[&str]) -> Output {
+    fleetkey(home).args(args).output().unwrap()
+}
+
+/// Runs a command that must succeed; its stdout.
+#[track_caller]
+pub(crate) fn ok(home: &Path, args: &[&str]) -> String {
+    ok_with_stderr(home, args).0
+}
+
+/// Runs a command that must succeed; its stdout and stderr.
+#[track_caller]
+pub(crate) fn ok_with_stderr(home: &Path, args: &[&str]) -> (String, String) {
+    let out = run(home, args);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+/// Runs a command with `--json` that must succeed; its output parsed.
+#[track_caller]
+pub(crate) fn json(home: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    serde_json::from_str(&ok(home, &all)).unwrap()
+}
+
+/// Runs a command that must fail with exit `code`, print nothing on stdout and say `message` on
+/// stderr; its stderr.
+#[track_caller]
+pub(crate) fn fails(home: &Path, args: &[&str], code: i32, message: &str) -> String {
+    let out = run(home, args);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+    assert!(
+        stderr.contains(message),
+        "{args:?}: {stderr:?} should say {message:?}"
+    );
+    stderr
+}
