@@ -7,63 +7,24 @@
 //! `fleetkey` processes. Needs the Debian package `softhsm2`; without it the tests fail saying
 //! so, unless `FLEETKEY_SKIP_PKCS11=1`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-const LIBRARY: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const PIN: &str = "246810";
+#[path = "../../fleetkey/tests/support/softhsm.rs"]
+mod softhsm;
+use softhsm::{LIBRARY, PIN, SoftHsm};
 
 /// A SoftHSM2 token in a temporary directory.
 struct Token {
-    dir: tempfile::TempDir,
-    conf: PathBuf,
+    hsm: SoftHsm,
     label: String,
 }
 
 impl Token {
     /// `None` when SoftHSM2 is missing and FLEETKEY_SKIP_PKCS11=1.
     fn new(label: &str) -> Option<Token> {
-        let installed = Path::new(LIBRARY).exists()
-            && Command::new("softhsm2-util")
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success());
-        if !installed {
-            if std::env::var("FLEETKEY_SKIP_PKCS11").as_deref() == Ok("1") {
-                eprintln!("SoftHSM2 is not installed: skipped (FLEETKEY_SKIP_PKCS11=1)");
-                return None;
-            }
-            panic!(
-                "SoftHSM2 is not installed ({LIBRARY} or softhsm2-util missing): install it with \
-                 `apt-get install softhsm2`, or set FLEETKEY_SKIP_PKCS11=1 to skip these tests"
-            );
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir(&tokens).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
-        let out = Command::new("softhsm2-util")
-            .args(["--init-token", "--free", "--label", label])
-            .args(["--pin", PIN, "--so-pin", "13579111"])
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         Some(Token {
-            dir,
-            conf,
+            hsm: SoftHsm::new(&[label])?,
             label: label.to_owned(),
         })
     }
@@ -73,7 +34,7 @@ impl Token {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetkey"));
         cmd.arg("--home")
             .arg(home)
-            .env("SOFTHSM2_CONF", &self.conf)
+            .env("SOFTHSM2_CONF", self.hsm.conf())
             .env("FLEETKEY_PKCS11_PIN", PIN)
             .env_remove("FLEETKEY_PASSPHRASE")
             .env("FLEETKEY_ACTOR", "tester")
@@ -82,7 +43,7 @@ impl Token {
     }
 
     fn init(&self, home: &Path, fleet: &str, scheme: &str, extra: &[&str]) -> Output {
-        let transport = self.dir.path().join("transport.hex");
+        let transport = self.hsm.dir().join("transport.hex");
         std::fs::write(&transport, "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a\n").unwrap();
         self.fleetkey(home)
             .args(["init", "--fleet", fleet, "--scheme", scheme])
@@ -136,8 +97,8 @@ fn derived_fleet_on_a_token_end_to_end() {
     let Some(token) = Token::new("fleet-hsm") else {
         return;
     };
-    let home = token.dir.path().join("home");
-    let pin_file = token.dir.path().join("pin");
+    let home = token.hsm.dir().join("home");
+    let pin_file = token.hsm.dir().join("pin");
     std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
     let out = token.init(
         &home,
@@ -154,7 +115,7 @@ fn derived_fleet_on_a_token_end_to_end() {
     let text = std::fs::read_to_string(home.join("fleet.json")).unwrap();
     assert!(!text.contains(PIN), "fleet.json holds the PIN");
 
-    let csv = token.dir.path().join("devices.csv");
+    let csv = token.hsm.dir().join("devices.csv");
     std::fs::write(
         &csv,
         "serial,she_uid,labels\nECU-1,000000000000000000000000001234,line=1\nECU-2,,line=2\n",
@@ -177,7 +138,7 @@ fn derived_fleet_on_a_token_end_to_end() {
         &["generation", "rotate", "--reason", "yearly", "--no-backup"],
     );
     assert_eq!(g["generation"], 2);
-    let keys = token.dir.path().join("keys.jsonl");
+    let keys = token.hsm.dir().join("keys.jsonl");
     token.json(
         &home,
         &[
@@ -189,7 +150,7 @@ fn derived_fleet_on_a_token_end_to_end() {
         ],
     );
     assert_eq!(std::fs::read_to_string(&keys).unwrap().lines().count(), 1);
-    let updates = token.dir.path().join("updates.jsonl");
+    let updates = token.hsm.dir().join("updates.jsonl");
     token.json(
         &home,
         &[
@@ -227,9 +188,9 @@ fn stored_and_governed_fleets_share_a_token() {
     let Some(token) = Token::new("shared-hsm") else {
         return;
     };
-    let stored = token.dir.path().join("stored");
+    let stored = token.hsm.dir().join("stored");
     succeeded(&token.init(&stored, "stored-fleet", "stored", &[]));
-    let governed = token.dir.path().join("governed");
+    let governed = token.hsm.dir().join("governed");
     succeeded(&token.init(&governed, "governed-fleet", "governed", &["--no-backup"]));
     for home in [&stored, &governed] {
         token.json(home, &["device", "add", "ECU-7"]);
@@ -247,7 +208,7 @@ fn refusals_write_nothing() {
         return;
     };
     // A token label that is not there: the error names it and the labels present.
-    let home = token.dir.path().join("missing");
+    let home = token.hsm.dir().join("missing");
     let out = token
         .fleetkey(&home)
         .args(["init", "--fleet", "f", "--scheme", "derived", "--no-backup"])
@@ -278,9 +239,9 @@ fn refusals_write_nothing() {
         .unwrap();
     failed_saying(&out, "--pkcs11-module");
     // A fleet id the token holds already.
-    let first = token.dir.path().join("first");
+    let first = token.hsm.dir().join("first");
     succeeded(&token.init(&first, "taken", "derived", &["--no-backup"]));
-    let second = token.dir.path().join("second");
+    let second = token.hsm.dir().join("second");
     failed_saying(
         &token.init(&second, "taken", "derived", &["--no-backup"]),
         "already holds objects",
@@ -307,8 +268,8 @@ fn governed_root_on_a_token_rotates_and_comes_back_on_a_new_token() {
             .unwrap()
             .as_secs()
     };
-    let home = token.dir.path().join("home");
-    let shares = token.dir.path().join("shares");
+    let home = token.hsm.dir().join("home");
+    let shares = token.hsm.dir().join("shares");
     let shares_dir = shares.to_str().unwrap();
     let custodians = [
         "--custodian",
@@ -340,7 +301,7 @@ fn governed_root_on_a_token_rotates_and_comes_back_on_a_new_token() {
         Ok(Acceptance::Updated)
     );
 
-    let shares2 = token.dir.path().join("shares-root2");
+    let shares2 = token.hsm.dir().join("shares-root2");
     let mut extra = vec!["governance", "rotate-root", "--reason", "yearly"];
     extra.extend(custodians);
     extra.extend([
@@ -358,7 +319,7 @@ fn governed_root_on_a_token_rotates_and_comes_back_on_a_new_token() {
     let out = Command::new("softhsm2-util")
         .args(["--init-token", "--free", "--label", "gov-hsm-2"])
         .args(["--pin", PIN, "--so-pin", "13579111"])
-        .env("SOFTHSM2_CONF", &token.conf)
+        .env("SOFTHSM2_CONF", token.hsm.conf())
         .output()
         .unwrap();
     succeeded(&out);

@@ -8,63 +8,24 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-const LIBRARY: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const PIN: &str = "246810";
-const SO_PIN: &str = "13579111";
+#[path = "../../fleetkey/tests/support/softhsm.rs"]
+mod softhsm;
+use softhsm::{LIBRARY, PIN, SO_PIN, SoftHsm};
 
 /// Two tokens, `A` and `C`, in one temporary token directory.
 struct Tokens {
-    dir: tempfile::TempDir,
-    conf: PathBuf,
+    hsm: SoftHsm,
 }
 
 impl Tokens {
     fn new() -> Option<Tokens> {
-        let installed = Path::new(LIBRARY).exists()
-            && Command::new("softhsm2-util")
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success());
-        if !installed {
-            if std::env::var("FLEETKEY_SKIP_PKCS11").as_deref() == Ok("1") {
-                eprintln!("SoftHSM2 is not installed: skipped (FLEETKEY_SKIP_PKCS11=1)");
-                return None;
-            }
-            panic!(
-                "SoftHSM2 is not installed ({LIBRARY} or softhsm2-util missing): install it with \
-                 `apt-get install softhsm2`, or set FLEETKEY_SKIP_PKCS11=1 to skip these tests"
-            );
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir(&tokens).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
-        for label in ["A", "C"] {
-            let out = Command::new("softhsm2-util")
-                .args(["--init-token", "--free", "--label", label])
-                .args(["--pin", PIN, "--so-pin", SO_PIN])
-                .env("SOFTHSM2_CONF", &conf)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Some(Tokens { dir, conf })
+        Some(Tokens {
+            hsm: SoftHsm::new(&["A", "C"])?,
+        })
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.hsm.dir().join(name)
     }
 
     fn run(&self, home: &Path, args: &[&str]) -> Output {
@@ -72,7 +33,7 @@ impl Tokens {
             .arg("--home")
             .arg(home)
             .args(args)
-            .env("SOFTHSM2_CONF", &self.conf)
+            .env("SOFTHSM2_CONF", self.hsm.conf())
             .env("FLEETKEY_PKCS11_PIN", PIN)
             .env("FLEETKEY_PKCS11_SO_PIN", SO_PIN)
             .env_remove("FLEETKEY_PASSPHRASE")
