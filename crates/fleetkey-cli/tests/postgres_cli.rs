@@ -5,62 +5,20 @@
 //! Needs `FLEETKEY_TEST_DATABASE_URL` (CI: `postgres://postgres@127.0.0.1:5432/test`): unset,
 //! the test says it was skipped; set, a server that cannot be reached fails it.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+#[path = "support/cli.rs"]
+mod cli;
+#[path = "support/postgres.rs"]
+mod pg;
 
-const URL_VAR: &str = "FLEETKEY_TEST_DATABASE_URL";
-
-fn fleetkey(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fleetkey"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env("FLEETKEY_PASSPHRASE", "pg passphrase")
-        .env("FLEETKEY_ACTOR", "tester")
-        .env_remove("FLEETKEY_STORE_URL")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-#[track_caller]
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = fleetkey(home, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Drops the test's schema at the end, whatever happened.
-struct Schema {
-    url: String,
-    name: String,
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        if let Ok(mut c) = postgres::Client::connect(&self.url, postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name));
-        }
-    }
-}
+use cli::{ok, run as fleetkey};
+use pg::{TestSchema, test_url};
 
 #[test]
 fn a_fleet_lives_in_postgres_from_init_on() {
-    let Ok(url) = std::env::var(URL_VAR) else {
-        eprintln!("skipped: {URL_VAR} is not set (no PostgreSQL to test against)");
+    let Some(url) = test_url("a_fleet_lives_in_postgres_from_init_on") else {
         return;
     };
-    if let Err(e) = postgres::Client::connect(&url, postgres::NoTls) {
-        panic!("{URL_VAR} is set but the PostgreSQL server cannot be reached: {e}");
-    }
-    let schema = Schema {
-        url: url.clone(),
-        name: format!("fk_cli_{}", std::process::id()),
-    };
+    let schema = TestSchema::new(&url, "fk_cli");
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("pg");
     let init = [

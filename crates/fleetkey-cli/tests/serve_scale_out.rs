@@ -9,44 +9,26 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const URL_VAR: &str = "FLEETKEY_TEST_DATABASE_URL";
-const PASSPHRASE: &str = "scale-out passphrase";
+#[path = "support/cli.rs"]
+mod cli;
+#[path = "support/postgres.rs"]
+mod pg;
+
+use cli::{fleetkey, ok};
+use pg::{TestSchema, test_url};
+
 const DEVICES: usize = 6;
 const CLIENTS: usize = 12;
 const REFRESHES_PER_CLIENT: usize = 15;
 
-fn fleetkey(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetkey"));
-    cmd.arg("--home")
-        .arg(home)
-        .env("FLEETKEY_PASSPHRASE", PASSPHRASE)
-        .env("FLEETKEY_ACTOR", "scale-out")
-        .env_remove("FLEETKEY_STORE_URL")
-        .stdin(Stdio::null());
-    cmd
-}
-
-#[track_caller]
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out: Output = fleetkey(home).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Kills the servers and drops the schema whatever happened.
+/// Kills the servers whatever happened (the schema drops itself after them).
 struct Cleanup {
-    url: String,
-    schema: String,
     servers: Vec<Child>,
+    schema: TestSchema,
 }
 
 impl Drop for Cleanup {
@@ -54,12 +36,6 @@ impl Drop for Cleanup {
         for s in &mut self.servers {
             let _ = s.kill();
             let _ = s.wait();
-        }
-        if let Ok(mut c) = postgres::Client::connect(&self.url, postgres::NoTls) {
-            let _ = c.batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                self.schema
-            ));
         }
     }
 }
@@ -99,17 +75,12 @@ fn wait_healthy(base: &str, server: &mut Child) {
 
 #[test]
 fn two_instances_on_one_postgres_never_lose_or_repeat_a_revision() {
-    let Ok(url) = std::env::var(URL_VAR) else {
-        eprintln!("skipped: {URL_VAR} is not set (no PostgreSQL to test against)");
+    let Some(url) = test_url("two_instances_on_one_postgres") else {
         return;
     };
-    if let Err(e) = postgres::Client::connect(&url, postgres::NoTls) {
-        panic!("{URL_VAR} is set but the PostgreSQL server cannot be reached: {e}");
-    }
     let mut cleanup = Cleanup {
-        url: url.clone(),
-        schema: format!("fk_scale_{}", std::process::id()),
         servers: vec![],
+        schema: TestSchema::new(&url, "fk_scale"),
     };
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("fleet");
@@ -127,7 +98,7 @@ fn two_instances_on_one_postgres_never_lose_or_repeat_a_revision() {
             "--store",
             &url,
             "--store-schema",
-            &cleanup.schema,
+            &cleanup.schema.name,
         ],
     );
     let serials: Vec<String> = (0..DEVICES).map(|i| format!("ECU-SCALE-{i}")).collect();
