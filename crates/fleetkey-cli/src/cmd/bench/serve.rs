@@ -227,9 +227,7 @@ pub(crate) fn run(global: &Global, args: ServeBenchArgs) -> Result<(), CliError>
     }
     runtime.block_on(server.shutdown());
     drop(runtime);
-    if let Some(d) = drop_schema {
-        d.drop_now();
-    }
+    drop(drop_schema);
     let report = Report { ceiling, rows };
     let _ = std::io::stderr().flush();
     global.print(&report, |r| {
@@ -272,14 +270,14 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The temporary PostgreSQL schema, dropped at the end.
+/// The temporary PostgreSQL schema, dropped at the end (on an error too).
 struct DropSchema {
     url: String,
     schema: String,
 }
 
-impl DropSchema {
-    fn drop_now(&self) {
+impl Drop for DropSchema {
+    fn drop(&mut self) {
         match postgres::Client::connect(&self.url, postgres::NoTls) {
             Ok(mut c) => {
                 if let Err(e) = c.batch_execute(&format!(
