@@ -337,7 +337,7 @@ impl Pkcs11Module {
     /// key when the module backs masters up by trusted wrap.
     fn master_template(&self, generation: Generation) -> Vec<Attribute> {
         let backup = self.options.backup_by_trusted_wrap;
-        vec![
+        let mut template = vec![
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::GENERIC_SECRET),
             Attribute::Token(true),
@@ -345,16 +345,11 @@ impl Pkcs11Module {
             Attribute::Sensitive(true),
             Attribute::Extractable(backup),
             Attribute::WrapWithTrusted(backup),
-            Attribute::Sign(true),
-            Attribute::Verify(false),
-            Attribute::Encrypt(false),
-            Attribute::Decrypt(false),
-            Attribute::Wrap(false),
-            Attribute::Unwrap(false),
-            Attribute::Derive(false),
             Attribute::Label(self.master_label(generation).into_bytes()),
             Attribute::Id(self.id("master")),
-        ]
+        ];
+        template.extend(secret_usages(&[AttributeType::Sign]));
+        template
     }
 
     /// Creates a master object with `make`, refusing a generation that has one.
@@ -980,17 +975,17 @@ impl KeyModule for Pkcs11Module {
             Attribute::Private(true),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
-            Attribute::Wrap(true),
-            Attribute::Unwrap(true),
-            // AES-ECB encryption (never decryption) for RFC 5649 of odd lengths: see wrap_by_blocks.
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(false),
-            Attribute::Sign(false),
-            Attribute::Verify(false),
-            Attribute::Derive(false),
             Attribute::Label(self.id("kek")),
             Attribute::Id(self.id("kek")),
-        ];
+        ]
+        .into_iter()
+        // AES-ECB encryption (never decryption) for RFC 5649 of odd lengths: see wrap_by_blocks.
+        .chain(secret_usages(&[
+            AttributeType::Wrap,
+            AttributeType::Unwrap,
+            AttributeType::Encrypt,
+        ]))
+        .collect::<Vec<_>>();
         create_retrying(
             session.get(),
             |s| Ok(self.find_secret(s, "kek")?.into_iter().collect()),
@@ -1017,15 +1012,9 @@ impl KeyModule for Pkcs11Module {
             Attribute::Token(false),
             Attribute::Sensitive(true),
             Attribute::Extractable(true),
-            Attribute::Sign(false),
-            Attribute::Verify(false),
-            Attribute::Encrypt(false),
-            Attribute::Decrypt(false),
-            Attribute::Wrap(false),
-            Attribute::Unwrap(false),
-            Attribute::Derive(false),
             Attribute::Value(key.to_vec()),
         ];
+        template.extend(secret_usages(&[]));
         let object = session
             .get()
             .create_object(&template)
@@ -1058,14 +1047,10 @@ impl KeyModule for Pkcs11Module {
                 Attribute::Token(false),
                 Attribute::Sensitive(false),
                 Attribute::Extractable(true),
-                Attribute::Sign(false),
-                Attribute::Verify(false),
-                Attribute::Encrypt(false),
-                Attribute::Decrypt(false),
-                Attribute::Wrap(false),
-                Attribute::Unwrap(false),
-                Attribute::Derive(false),
-            ],
+            ]
+            .into_iter()
+            .chain(secret_usages(&[]))
+            .collect::<Vec<_>>(),
         )?;
         let value = session
             .get()
@@ -1099,14 +1084,10 @@ impl KeyModule for Pkcs11Module {
                     Attribute::Token(false),
                     Attribute::Sensitive(true),
                     Attribute::Extractable(true),
-                    Attribute::Sign(false),
-                    Attribute::Verify(false),
-                    Attribute::Encrypt(false),
-                    Attribute::Decrypt(false),
-                    Attribute::Wrap(false),
-                    Attribute::Unwrap(false),
-                    Attribute::Derive(false),
-                ],
+                ]
+                .into_iter()
+                .chain(secret_usages(&[]))
+                .collect::<Vec<_>>(),
             )
             .map_err(backend("C_GenerateKey"))?;
         let wrapped = session
@@ -1140,14 +1121,10 @@ impl KeyModule for Pkcs11Module {
                 Attribute::Sensitive(true),
                 // Only so that the length probe below can wrap it under the KEK.
                 Attribute::Extractable(true),
-                Attribute::Sign(true),
-                Attribute::Verify(false),
-                Attribute::Encrypt(false),
-                Attribute::Decrypt(false),
-                Attribute::Wrap(false),
-                Attribute::Unwrap(false),
-                Attribute::Derive(false),
-            ],
+            ]
+            .into_iter()
+            .chain(secret_usages(&[AttributeType::Sign]))
+            .collect::<Vec<_>>(),
         )?;
         let result = (|| {
             self.check_root_length(session.get(), object)?;
@@ -1331,5 +1308,23 @@ impl Drop for Pkcs11BulkDeriver<'_> {
     }
 }
 
+/// The usage attributes of a secret key, every one set explicitly (SoftHSM's defaults are
+/// permissive, so a template that leaves one out grants it): true for those in `allowed`, false
+/// for the rest.
+fn secret_usages(allowed: &[AttributeType]) -> impl Iterator<Item = Attribute> + '_ {
+    type Usage = (AttributeType, fn(bool) -> Attribute);
+    const USAGES: [Usage; 7] = [
+        (AttributeType::Sign, Attribute::Sign),
+        (AttributeType::Verify, Attribute::Verify),
+        (AttributeType::Encrypt, Attribute::Encrypt),
+        (AttributeType::Decrypt, Attribute::Decrypt),
+        (AttributeType::Wrap, Attribute::Wrap),
+        (AttributeType::Unwrap, Attribute::Unwrap),
+        (AttributeType::Derive, Attribute::Derive),
+    ];
+    USAGES
+        .into_iter()
+        .map(move |(usage, attribute)| attribute(allowed.contains(&usage)))
+}
 #[cfg(test)]
 mod tests;

@@ -21,14 +21,14 @@ use std::path::Path;
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use fleetkey_core::MasterKey;
 use fleetkey_core::derive::Generation;
 use zeroize::{Zeroize as _, Zeroizing};
 
 use super::token::{backend, rv};
-use super::{Pin, Pkcs11Module, lock};
+use super::{Pin, Pkcs11Module, lock, secret_usages};
 use crate::backup::{self, BackupError, Kcv, Share};
 use crate::error::ModuleError;
 
@@ -176,18 +176,12 @@ impl Pkcs11Module {
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Trusted(true),
-            Attribute::Wrap(true),
-            Attribute::Unwrap(true),
-            Attribute::Encrypt(false),
-            Attribute::Decrypt(false),
-            Attribute::Sign(false),
-            Attribute::Verify(false),
-            Attribute::Derive(false),
             Attribute::Modifiable(false),
             Attribute::Label(label.clone()),
             Attribute::Id(label),
             Attribute::Value(kek.0.to_vec()),
         ];
+        template.extend(secret_usages(&[AttributeType::Wrap, AttributeType::Unwrap]));
         let result = self.token.as_security_officer(so_pin, |session| {
             session
                 .create_object(&template)
