@@ -236,6 +236,14 @@ impl WrittenShares {
         &self.paths
     }
 
+    /// The files' names (without their directory), in share order: what the audit records.
+    pub fn file_names(&self) -> Vec<String> {
+        self.paths
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect()
+    }
+
     /// Keeps the files and returns their paths.
     pub fn keep(mut self) -> Vec<PathBuf> {
         self.keep = true;

@@ -61,11 +61,7 @@ pub(crate) fn create_master(
             let shares = backup::split(&master, fleet, generation, *threshold, custodians, now)?;
             let written = backup::write_shares(dir, &shares)?;
             drop(shares);
-            let files: Vec<String> = written
-                .paths()
-                .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect();
+            let files = written.file_names();
             // The share files are on disk before the master enters the module; if the import
             // fails, dropping `written` removes them.
             module.import_master(Generation(generation), &master)?;

@@ -103,11 +103,7 @@ fn make_root(
             let shares = backup::split_root(&seed, fleet, root, *threshold, custodians, now)?;
             let written = backup::write_shares(dir, &shares)?;
             drop(shares);
-            let files: Vec<String> = written
-                .paths()
-                .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect();
+            let files = written.file_names();
             // The share files are on disk before the root enters the module; if the import
             // fails, dropping `written` removes them.
             let public = match slot {
