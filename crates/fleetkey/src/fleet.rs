@@ -29,6 +29,7 @@ use crate::store::{Store, Tx, transact};
 
 mod bulk;
 mod ceremony;
+pub mod delivery;
 mod devices;
 mod generations;
 pub mod governance;
@@ -37,8 +38,9 @@ pub mod root;
 mod tokens;
 
 pub use crate::backup::MasterBackup;
-pub use bulk::{BATCH, ImportReport, ImportRow, Progress, parse_csv};
+pub use bulk::{BATCH, BulkReport, ImportReport, ImportRow, Progress, parse_csv};
 pub use ceremony::{BACKUP_ACTION, RESTORE_ACTION};
+pub use delivery::{DeliveryKind, DeliveryReport, Discard, Output, OutputFile};
 pub use devices::{KeyUpdate, NewDevice, Provisioning};
 pub use generations::{GenerationCount, RotationStatus};
 pub use tokens::Claim;
@@ -107,6 +109,8 @@ pub struct Fleet {
     module: Arc<dyn KeyModule>,
     store: Box<dyn Store>,
     access: Access,
+    /// Devices per transaction in bulk work.
+    batch: usize,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -288,6 +292,7 @@ impl Fleet {
             module,
             store,
             access,
+            batch: BATCH,
         };
         let change = fleet.change("fleet created");
         let info = FleetInfo {
@@ -393,6 +398,7 @@ impl Fleet {
             module,
             store,
             access,
+            batch: BATCH,
         })
     }
 

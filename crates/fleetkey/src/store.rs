@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use crate::access::{ApiToken, IdempotencyRecord};
 use crate::audit::{AuditDraft, AuditEvent, AuditFilter};
 use crate::error::{Error, StoreError};
-use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord};
+use crate::model::{
+    DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, UnixMillis,
+};
 
 pub mod postgres;
 pub mod sqlite;
@@ -95,6 +97,51 @@ pub trait Tx {
     fn update_idempotency(&mut self, record: &IdempotencyRecord) -> Result<(), StoreError>;
     /// Forgets a principal's key (a claim whose request failed in a way worth retrying).
     fn delete_idempotency(&mut self, principal: &str, key: &str) -> Result<(), StoreError>;
+
+    /// Adds a batch to the delivery journal (lines a bulk command owes its caller) and returns
+    /// its id; ids grow with every insert.
+    fn insert_delivery(
+        &mut self,
+        kind: &str,
+        payload: &[u8],
+        created_at: UnixMillis,
+    ) -> Result<u64, StoreError>;
+    /// Journal entries of `kind` with `id > after_id`, ascending, at most `limit`.
+    fn deliveries(
+        &mut self,
+        kind: &str,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<PendingDelivery>, StoreError>;
+    /// How many journal entries of `kind` there are.
+    fn count_deliveries(&mut self, kind: &str) -> Result<u64, StoreError>;
+    /// Removes an entry (its lines reached the caller); `false` if it was gone already.
+    fn delete_delivery(&mut self, id: u64) -> Result<bool, StoreError>;
+}
+
+/// One entry of the delivery journal: a committed batch whose lines the caller may not have
+/// received yet ([`crate::fleet::delivery`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PendingDelivery {
+    /// Its id, ascending in commit order.
+    pub id: u64,
+    /// What kind of lines it owes (`provisioning`, `key-update`).
+    pub kind: String,
+    /// The batch, encoded by the fleet (no plaintext key).
+    pub payload: Vec<u8>,
+    /// When the batch committed.
+    pub created_at: UnixMillis,
+}
+
+impl std::fmt::Debug for PendingDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingDelivery")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("payload", &format_args!("{} bytes", self.payload.len()))
+            .field("created_at", &self.created_at)
+            .finish()
+    }
 }
 
 /// A store of one fleet.

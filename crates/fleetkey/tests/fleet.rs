@@ -123,24 +123,22 @@ fn derived_fleet_walkthrough_with_she_updates() {
         refused.to_string().contains("2 devices still depend"),
         "{refused}"
     );
-    let mut migrated = Vec::new();
     let filter = DeviceFilter {
         generation: Some(1),
         ..Default::default()
     };
-    let n = fleet
-        .refresh_all(
-            &filter,
-            "migrate to 2",
-            &mut |u| {
-                migrated.push(u.device.clone());
-                Ok(())
-            },
-            &(),
-        )
+    let mut out = Vec::new();
+    let report = fleet
+        .refresh_all(&filter, "migrate to 2", &mut out, &())
         .unwrap();
-    assert_eq!(n, 2);
-    assert!(migrated.iter().all(|d| d.generation == 2));
+    assert_eq!(report.devices, 2);
+    let migrated: Vec<serde_json::Value> = out
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(migrated.len(), 2);
+    assert!(migrated.iter().all(|u| u["device"]["generation"] == 2));
     assert_eq!(fleet.rotation_status().unwrap().pending, 0);
     let g1 = fleet.destroy_generation(1, "migrated", false).unwrap();
     assert_eq!(g1.state, State::Destroyed);
@@ -400,7 +398,8 @@ fn bulk_provisioning_writes_material_and_activates() {
     let mut out = Vec::new();
     let n = fleet
         .provision_all(&DeviceFilter::default(), &mut out, &())
-        .unwrap();
+        .unwrap()
+        .devices;
     assert_eq!(n, 25_000);
     let lines: Vec<serde_json::Value> = out
         .split(|b| *b == b'\n')

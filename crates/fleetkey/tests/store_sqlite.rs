@@ -365,11 +365,13 @@ fn pragmas_and_schema_are_in_place() {
             "api_tokens",
             "audit",
             "audit_subjects",
+            "deliveries",
             "devices",
             "fleet",
             "generations",
             "idempotency",
-            "meta"
+            "meta",
+            "sqlite_sequence"
         ]
     );
     drop(store);

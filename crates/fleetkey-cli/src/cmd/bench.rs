@@ -144,10 +144,7 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
     let csv_write_s = start.elapsed().as_secs_f64();
 
     let out_path = dir.path().join("keys.jsonl");
-    let mut out = std::io::BufWriter::with_capacity(
-        1 << 20,
-        std::fs::File::create(&out_path).map_err(|e| io("output", e))?,
-    );
+    let mut out = fleetkey::fleet::OutputFile::append(&out_path).map_err(|e| io("output", e))?;
     let bar = Bar::new();
     let start = Instant::now();
     let (import_s, provision_s) = if one_pass {
@@ -160,7 +157,6 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
         fleet.provision_all(&DeviceFilter::default(), &mut out, &bar)?;
         (import_s, p.elapsed().as_secs_f64())
     };
-    out.flush().map_err(|e| io("output", e))?;
     let total_s = start.elapsed().as_secs_f64();
     let peak_rss_mib = peak_rss_mib();
     let output_bytes = std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);

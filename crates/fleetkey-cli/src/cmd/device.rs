@@ -1,9 +1,9 @@
 //! `fleetkey device ...`: register, import, provision, refresh, lifecycle, show, list.
 
-use std::io::Write;
 use std::path::PathBuf;
 
-use fleetkey::fleet::{Fleet, KeyUpdate, NewDevice};
+use fleetkey::fleet::{DeliveryKind, Output};
+use fleetkey::fleet::{DeliveryReport, Fleet, KeyUpdate, NewDevice, OutputFile};
 use fleetkey::lifecycle::State;
 use fleetkey::model::{DeviceFilter, DeviceRecord, DeviceSerial, SheUid};
 
@@ -31,7 +31,9 @@ pub(crate) enum Command {
     /// Register devices from a CSV file (header: serial[,she_uid][,labels]; labels separated by ';').
     #[command(after_help = "\
 The whole file is checked first: a bad row refuses the import with its line number and nothing is
-written. A rerun after an interruption skips the devices already registered.
+written. A rerun after an interruption skips the devices already registered. With --provision-out,
+every line is delivered at least once: a rerun first sends again the lines a killed run may not
+have handed over (docs/manager.md, section Bulk work and interruption).
 
 Example:
   fleetkey device import devices.csv --provision-out keys.jsonl")]
@@ -42,11 +44,15 @@ Example:
         /// file as JSON lines (key material: protect it).
         #[arg(long)]
         provision_out: Option<PathBuf>,
+        #[command(flatten)]
+        batch: BatchArgs,
     },
     /// Key material for a provisioning station, and the SHE initial load (M1-M5).
     #[command(after_help = "\
 Prints key material: send it only to the station. A pre-active device becomes active; an active
-one gets the same material again.
+one gets the same material again. With --all, lines go out at least once: a rerun after a kill
+first sends again what the killed run may not have handed over; a station keeps one line per
+serial (docs/manager.md, section Bulk work and interruption).
 
 Examples:
   fleetkey device provision ECU-0001 --json
@@ -58,14 +64,20 @@ Examples:
         /// Every pre-active device (matching the filters).
         #[arg(long, conflicts_with = "serial", requires = "out")]
         all: bool,
-        /// With --all: append JSON lines here.
+        /// With --all: append JSON lines here (a file, or a FIFO a station reads).
         #[arg(long)]
         out: Option<PathBuf>,
         #[command(flatten)]
         filter: FilterArgs,
+        #[command(flatten)]
+        batch: BatchArgs,
     },
     /// Bump the key revision (and migrate to the current generation); prints the SHE updates.
     #[command(after_help = "\
+With --all, updates go out at least once: a rerun after a kill first sends again what the killed
+run may not have handed over (a file: not yet synced; a FIFO: not yet read); a tool keeps, per
+serial, the line with the highest generation and revision (docs/manager.md).
+
 Examples:
   fleetkey device refresh ECU-0001 --reason 'workshop visit'
   fleetkey device refresh --all --generation 1 --out updates.jsonl    (rotation: migrate generation 1)")]
@@ -84,6 +96,8 @@ Examples:
         reason: String,
         #[command(flatten)]
         filter: FilterArgs,
+        #[command(flatten)]
+        batch: BatchArgs,
     },
     /// Active -> suspended.
     #[command(after_help = "Example:\n  fleetkey device suspend ECU-0001 --reason 'in workshop'")]
@@ -131,6 +145,21 @@ pub(crate) struct Lifecycle {
     reason: String,
 }
 
+/// The batch size of bulk work.
+#[derive(clap::Args, Default)]
+pub(crate) struct BatchArgs {
+    /// Devices per transaction (1 to 100000): a kill loses no work, a rerun continues after the
+    /// last committed batch.
+    #[arg(long, default_value_t = fleetkey::fleet::BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch: u32,
+}
+
+impl BatchArgs {
+    fn apply(&self, fleet: &mut Fleet) {
+        fleet.set_batch_size(self.batch as usize);
+    }
+}
+
 /// Device filters.
 #[derive(clap::Args, Default)]
 pub(crate) struct FilterArgs {
@@ -170,13 +199,34 @@ fn serial(text: &str) -> Result<DeviceSerial, CliError> {
     DeviceSerial::parse(text).map_err(|e| CliError::input("serial", e))
 }
 
-fn append(path: &PathBuf) -> Result<std::io::BufWriter<std::fs::File>, CliError> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| CliError::input("--out", format_args!("{}: {e}", path.display())))?;
-    Ok(std::io::BufWriter::with_capacity(1 << 20, file))
+fn append(flag: &str, path: &std::path::Path) -> Result<OutputFile, CliError> {
+    OutputFile::append(path)
+        .map_err(|e| CliError::input(flag, format_args!("{}: {e}", path.display())))
+}
+
+/// What a bulk run's delivery did, in words (empty when there is nothing to say).
+fn delivery_text(d: &DeliveryReport, path: &std::path::Path) -> String {
+    let mut out = String::new();
+    if d.resent > 0 {
+        out.push_str(&format!(
+            "\nre-sent {} lines an interrupted run owed (before this run's own)",
+            d.resent
+        ));
+    }
+    if d.dropped > 0 {
+        out.push_str(&format!(
+            "\n{} owed lines not re-sent: their devices are no longer active",
+            d.dropped
+        ));
+    }
+    if d.unconfirmed_batches > 0 {
+        out.push_str(&format!(
+            "\nwarning: the reader of {} stopped taking lines; {} batches are kept and sent again by the next run of this command",
+            path.display(),
+            d.unconfirmed_batches
+        ));
+    }
+    out
 }
 
 fn line(d: &DeviceRecord) -> String {
@@ -225,19 +275,36 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
         Command::Import {
             file,
             provision_out,
+            batch,
         } => {
             let bar = Bar::new();
-            let mut out = provision_out.as_ref().map(append).transpose()?;
-            let writer: Option<&mut dyn Write> = match out.as_mut() {
+            batch.apply(&mut fleet);
+            let mut out = provision_out
+                .as_ref()
+                .map(|p| append("--provision-out", p))
+                .transpose()?;
+            let writer: Option<&mut dyn Output> = match out.as_mut() {
                 Some(w) => Some(w),
                 None => None,
             };
             let report = fleet.import_csv(&file, writer, &bar)?;
+            let owed = if provision_out.is_none() {
+                fleet.owed_lines(DeliveryKind::Provisioning)?
+            } else {
+                0
+            };
             global.print(&report, |r| {
-                format!(
+                let mut text = format!(
                     "{} rows: {} registered, {} already registered, {} provisioned",
                     r.rows, r.added, r.already_present, r.provisioned
-                )
+                );
+                if let Some(p) = &provision_out {
+                    text.push_str(&delivery_text(&r.delivery, p));
+                }
+                if owed > 0 {
+                    text.push_str(&format!("\nnote: {owed} batches of key material from an interrupted provisioning run are still owed; they are sent by the next `device import --provision-out F` or `device provision --all --out F`"));
+                }
+                text
             })
         }
         Command::Provision {
@@ -261,14 +328,22 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
                 out
             })
         }
-        Command::Provision { out, filter, .. } => {
+        Command::Provision {
+            out, filter, batch, ..
+        } => {
             let path = out.ok_or_else(|| CliError::input("--out", "required with --all"))?;
-            let mut writer = append(&path)?;
-            let n = fleet.provision_all(&filter.filter()?, &mut writer, &Bar::new())?;
-            global.print(&serde_json::json!({"provisioned": n, "out": path}), |_| {
+            batch.apply(&mut fleet);
+            let filter = filter.filter()?;
+            let mut writer = append("--out", &path)?;
+            let r = fleet.provision_all(&filter, &mut writer, &Bar::new())?;
+            let json =
+                serde_json::json!({"provisioned": r.devices, "out": path, "delivery": r.delivery});
+            global.print(&json, |_| {
                 format!(
-                    "provisioned {n} devices; key material appended to {}",
-                    path.display()
+                    "provisioned {} devices; key material appended to {}{}",
+                    r.devices,
+                    path.display(),
+                    delivery_text(&r.delivery, &path)
                 )
             })
         }
@@ -284,26 +359,22 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
             out,
             reason,
             filter,
+            batch,
             ..
         } => {
             let path = out.ok_or_else(|| CliError::input("--out", "required with --all"))?;
-            let mut writer = append(&path)?;
-            let mut write = |u: &KeyUpdate| -> Result<(), fleetkey::Error> {
-                serde_json::to_writer(&mut writer, u)
-                    .map_err(|e| fleetkey::Error::invalid("--out", e))?;
-                writer
-                    .write_all(b"\n")
-                    .and_then(|()| writer.flush())
-                    .map_err(|source| fleetkey::Error::Io {
-                        path: path.clone(),
-                        source,
-                    })
-            };
-            let n = fleet.refresh_all(&filter.filter()?, &reason, &mut write, &Bar::new())?;
-            global.print(&serde_json::json!({"refreshed": n, "out": path}), |_| {
+            batch.apply(&mut fleet);
+            let filter = filter.filter()?;
+            let mut writer = append("--out", &path)?;
+            let r = fleet.refresh_all(&filter, &reason, &mut writer, &Bar::new())?;
+            let json =
+                serde_json::json!({"refreshed": r.devices, "out": path, "delivery": r.delivery});
+            global.print(&json, |_| {
                 format!(
-                    "refreshed {n} devices; SHE updates appended to {}",
-                    path.display()
+                    "refreshed {} devices; SHE updates appended to {}{}",
+                    r.devices,
+                    path.display(),
+                    delivery_text(&r.delivery, &path)
                 )
             })
         }

@@ -3,9 +3,11 @@
 //! Each batch is one transaction with one audit event naming every device of the batch, so a
 //! process killed mid-way leaves whole batches behind and a rerun completes the rest: import skips
 //! rows already registered with the same data, provisioning picks up the devices still
-//! pre-active, migration the devices still on the old generation. Key material for stations is
-//! written and flushed before the batch that records it commits: delivery is at-least-once, and a
-//! line repeated after a crash is identical to the first.
+//! pre-active, migration the devices still on the old generation. Key material and key updates
+//! for callers are journaled in the batch's transaction and written after it commits; a journal
+//! entry is cleared only once its lines were taken, and the next run sends again what is left
+//! ([`super::delivery`]): delivery is at-least-once, and a line repeated after a crash is
+//! identical to the first.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -14,6 +16,7 @@ use std::path::Path;
 use fleetkey_core::derive::{DeviceKeyInputs, Generation, Revision, Usage};
 use serde::Serialize;
 
+use super::delivery::{self, Delivery, DeliveryKind, DeliveryReport, Output};
 use super::devices::{device, refresh_one, validate_labels};
 use super::{Fleet, fleet_info};
 use crate::error::Error;
@@ -98,6 +101,8 @@ pub struct ImportReport {
     pub already_present: u64,
     /// Devices whose key material was written for provisioning.
     pub provisioned: u64,
+    /// Lines of interrupted runs sent again, and what is still owed.
+    pub delivery: DeliveryReport,
 }
 
 /// Parses a device CSV: a header naming `serial` and optionally `she_uid` (30 hex characters)
@@ -259,16 +264,31 @@ fn push_line(
     Ok(())
 }
 
+/// What a bulk provisioning or refresh did.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct BulkReport {
+    /// Devices this run provisioned or refreshed.
+    pub devices: u64,
+    /// Lines of interrupted runs sent again, and what is still owed.
+    pub delivery: DeliveryReport,
+}
+
 impl Fleet {
+    /// Devices per transaction in bulk work from now on (1 to 100,000; [`BATCH`] unless set).
+    pub fn set_batch_size(&mut self, devices: usize) {
+        self.batch = devices.clamp(1, 100_000);
+    }
+
     /// Imports devices from a CSV file. The whole file is checked first (syntax, duplicates in
     /// the file, conflicts with registered devices): a bad row refuses the import with its line
     /// number and nothing is written. Then it is registered in batches. With `provision_out`,
-    /// devices are registered active and their key material is appended to that file as JSON
-    /// lines (written before each batch commits).
+    /// devices are registered active and their key material goes to that output as JSON lines,
+    /// delivered at least once ([`super::delivery`]): lines an interrupted run owes are sent
+    /// first.
     pub fn import_csv(
         &mut self,
         path: &Path,
-        provision_out: Option<&mut dyn Write>,
+        provision_out: Option<&mut dyn Output>,
         progress: &dyn Progress,
     ) -> Result<ImportReport, Error> {
         let open = || {
@@ -280,6 +300,7 @@ impl Fleet {
         let registered = transact(self.store.as_mut(), |tx| {
             Ok(tx.count_devices(&DeviceFilter::default())?)
         })?;
+        let batch_size = self.batch;
         // Pass 1: check everything before writing anything.
         let mut seen: HashSet<u128, DigestHasher> = HashSet::default();
         let mut rows = 0u64;
@@ -293,48 +314,51 @@ impl Fleet {
                 ));
             }
             rows += 1;
-            if rows.is_multiple_of(BATCH as u64) {
-                progress.advance(BATCH as u64);
+            if rows.is_multiple_of(batch_size as u64) {
+                progress.advance(batch_size as u64);
             }
         }
         drop(seen);
         progress.finish();
+        let mut delivery = provision_out.map(|out| Delivery::new(DeliveryKind::Provisioning, out));
+        if let Some(d) = delivery.as_mut() {
+            d.resend_pending(self, progress)?;
+        }
         // Pass 2: register in batches.
         let mut report = ImportReport {
             rows,
             ..Default::default()
         };
-        let mut out = provision_out;
         progress.start(
-            if out.is_some() {
+            if delivery.is_some() {
                 "importing and provisioning"
             } else {
                 "importing"
             },
             rows,
         );
-        let mut batch: Vec<ImportRow> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<ImportRow> = Vec::with_capacity(batch_size);
         let mut parsed = parse_csv(std::io::BufReader::with_capacity(1 << 20, open()?));
         loop {
             batch.clear();
-            for row in parsed.by_ref().take(BATCH) {
+            for row in parsed.by_ref().take(batch_size) {
                 batch.push(row?);
             }
             if batch.is_empty() {
                 break;
             }
-            let writer: Option<&mut dyn Write> = match out {
-                Some(ref mut w) => Some(&mut **w),
-                None => None,
-            };
-            let (added, present, provisioned) =
-                self.import_batch(&batch, registered > 0, writer)?;
+            let (added, present) = self.import_batch(&batch, registered > 0, delivery.as_mut())?;
             report.added += added;
             report.already_present += present;
-            report.provisioned += provisioned;
+            if delivery.is_some() {
+                report.provisioned += added;
+            }
             progress.advance(batch.len() as u64);
         }
         progress.finish();
+        if let Some(d) = delivery {
+            report.delivery = d.finish(self)?;
+        }
         Ok(report)
     }
 
@@ -342,9 +366,9 @@ impl Fleet {
         &mut self,
         batch: &[ImportRow],
         check_existing: bool,
-        out: Option<&mut dyn Write>,
-    ) -> Result<(u64, u64, u64), Error> {
-        let provision = out.is_some();
+        delivery: Option<&mut Delivery<'_>>,
+    ) -> Result<(u64, u64), Error> {
+        let provision = delivery.is_some();
         let scheme = self.config.scheme;
         let (state, reason) = if provision {
             (State::Active, "imported and provisioned")
@@ -414,36 +438,49 @@ impl Fleet {
                 created_at: change.at,
             });
         }
-        if let Some(out) = out {
-            self.write_material(&records, out)?;
+        let added = records.len() as u64;
+        if records.is_empty() {
+            return Ok((0, present));
         }
         draft.generation = current;
         draft.subjects = records.iter().map(|r| r.serial.clone()).collect();
         draft.details = serde_json::json!({"count": records.len(), "state": state, "first_line": fresh.first().map(|r| r.line)});
-        let added = records.len() as u64;
-        if !records.is_empty() {
-            transact(self.store.as_mut(), |tx| {
-                tx.insert_devices(&records).map_err(|e| match e {
-                    crate::error::StoreError::Duplicate(what) => Error::Refused {
-                        what: format!("{what} was registered by someone else during the import"),
-                        hint: "run the import again: it skips what is registered".into(),
-                    },
-                    other => other.into(),
-                })?;
-                tx.append_audit(draft.clone())?;
-                Ok(())
+        let journal = if provision {
+            Some(delivery::provisioning_payload(&records)?)
+        } else {
+            None
+        };
+        let entry = transact(self.store.as_mut(), |tx| {
+            tx.insert_devices(&records).map_err(|e| match e {
+                crate::error::StoreError::Duplicate(what) => Error::Refused {
+                    what: format!("{what} was registered by someone else during the import"),
+                    hint: "run the import again: it skips what is registered".into(),
+                },
+                other => other.into(),
             })?;
+            tx.append_audit(draft.clone())?;
+            journal
+                .as_ref()
+                .map(|payload| {
+                    tx.insert_delivery(DeliveryKind::Provisioning.name(), payload, change.at)
+                })
+                .transpose()
+                .map_err(Error::from)
+        })?;
+        if let (Some(d), Some(id)) = (delivery, entry) {
+            let mut lines = zeroize::Zeroizing::new(Vec::with_capacity(records.len() * 220));
+            self.material_lines(&records, &mut lines)?;
+            d.send(self, id, &lines)?;
         }
-        Ok((added, present, if provision { added } else { 0 }))
+        Ok((added, present))
     }
 
-    /// Writes provisioning lines for devices and flushes them.
-    fn write_material(&self, records: &[DeviceRecord], out: &mut dyn Write) -> Result<(), Error> {
-        let io = |source| Error::Io {
-            path: "provisioning output".into(),
-            source,
-        };
-        let mut buf = Vec::with_capacity(records.len() * 220);
+    /// Appends the provisioning lines of devices (their keys at their generation and revision).
+    pub(super) fn material_lines(
+        &self,
+        records: &[DeviceRecord],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), Error> {
         let mut derivers: Vec<(u32, Box<dyn crate::module::BulkDeriver + '_>)> = Vec::new();
         for r in records {
             let keys = if r.wrapped_root.is_some() {
@@ -467,22 +504,22 @@ impl Fleet {
                     .ok_or_else(|| Error::invalid("generation", "no deriver"))?;
                 bulk_keys(deriver.as_mut(), r)?
             };
-            push_line(&mut buf, r, &keys)?;
+            push_line(buf, r, &keys)?;
         }
-        out.write_all(&buf).map_err(io)?;
-        out.flush().map_err(io)?;
-        zeroize::Zeroize::zeroize(&mut buf);
         Ok(())
     }
 
-    /// Provisions every device matching `filter` that is still pre-active: writes its key
-    /// material to `out`, then marks the batch active.
+    /// Provisions every device matching `filter` that is still pre-active: marks a batch active
+    /// and journals its key material in one transaction, then writes the material to `out`
+    /// (at least once, [`super::delivery`]; lines an interrupted run owes are sent first).
     pub fn provision_all(
         &mut self,
         filter: &DeviceFilter,
-        out: &mut dyn Write,
+        out: &mut dyn Output,
         progress: &dyn Progress,
-    ) -> Result<u64, Error> {
+    ) -> Result<BulkReport, Error> {
+        let mut delivery = Delivery::new(DeliveryKind::Provisioning, out);
+        delivery.resend_pending(self, progress)?;
         let mut filter = filter.clone();
         filter.state = Some(State::PreActive);
         let total = transact(self.store.as_mut(), |tx| Ok(tx.count_devices(&filter)?))?;
@@ -490,12 +527,12 @@ impl Fleet {
         let mut done = 0;
         let mut after: Option<DeviceSerial> = None;
         loop {
+            let batch = self.batch;
             let mut page = transact(self.store.as_mut(), |tx| {
-                Ok(tx.devices(&filter, after.as_ref(), BATCH)?)
+                Ok(tx.devices(&filter, after.as_ref(), batch)?)
             })?;
             let Some(last) = page.last() else { break };
             after = Some(last.serial.clone());
-            self.write_material(&page, out)?;
             let change = self.change("provisioned");
             let mut draft = self.draft(
                 "device.provision",
@@ -508,7 +545,8 @@ impl Fleet {
                 d.state = State::Active;
                 d.changed = change.clone();
             }
-            transact(self.store.as_mut(), |tx| {
+            let journal = delivery::provisioning_payload(&page)?;
+            let id = transact(self.store.as_mut(), |tx| {
                 for d in &page {
                     // Re-check under the transaction: another process may have moved it.
                     if device(tx, &d.serial)?.state != State::PreActive {
@@ -520,24 +558,34 @@ impl Fleet {
                     tx.update_device(d)?;
                 }
                 tx.append_audit(draft.clone())?;
-                Ok(())
+                Ok(tx.insert_delivery(DeliveryKind::Provisioning.name(), &journal, change.at)?)
             })?;
+            let mut lines = zeroize::Zeroizing::new(Vec::with_capacity(page.len() * 220));
+            self.material_lines(&page, &mut lines)?;
+            delivery.send(self, id, &lines)?;
             done += page.len() as u64;
             progress.advance(page.len() as u64);
         }
         progress.finish();
-        Ok(done)
+        Ok(BulkReport {
+            devices: done,
+            delivery: delivery.finish(self)?,
+        })
     }
 
     /// Refreshes every active device matching `filter` (rotation's migration: filter by the old
-    /// generation), in batches; returns the updates (SHE messages) in order.
+    /// generation), in batches: each batch's refreshes and its journal entry commit together,
+    /// then its SHE updates go to `out` as JSON lines, at least once ([`super::delivery`]; lines
+    /// an interrupted run owes are sent first).
     pub fn refresh_all(
         &mut self,
         filter: &DeviceFilter,
         reason: &str,
-        on_update: &mut dyn FnMut(&super::KeyUpdate) -> Result<(), Error>,
+        out: &mut dyn Output,
         progress: &dyn Progress,
-    ) -> Result<u64, Error> {
+    ) -> Result<BulkReport, Error> {
+        let mut delivery = Delivery::new(DeliveryKind::KeyUpdate, out);
+        delivery.resend_pending(self, progress)?;
         let mut filter = filter.clone();
         filter.state = Some(State::Active);
         let total = transact(self.store.as_mut(), |tx| Ok(tx.count_devices(&filter)?))?;
@@ -545,8 +593,9 @@ impl Fleet {
         let mut after: Option<DeviceSerial> = None;
         let mut done = 0;
         loop {
+            let batch = self.batch;
             let page = transact(self.store.as_mut(), |tx| {
-                Ok(tx.devices(&filter, after.as_ref(), 1_000)?)
+                Ok(tx.devices(&filter, after.as_ref(), batch)?)
             })?;
             let Some(last) = page.last() else { break };
             after = Some(last.serial.clone());
@@ -560,15 +609,17 @@ impl Fleet {
             let change = self.change(reason);
             let mut draft = self.draft("device.refresh", None, vec![], serde_json::json!({}));
             let module = self.module.as_ref();
-            let updates = transact(self.store.as_mut(), |tx| {
+            let (updates, id) = transact(self.store.as_mut(), |tx| {
                 let fleet = fleet_info(tx)?;
                 let mut updates = Vec::with_capacity(page.len());
+                let mut from_roots = Vec::with_capacity(page.len());
                 let mut subjects = Vec::with_capacity(page.len());
                 for (d, root) in page.iter().zip(&roots) {
                     let current = device(tx, &d.serial)?;
                     if current.state != State::Active || current.revision != d.revision {
                         continue; // changed since the page was read; a rerun picks it up
                     }
+                    from_roots.push(current.wrapped_root.clone());
                     let (update, _) =
                         refresh_one(tx, module, &fleet, current, root.clone(), &change, &draft)?;
                     subjects.push(update.device.serial.clone());
@@ -578,16 +629,23 @@ impl Fleet {
                 draft.generation = fleet.current_generation;
                 draft.details = serde_json::json!({"count": updates.len(), "reason": reason});
                 tx.append_audit(draft.clone())?;
-                Ok(updates)
+                let journal = delivery::update_payload(&updates, &from_roots)?;
+                let id = tx.insert_delivery(DeliveryKind::KeyUpdate.name(), &journal, change.at)?;
+                Ok((updates, id))
             })?;
+            let mut lines = Vec::with_capacity(updates.len() * 1_200);
             for u in &updates {
-                on_update(u)?;
+                delivery::push_update_line(&mut lines, u)?;
             }
+            delivery.send(self, id, &lines)?;
             done += updates.len() as u64;
             progress.advance(page.len() as u64);
         }
         progress.finish();
-        Ok(done)
+        Ok(BulkReport {
+            devices: done,
+            delivery: delivery.finish(self)?,
+        })
     }
 }
 

@@ -303,7 +303,6 @@ pub(super) fn refresh_one(
             hint: "revoke and replace the device: SHE counters cannot go further".into(),
         })?
         .get();
-    let old_keys = DeviceKeys::derive(module, &old, old.generation, old.revision)?;
     let mut new = old.clone();
     new.revision = revision;
     if let Some(g) = fleet.current_generation {
@@ -313,14 +312,6 @@ pub(super) fn refresh_one(
         new.wrapped_root = Some(root);
     }
     new.changed = change.clone();
-    let new_keys = DeviceKeys::derive(module, &new, new.generation, new.revision)?;
-    let she = she_updates(
-        &serial,
-        she_uid(&new),
-        Authoriser::Current(&old_keys.key_update),
-        &new_keys,
-        revision,
-    )?;
     tx.update_device(&new)?;
     let mut d = draft.clone();
     d.subjects = vec![serial];
@@ -330,14 +321,30 @@ pub(super) fn refresh_one(
         "to": {"generation": new.generation, "revision": new.revision},
         "reason": change.reason,
     });
-    Ok((
-        KeyUpdate {
-            from: (old.generation, old.revision),
-            device: new,
-            she,
-        },
-        d,
-    ))
+    Ok((key_update(module, &old, new)?, d))
+}
+
+/// The SHE updates that take a device from `old` to `new` (its keys at `new`, authorised by its
+/// KEY_UPDATE key at `old`). The same records give the same bytes: a re-sent update is identical.
+pub(super) fn key_update(
+    module: &dyn crate::module::KeyModule,
+    old: &DeviceRecord,
+    new: DeviceRecord,
+) -> Result<KeyUpdate, Error> {
+    let old_keys = DeviceKeys::derive(module, old, old.generation, old.revision)?;
+    let new_keys = DeviceKeys::derive(module, &new, new.generation, new.revision)?;
+    let she = she_updates(
+        &new.serial,
+        she_uid(&new),
+        Authoriser::Current(&old_keys.key_update),
+        &new_keys,
+        new.revision,
+    )?;
+    Ok(KeyUpdate {
+        from: (old.generation, old.revision),
+        device: new,
+        she,
+    })
 }
 
 pub(super) fn device(tx: &mut dyn Tx, serial: &DeviceSerial) -> Result<DeviceRecord, Error> {

@@ -41,19 +41,21 @@ use crate::error::{Error, StoreError};
 use crate::lifecycle::State;
 use crate::model::{
     Change, DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, Scheme,
-    WrappedKey,
+    UnixMillis, WrappedKey,
 };
-use crate::store::{Store, Tx};
+use crate::store::{PendingDelivery, Store, Tx};
 
 mod access;
+mod delivery;
 
 /// The schema version this fleetkey reads and writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("postgres/0001_initial.sql"),
     include_str!("postgres/0002_access.sql"),
+    include_str!("postgres/0003_deliveries.sql"),
 ];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
@@ -981,6 +983,28 @@ impl Tx for PgTx<'_, '_> {
     }
     fn delete_idempotency(&mut self, principal: &str, key: &str) -> Result<(), StoreError> {
         self.delete_idempotency_row(principal, key)
+    }
+    fn insert_delivery(
+        &mut self,
+        kind: &str,
+        payload: &[u8],
+        created_at: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        self.insert_delivery_row(kind, payload, created_at)
+    }
+    fn deliveries(
+        &mut self,
+        kind: &str,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        self.delivery_rows(kind, after_id, limit)
+    }
+    fn count_deliveries(&mut self, kind: &str) -> Result<u64, StoreError> {
+        self.count_delivery_rows(kind)
+    }
+    fn delete_delivery(&mut self, id: u64) -> Result<bool, StoreError> {
+        self.delete_delivery_row(id)
     }
 }
 

@@ -30,11 +30,12 @@ use crate::error::{Error, StoreError};
 use crate::lifecycle::State;
 use crate::model::{
     Change, DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, Scheme,
-    WrappedKey,
+    UnixMillis, WrappedKey,
 };
-use crate::store::{Store, Tx};
+use crate::store::{PendingDelivery, Store, Tx};
 
 mod access;
+mod delivery;
 mod schema;
 
 /// The schema version this fleetkey reads and writes.
@@ -813,6 +814,28 @@ impl Tx for SqliteTx<'_> {
     }
     fn delete_idempotency(&mut self, principal: &str, key: &str) -> Result<(), StoreError> {
         access::delete_idempotency(self.conn, principal, key)
+    }
+    fn insert_delivery(
+        &mut self,
+        kind: &str,
+        payload: &[u8],
+        created_at: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        delivery::insert(self.conn, kind, payload, created_at)
+    }
+    fn deliveries(
+        &mut self,
+        kind: &str,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        delivery::list(self.conn, kind, after_id, limit)
+    }
+    fn count_deliveries(&mut self, kind: &str) -> Result<u64, StoreError> {
+        delivery::count(self.conn, kind)
+    }
+    fn delete_delivery(&mut self, id: u64) -> Result<bool, StoreError> {
+        delivery::delete(self.conn, id)
     }
 }
 

@@ -65,6 +65,7 @@ macro_rules! store_conformance {
             concurrent_read_modify_write_serializes,
             tokens_insert_lookup_update,
             idempotency_claim_finish_delete,
+            delivery_journal_insert_list_delete,
         );
     };
     (@checks $factory:expr; $($check:ident),* $(,)?) => {
@@ -1445,4 +1446,63 @@ pub(crate) fn idempotency_claim_finish_delete(f: &dyn StoreFactory) {
         1,
         "{results:?}"
     );
+}
+
+pub(crate) fn delivery_journal_insert_list_delete(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    assert_eq!(tx(store, |tx| Ok(tx.count_deliveries("provisioning")?)), 0);
+    // Ids grow in commit order; kinds are kept apart; payloads come back byte for byte (empty,
+    // binary, large).
+    let large: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let payloads: [&[u8]; 3] = [b"", &[0, 255, 10, 13, 0], &large];
+    let mut ids = Vec::new();
+    for (i, p) in payloads.iter().enumerate() {
+        let kind = if i == 1 { "key-update" } else { "provisioning" };
+        ids.push(tx(store, |tx| {
+            Ok(tx.insert_delivery(kind, p, 100 + i as i64)?)
+        }));
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let provisioning = tx(store, |tx| Ok(tx.deliveries("provisioning", 0, 10)?));
+    assert_eq!(
+        provisioning.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [ids[0], ids[2]]
+    );
+    assert_eq!(provisioning[0].payload, b"");
+    assert_eq!(provisioning[1].payload, large);
+    assert_eq!(provisioning[1].created_at, 102);
+    assert_eq!(provisioning[1].kind, "provisioning");
+    let updates = tx(store, |tx| Ok(tx.deliveries("key-update", 0, 10)?));
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].payload, payloads[1]);
+    // Paging by id.
+    let after_first = tx(store, |tx| Ok(tx.deliveries("provisioning", ids[0], 1)?));
+    assert_eq!(
+        after_first.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [ids[2]]
+    );
+    assert_eq!(tx(store, |tx| Ok(tx.count_deliveries("provisioning")?)), 2);
+    // A failing transaction's insert does not stay.
+    let failed = transact(store, |tx| {
+        tx.insert_delivery("provisioning", b"x", 1)?;
+        Err::<(), _>(Error::invalid("test", "fails"))
+    });
+    assert!(failed.is_err());
+    assert_eq!(tx(store, |tx| Ok(tx.count_deliveries("provisioning")?)), 2);
+    // Delete is idempotent and says whether the entry was there.
+    assert!(tx(store, |tx| Ok(tx.delete_delivery(ids[0])?)));
+    assert!(!tx(store, |tx| Ok(tx.delete_delivery(ids[0])?)));
+    assert_eq!(tx(store, |tx| Ok(tx.count_deliveries("provisioning")?)), 1);
+    // Another handle sees the journal; a new id never reuses a deleted one.
+    let mut other = f.reopen();
+    assert_eq!(
+        tx(&mut *other, |tx| Ok(tx.count_deliveries("key-update")?)),
+        1
+    );
+    assert!(tx(&mut *other, |tx| Ok(tx.delete_delivery(ids[2])?)));
+    let next = tx(&mut *other, |tx| {
+        Ok(tx.insert_delivery("provisioning", b"n", 9)?)
+    });
+    assert!(next > ids[2], "{next} after {ids:?}");
 }

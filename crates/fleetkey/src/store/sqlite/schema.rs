@@ -6,15 +6,16 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::error::StoreError;
 
 /// The schema version this fleetkey writes and reads.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// The `meta` key of the schema version.
 pub(super) const VERSION_KEY: &str = "store.schema_version";
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("0001_initial.sql"),
     include_str!("0002_access.sql"),
+    include_str!("0003_deliveries.sql"),
 ];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
