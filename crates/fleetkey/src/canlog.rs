@@ -994,8 +994,7 @@ const DROPCOUNT: &str = "DROPCOUNT: ";
 fn line_kind(line: &str) -> LineKind {
     if line.starts_with('(') {
         LineKind::Frame
-    } else if line.chars().all(is_c_space) || line.starts_with('#') || line.starts_with(DROPCOUNT)
-    {
+    } else if line.chars().all(is_c_space) || line.starts_with('#') || line.starts_with(DROPCOUNT) {
         LineKind::Skipped
     } else {
         LineKind::Other
@@ -1023,6 +1022,12 @@ pub fn read_log<R: BufRead>(reader: R) -> LogReader<R> {
 }
 
 impl<R: BufRead> LogReader<R> {
+    /// The 1-based number of the line the last item came from (0 before the first).
+    #[must_use]
+    pub fn line_number(&self) -> usize {
+        self.line
+    }
+
     /// Reads the next line into `self.buf` (at most `MAX_LINE_LEN + 1` bytes kept, no `\n`).
     /// `Ok(None)` at end of input, `Ok(Some(too_long))` otherwise.
     fn next_raw_line(&mut self) -> io::Result<Option<bool>> {
@@ -1072,6 +1077,7 @@ impl<R: BufRead> Iterator for LogReader<R> {
                 Ok(None) => {
                     self.done = true;
                     let lines = line - 1;
+                    self.line = lines;
                     return (!self.any).then_some(Err(LogError::NoFrame { lines }));
                 }
                 Err(error) => {

@@ -548,6 +548,19 @@ fn read_log_refuses_lines_that_are_not_log_lines() {
 }
 
 #[test]
+fn read_log_numbers_the_lines() {
+    let mut log = read_log(&b"# head\n\n(1.000000) can0 123#\njunk\n(1.000001) can0 123#"[..]);
+    assert_eq!(log.line_number(), 0);
+    assert!(log.next().unwrap().is_ok());
+    assert_eq!(log.line_number(), 3);
+    assert_eq!(log.next().unwrap().unwrap_err().line(), 4);
+    assert!(log.next().unwrap().is_ok());
+    assert_eq!(log.line_number(), 5);
+    assert!(log.next().is_none());
+    assert_eq!(log.line_number(), 5);
+}
+
+#[test]
 fn read_log_checks_length_and_utf8_of_every_line() {
     // The defect of issue 11: lines that do not start with `(` were skipped unchecked.
     let mut log = vec![b'x'; 9000];
@@ -574,12 +587,18 @@ fn read_log_without_a_frame_is_refused() {
         ("\n", 1),
         ("\n\r\n  \n", 3),
         ("# only a comment", 1),
-        ("# a\nDROPCOUNT: dropped 1 CAN frame on 'can0' socket (total drops 1)\n", 2),
+        (
+            "# a\nDROPCOUNT: dropped 1 CAN frame on 'can0' socket (total drops 1)\n",
+            2,
+        ),
     ] {
         let items: Vec<_> = read_log(log.as_bytes()).collect();
         assert_eq!(items.len(), 1, "{log:?}");
         let err = items[0].as_ref().unwrap_err();
-        assert!(matches!(err, LogError::NoFrame { lines: n } if *n == lines), "{log:?}: {err}");
+        assert!(
+            matches!(err, LogError::NoFrame { lines: n } if *n == lines),
+            "{log:?}: {err}"
+        );
         assert_eq!(err.line(), lines);
         assert!(err.to_string().starts_with("no frame in the log"));
     }
