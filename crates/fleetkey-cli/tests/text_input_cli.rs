@@ -177,7 +177,6 @@ fn every_text_reader_refuses_junk_with_exit_2() {
         home: dir.path().join("no-fleet-here"),
     };
     let key = setup.file("session.key", format!("{KEY}\n").as_bytes());
-    let seed = setup.file("seed.hex", format!("{SEED}\n").as_bytes());
     let log = setup.file("good.log", LOG.as_bytes());
     let built = ok(
         &setup.home,
@@ -458,6 +457,56 @@ fn every_text_reader_refuses_junk_with_exit_2() {
         },
     ];
     let mut failures: Vec<String> = readers.iter().flat_map(|r| check(&setup, r)).collect();
+    // The PIN file is read before the PKCS#11 library is loaded: no token needed.
+    let pin_file = Reader {
+        name: "init --pin-file",
+        args: strings(&[
+            "init",
+            "--fleet",
+            "x",
+            "--scheme",
+            "stored",
+            "--module",
+            "pkcs11",
+            "--pkcs11-module",
+            "/nonexistent/libpkcs11.so",
+            "--token-label",
+            "t",
+            "--pin-file",
+            "JUNK",
+        ]),
+        stdin: false,
+        field: "PIN file",
+        says: [
+            "not UTF-8 text",
+            "longer than 1024 bytes",
+            "empty first line",
+        ],
+        echoes: false,
+    };
+    let tls_cert = Reader {
+        name: "serve --tls-cert",
+        args: strings(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "JUNK",
+            "--tls-key",
+            &key,
+        ]),
+        stdin: false,
+        field: "--tls-cert",
+        says: ["no CERTIFICATE in the PEM file"; 3],
+        echoes: false,
+    };
+    failures.extend(check(&setup, &pin_file));
+    failures.extend(check(&setup, &tls_cert));
+    assert!(
+        !setup.home.exists(),
+        "a refused command created {}",
+        setup.home.display()
+    );
 
     // Readers behind an open fleet.
     let fleet = Setup {

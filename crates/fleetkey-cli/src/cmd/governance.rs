@@ -1,7 +1,7 @@
 //! `fleetkey governance publish|show|verify|export|rotate-root|restore-root` and
 //! `fleetkey grant issue|deny|list|show`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleetkey::fleet::Fleet;
@@ -487,7 +487,7 @@ fn grant_text(g: &GrantInfo) -> String {
     )
 }
 
-fn public_key(path: &PathBuf) -> Result<[u8; 32], CliError> {
+fn public_key(path: &Path) -> Result<[u8; 32], CliError> {
     let field = "--public-key-file";
     let raw = crate::input::file_bytes(field, path, crate::input::MAX_KEY_TEXT)?;
     if raw.trim_ascii().is_empty() {
