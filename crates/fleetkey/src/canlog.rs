@@ -82,6 +82,12 @@ pub enum ParseError {
     /// [`read_log`] only: the line is not valid UTF-8.
     #[error("line: not valid UTF-8")]
     NotUtf8,
+    /// [`read_log`] only: the line is neither a frame line (it does not start with `(`) nor
+    /// one of the lines a log may hold besides frames (blank, `#` comment, `DROPCOUNT` note).
+    #[error(
+        "line: not a candump line (a frame line starts with '('; besides frames a log holds only blank lines, '#' comments and DROPCOUNT notes)"
+    )]
+    NotALogLine,
     /// The `(SECONDS.MICROS)` field.
     #[error("timestamp: {0}")]
     Timestamp(&'static str),
@@ -147,14 +153,22 @@ pub enum LogError {
         /// The IO error.
         error: io::Error,
     },
+    /// The log ended without a single frame line (it was empty, or held only blank lines,
+    /// comments and notes). The last item [`read_log`] gives.
+    #[error("no frame in the log ({lines} lines read)")]
+    NoFrame {
+        /// How many lines the log had.
+        lines: usize,
+    },
 }
 
 impl LogError {
-    /// The 1-based line number.
+    /// The 1-based line number; for [`LogError::NoFrame`], the number of lines in the log.
     #[must_use]
     pub fn line(&self) -> usize {
         match self {
             Self::Parse { line, .. } | Self::Io { line, .. } => *line,
+            Self::NoFrame { lines } => *lines,
         }
     }
 
@@ -163,7 +177,7 @@ impl LogError {
     pub fn parse_error(&self) -> Option<ParseError> {
         match self {
             Self::Parse { error, .. } => Some(*error),
-            Self::Io { .. } => None,
+            Self::Io { .. } | Self::NoFrame { .. } => None,
         }
     }
 }
@@ -959,25 +973,61 @@ pub struct LogReader<R> {
     line: usize,
     buf: Vec<u8>,
     done: bool,
+    /// Whether any item (a frame or a parse error) has been given.
+    any: bool,
+}
+
+/// What a line of a candump log is, once it is known to be UTF-8 and short enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineKind {
+    /// Starts with `(`: must parse as a frame line.
+    Frame,
+    /// Blank, a `#` comment or a candump `DROPCOUNT` note: skipped.
+    Skipped,
+    /// Anything else: refused.
+    Other,
+}
+
+/// The prefix of the note candump prints when the socket dropped frames.
+const DROPCOUNT: &str = "DROPCOUNT: ";
+
+fn line_kind(line: &str) -> LineKind {
+    if line.starts_with('(') {
+        LineKind::Frame
+    } else if line.chars().all(is_c_space) || line.starts_with('#') || line.starts_with(DROPCOUNT) {
+        LineKind::Skipped
+    } else {
+        LineKind::Other
+    }
 }
 
 /// Reads a candump log: one item per frame line, in order.
 ///
-/// As canplayer and log2asc do, lines that do not start with `(` (blank lines, comments,
-/// candump's `DROPCOUNT` notes) are skipped. A line that starts with `(` and does not parse
-/// gives a [`LogError::Parse`] with its 1-based line number, and reading goes on with the
-/// next line; a read error gives [`LogError::Io`] and ends the iteration. Lines longer than
-/// [`MAX_LINE_LEN`] are rejected without being held in memory.
+/// Every line must be UTF-8 and at most [`MAX_LINE_LEN`] bytes (checked before anything
+/// else; a longer line is not held in memory), and be one of: a frame line (starts with
+/// `(`), a blank line (only whitespace), a comment (starts with `#`) or candump's note
+/// `DROPCOUNT: ...`. The last three are skipped; a frame line that does not parse and any
+/// other line give a [`LogError::Parse`] with the 1-based line number, and reading goes on
+/// with the next line. A read error gives [`LogError::Io`] and ends the iteration. A log
+/// that ends without giving any item (empty, or only skipped lines) gives one
+/// [`LogError::NoFrame`]. `\r\n` line ends are read as `\n`.
 pub fn read_log<R: BufRead>(reader: R) -> LogReader<R> {
     LogReader {
         reader,
         line: 0,
         buf: Vec::new(),
         done: false,
+        any: false,
     }
 }
 
 impl<R: BufRead> LogReader<R> {
+    /// The 1-based number of the line the last item came from (0 before the first).
+    #[must_use]
+    pub fn line_number(&self) -> usize {
+        self.line
+    }
+
     /// Reads the next line into `self.buf` (at most `MAX_LINE_LEN + 1` bytes kept, no `\n`).
     /// `Ok(None)` at end of input, `Ok(Some(too_long))` otherwise.
     fn next_raw_line(&mut self) -> io::Result<Option<bool>> {
@@ -1026,23 +1076,28 @@ impl<R: BufRead> Iterator for LogReader<R> {
                 Ok(Some(too_long)) => too_long,
                 Ok(None) => {
                     self.done = true;
-                    return None;
+                    let lines = line - 1;
+                    self.line = lines;
+                    return (!self.any).then_some(Err(LogError::NoFrame { lines }));
                 }
                 Err(error) => {
                     self.done = true;
                     return Some(Err(LogError::Io { line, error }));
                 }
             };
-            if self.buf.first() != Some(&b'(') {
-                continue;
-            }
             let parsed = if too_long {
                 Err(ParseError::LineTooLong { max: MAX_LINE_LEN })
             } else {
-                std::str::from_utf8(&self.buf)
-                    .map_err(|_| ParseError::NotUtf8)
-                    .and_then(parse_line)
+                match std::str::from_utf8(&self.buf) {
+                    Err(_) => Err(ParseError::NotUtf8),
+                    Ok(text) => match line_kind(text) {
+                        LineKind::Skipped => continue,
+                        LineKind::Frame => parse_line(text),
+                        LineKind::Other => Err(ParseError::NotALogLine),
+                    },
+                }
             };
+            self.any = true;
             return Some(parsed.map_err(|error| LogError::Parse { line, error }));
         }
         None

@@ -55,6 +55,16 @@ pub enum ModuleError {
     /// The module cannot do this.
     #[error("the key module does not support {0}")]
     Unsupported(&'static str),
+    /// A PIN or key file that is not what it should be (too long, not UTF-8, empty).
+    #[error("{what} {}: {problem}", path.display())]
+    SecretFile {
+        /// `PIN file`, `backup KEK file`.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it (never its content).
+        problem: &'static str,
+    },
 }
 
 /// A store failed or refused.

@@ -22,7 +22,7 @@ use fleetkey::core::MasterKey;
 use fleetkey::core::derive::{self, DeviceKeyInputs, Generation, Revision, Serial, Usage};
 use fleetkey::model::WrappedKey;
 use fleetkey::module::KeyModule;
-use fleetkey::module::pkcs11::{Pin, Pkcs11Module};
+use fleetkey::module::pkcs11::{BackupKek, MAX_SECRET_FILE_LEN, Pin, Pkcs11Module};
 
 /// The token every module of the suite shares.
 #[path = "support/softhsm.rs"]
@@ -455,4 +455,35 @@ fn master_destroyed_mid_batch_is_a_clear_error_and_a_rerun_completes() {
     let (done, err) = run(None);
     assert!(err.is_none(), "{err:?}");
     assert_eq!(done, serials.len());
+}
+
+#[test]
+fn pin_and_kek_files_that_are_not_are_refused_by_name() {
+    // No token needed: the files are read before any library is loaded.
+    let dir = tempfile::tempdir().unwrap();
+    let long = vec![b'1'; MAX_SECRET_FILE_LEN + 1];
+    for (bytes, problem) in [
+        (&b"\xff\xfe1234\n"[..], "not UTF-8 text"),
+        (&long[..], "longer than 1024 bytes"),
+        (&b""[..], "empty first line"),
+        (&b"\n1234\n"[..], "empty first line"),
+    ] {
+        let file = dir.path().join("secret");
+        std::fs::write(&file, bytes).unwrap();
+        for err in [
+            Pin::from_file(&file).err().unwrap(),
+            BackupKek::from_file(&file).err().unwrap(),
+        ] {
+            assert!(
+                matches!(&err, ModuleError::SecretFile { problem: p, .. } if *p == problem),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("secret"), "{err}");
+        }
+    }
+    // At the limit is read.
+    let mut pin = vec![b'1'; MAX_SECRET_FILE_LEN - 1];
+    pin.push(b'\n');
+    std::fs::write(dir.path().join("pin"), &pin).unwrap();
+    assert!(Pin::from_file(&dir.path().join("pin")).is_ok());
 }

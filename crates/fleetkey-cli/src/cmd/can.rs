@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use fleetkey::canlog::{self, FrameKind, LogLine};
+use fleetkey::canlog::{self, FrameKind, LogError, LogLine};
 use fleetkey_core::secoc::{
     DEFAULT_VERIFY_ATTEMPTS, FrameKey, FreshnessCounter, KeyWindow, MAX_VERIFY_ATTEMPTS, Profile,
     Receiver, SecocError, Sender, Stats, WindowConfig,
@@ -236,8 +236,9 @@ fn epoch_of(schedule: &RollSchedule, line: &LogLine, number: usize) -> Result<Ep
 }
 
 /// Reads and parses the whole log first, so that bad input stops before any output. Returns
-/// each frame line with its 1-based line number in the file. As `canlog::read_log` (and
-/// canplayer) do, lines that do not start with `(` are skipped.
+/// each frame line with its 1-based line number in the file. `canlog::read_log` decides what
+/// a log may hold (frame lines; blank lines, `#` comments and `DROPCOUNT` notes, skipped) and
+/// checks every line's length and UTF-8; its first error, or a log without a frame, is bad input.
 fn read_lines(path: Option<&Path>) -> Result<Vec<(usize, LogLine)>, CliError> {
     let reader: Box<dyn BufRead> = match path {
         Some(p) if p != Path::new("-") => Box::new(BufReader::new(File::open(p).map_err(|e| {
@@ -246,28 +247,20 @@ fn read_lines(path: Option<&Path>) -> Result<Vec<(usize, LogLine)>, CliError> {
         _ => Box::new(BufReader::new(std::io::stdin())),
     };
     let mut lines = Vec::new();
-    for (index, raw) in reader.split(b'\n').enumerate() {
-        let number = index + 1;
-        let field = format!("line {number}");
-        let raw = raw.map_err(|e| CliError::input(&field, format_args!("cannot read ({e})")))?;
-        if raw.first() != Some(&b'(') {
-            continue;
-        }
-        let parsed = if raw.len() > canlog::MAX_LINE_LEN {
-            Err(canlog::ParseError::LineTooLong {
-                max: canlog::MAX_LINE_LEN,
-            })
-        } else {
-            std::str::from_utf8(&raw)
-                .map_err(|_| canlog::ParseError::NotUtf8)
-                .and_then(canlog::parse_line)
-        };
-        let line = parsed.map_err(|e| {
-            CliError::input(&field, e).hint(
+    let mut log = canlog::read_log(reader);
+    while let Some(item) = log.next() {
+        let line = item.map_err(|e| match e {
+            LogError::Parse { line, error } => CliError::input(&format!("line {line}"), error).hint(
                 "each frame line reads `(SECONDS.MICROS) IFACE ID#DATA`, or `ID##FDATA` for CAN FD (candump -l)",
-            )
+            ),
+            LogError::Io { line, error } => {
+                CliError::input(&format!("line {line}"), format_args!("cannot read ({error})"))
+            }
+            LogError::NoFrame { .. } => CliError::input("input", &e)
+                .hint("give a candump log (candump -l) with at least one frame line"),
+            other => CliError::input("input", other),
         })?;
-        lines.push((number, line));
+        lines.push((log.line_number(), line));
     }
     Ok(lines)
 }

@@ -142,6 +142,12 @@ impl From<Error> for CliError {
         let hint = e.hint();
         let err = match &e {
             Error::Invalid { field, problem } => CliError::input(field, problem),
+            // A PIN or KEK file that is not one is bad input, whichever command reads it.
+            Error::Module(fleetkey::ModuleError::SecretFile {
+                what,
+                path,
+                problem,
+            }) => CliError::input(what, format_args!("{}: {problem}", path.display())),
             Error::Backup(b) if b.is_check_failure() => CliError::rejected(b),
             Error::Backup(fleetkey::backup::BackupError::Invalid { field, problem }) => {
                 let flag = match *field {

@@ -1,7 +1,7 @@
 //! `fleetkey governance publish|show|verify|export|rotate-root|restore-root` and
 //! `fleetkey grant issue|deny|list|show`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleetkey::fleet::Fleet;
@@ -403,8 +403,19 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
 }
 
 fn verify(global: &Global, a: &VerifyArgs) -> Result<(), CliError> {
-    let bytes =
-        std::fs::read(&a.file).map_err(|e| CliError::input(&a.file.display().to_string(), e))?;
+    let field = a.file.display().to_string();
+    let bytes = crate::input::file_bytes(&field, &a.file, core_gov::MAX_RECORD_LEN)?;
+    // Bytes that are not a record at all are bad input (exit 2); a record that does not verify
+    // is a failed check (exit 1, below).
+    if let Err(
+        e @ (core_gov::GovernanceError::Malformed(_) | core_gov::GovernanceError::TooLarge(_)),
+    ) = core_gov::inspect_unverified(&bytes)
+    {
+        return Err(
+            CliError::input(&field, format_args!("not a governance record ({e})"))
+                .hint("give a record written by `fleetkey governance publish` or `export`"),
+        );
+    }
     let (public, fleet_id) = match &a.root_public_key {
         Some(h) => {
             let public: [u8; 32] = hex_array("--root-public-key", h)?;
@@ -476,15 +487,21 @@ fn grant_text(g: &GrantInfo) -> String {
     )
 }
 
-fn public_key(path: &PathBuf) -> Result<[u8; 32], CliError> {
+fn public_key(path: &Path) -> Result<[u8; 32], CliError> {
     let field = "--public-key-file";
-    let raw = std::fs::read(path).map_err(|e| CliError::input(field, e))?;
+    let raw = crate::input::file_bytes(field, path, crate::input::MAX_KEY_TEXT)?;
+    if raw.trim_ascii().is_empty() {
+        return Err(CliError::input(
+            field,
+            "empty, expected 32 bytes or 64 hex characters",
+        ));
+    }
     if let Ok(bytes) = <[u8; 32]>::try_from(raw.as_slice()) {
         return Ok(bytes);
     }
-    let text =
-        String::from_utf8(raw).map_err(|_| CliError::input(field, "neither 32 bytes nor hex"))?;
-    hex_array(field, &text)
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| CliError::input(field, "neither 32 bytes nor 64 hex characters"))?;
+    hex_array(field, text)
 }
 
 pub(crate) fn grant(global: &Global, command: GrantCommand) -> Result<(), CliError> {

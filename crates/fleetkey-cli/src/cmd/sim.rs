@@ -331,12 +331,7 @@ impl Bus for OneFrame<'_> {
 }
 
 fn ecu(global: &Global, args: EcuArgs) -> Result<(), CliError> {
-    let text = std::fs::read_to_string(&args.factory).map_err(|e| {
-        CliError::input(
-            "--factory",
-            format_args!("cannot read {} ({e})", args.factory.display()),
-        )
-    })?;
+    let text = input::file_text("--factory", &args.factory, input::MAX_SMALL_FILE)?;
     let factory: Factory = serde_json::from_str(&text).map_err(|e| {
         CliError::input("--factory", e).hint("use a file written by `fleetkey sim gateway`")
     })?;

@@ -236,9 +236,7 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
                 backup_by_trusted_wrap: args.backup_by_trusted_wrap,
             };
             let (module, fleet) = open(global, options)?;
-            let text = std::fs::read_to_string(&args.input).map_err(|e| {
-                CliError::input("--in", format_args!("{}: {e}", args.input.display()))
-            })?;
+            let text = crate::input::file_text("--in", &args.input, crate::input::MAX_SMALL_FILE)?;
             let file: WrappedFile = serde_json::from_str(&text).map_err(|e| {
                 CliError::input("--in", format_args!("{}: {e}", args.input.display()))
             })?;

@@ -507,6 +507,111 @@ fn read_log_line_at_the_limit_is_read() {
     assert!(items[0].is_err());
 }
 
+#[test]
+fn read_log_refuses_lines_that_are_not_log_lines() {
+    let log = "# recorded on the test bench\n\
+               (1.000001) can0 123#11\n\
+               garbage\n\
+               \x20(1.000002) can0 123#22\n\
+               123#33\n\
+               \u{FEFF}(1.000003) can0 123#44\n\
+               \t\r\n\
+               #\n\
+               (1.000004) can0 123#55\n";
+    let items: Vec<_> = read_log(log.as_bytes()).collect();
+    let summary: Vec<_> = items
+        .iter()
+        .map(|i| match i {
+            Ok(l) => (0, Some(l.timestamp.micros()), None),
+            Err(e) => (e.line(), None, e.parse_error()),
+        })
+        .collect();
+    let refused = Some(ParseError::NotALogLine);
+    assert_eq!(
+        summary,
+        [
+            (0, Some(1), None),
+            (3, None, refused),
+            (4, None, refused),
+            (5, None, refused),
+            (6, None, refused),
+            (0, Some(4), None),
+        ]
+    );
+    assert!(
+        items[1]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .starts_with("line 3: line: not a candump line")
+    );
+}
+
+#[test]
+fn read_log_numbers_the_lines() {
+    let mut log = read_log(&b"# head\n\n(1.000000) can0 123#\njunk\n(1.000001) can0 123#"[..]);
+    assert_eq!(log.line_number(), 0);
+    assert!(log.next().unwrap().is_ok());
+    assert_eq!(log.line_number(), 3);
+    assert_eq!(log.next().unwrap().unwrap_err().line(), 4);
+    assert!(log.next().unwrap().is_ok());
+    assert_eq!(log.line_number(), 5);
+    assert!(log.next().is_none());
+    assert_eq!(log.line_number(), 5);
+}
+
+#[test]
+fn read_log_checks_length_and_utf8_of_every_line() {
+    // The defect of issue 11: lines that do not start with `(` were skipped unchecked.
+    let mut log = vec![b'x'; 9000];
+    log.extend_from_slice(b"\n# caf\xE9\n\xFF\xFE\n");
+    log.extend(std::iter::repeat_n(b' ', MAX_LINE_LEN + 1));
+    log.extend_from_slice(b"\n(1.000000) can0 123#\n");
+    let items: Vec<_> = read_log(io::BufReader::with_capacity(7, log.as_slice())).collect();
+    let errors: Vec<_> = items
+        .iter()
+        .filter_map(|i| i.as_ref().err())
+        .map(|e| (e.line(), e.parse_error()))
+        .collect();
+    let long = Some(ParseError::LineTooLong { max: MAX_LINE_LEN });
+    let utf8 = Some(ParseError::NotUtf8);
+    assert_eq!(errors, [(1, long), (2, utf8), (3, utf8), (4, long)]);
+    assert_eq!(items.len(), 5);
+    assert!(items[4].is_ok());
+}
+
+#[test]
+fn read_log_without_a_frame_is_refused() {
+    for (log, lines) in [
+        ("", 0),
+        ("\n", 1),
+        ("\n\r\n  \n", 3),
+        ("# only a comment", 1),
+        (
+            "# a\nDROPCOUNT: dropped 1 CAN frame on 'can0' socket (total drops 1)\n",
+            2,
+        ),
+    ] {
+        let items: Vec<_> = read_log(log.as_bytes()).collect();
+        assert_eq!(items.len(), 1, "{log:?}");
+        let err = items[0].as_ref().unwrap_err();
+        assert!(
+            matches!(err, LogError::NoFrame { lines: n } if *n == lines),
+            "{log:?}: {err}"
+        );
+        assert_eq!(err.line(), lines);
+        assert!(err.to_string().starts_with("no frame in the log"));
+    }
+    // A log whose only lines are refused gives their errors, not NoFrame as well.
+    let items: Vec<_> = read_log(&b"junk\n(1.0) can0 123#\n"[..]).collect();
+    assert_eq!(items.len(), 2);
+    assert!(
+        items
+            .iter()
+            .all(|i| matches!(i, Err(LogError::Parse { .. })))
+    );
+}
+
 struct FailingReader;
 impl io::Read for FailingReader {
     fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
@@ -629,7 +734,7 @@ proptest! {
     }
 
     #[test]
-    fn read_log_round_trip(lines in proptest::collection::vec(arb_line(), 0..20)) {
+    fn read_log_round_trip(lines in proptest::collection::vec(arb_line(), 1..20)) {
         let mut out = Vec::new();
         write_log(&mut out, &lines).unwrap();
         let back: Vec<LogLine> = read_log(out.as_slice()).collect::<Result<_, _>>().unwrap();
@@ -656,6 +761,60 @@ proptest! {
         for line in read_log(bytes.as_slice()).flatten() {
             prop_assert_eq!(parse_line(&line.to_string()), Ok(line));
         }
+    }
+
+    /// Arbitrary bytes (and a mix of valid lines, junk and comments) read as a log: never a
+    /// panic; every item is a frame, a typed parse error on an existing line or, alone, NoFrame.
+    #[test]
+    fn arbitrary_logs_parse_or_give_typed_errors(
+        parts in proptest::collection::vec(prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            arb_line().prop_map(|l| format!("{l}\n").into_bytes()),
+            "(#|DROPCOUNT: |[ \t\r]*)[^\n]{0,40}\n".prop_map(String::into_bytes),
+        ], 0..8),
+        capacity in 1usize..64,
+    ) {
+        let bytes = parts.concat();
+        let lines = bytes.split(|&b| b == b'\n').count();
+        let items: Vec<_> =
+            read_log(io::BufReader::with_capacity(capacity, bytes.as_slice())).collect();
+        let mut last = 0;
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                Ok(line) => prop_assert_eq!(parse_line(&line.to_string()), Ok(line.clone())),
+                Err(LogError::Parse { line, .. }) => {
+                    prop_assert!(*line > last && *line <= lines);
+                    last = *line;
+                }
+                Err(LogError::NoFrame { .. }) => prop_assert_eq!((i, items.len()), (0, 1)),
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
+        }
+        prop_assert!(!items.is_empty());
+    }
+
+    /// A line over MAX_LINE_LEN bytes is refused as too long whatever it holds and wherever it
+    /// is; the lines around it are read.
+    #[test]
+    fn any_line_over_the_limit_is_refused(
+        start in prop_oneof![Just(""), Just("("), Just("#"), Just(" "), Just("DROPCOUNT: ")],
+        fill in any::<u8>().prop_filter("no newline", |&b| b != b'\n'),
+        extra in 1usize..3 * MAX_LINE_LEN,
+        before in arb_line(),
+        after in arb_line(),
+        capacity in 1usize..9000,
+    ) {
+        let mut log = format!("{before}\n{start}").into_bytes();
+        log.extend(std::iter::repeat_n(fill, MAX_LINE_LEN + extra - start.len()));
+        log.extend_from_slice(format!("\r\n{after}").as_bytes());
+        let items: Vec<_> =
+            read_log(io::BufReader::with_capacity(capacity, log.as_slice())).collect();
+        prop_assert_eq!(items.len(), 3);
+        prop_assert_eq!(items[0].as_ref().ok(), Some(&before));
+        let err = items[1].as_ref().unwrap_err();
+        prop_assert_eq!(err.line(), 2);
+        prop_assert_eq!(err.parse_error(), Some(ParseError::LineTooLong { max: MAX_LINE_LEN }));
+        prop_assert_eq!(items[2].as_ref().ok(), Some(&after));
     }
 }
 

@@ -53,7 +53,7 @@ use zeroize::{Zeroize as _, Zeroizing};
 pub use self::backup::{
     BACKUP_KEK_GENERATION, BACKUP_KEK_ROLE, BackupKek, Pkcs11Options, WRAPPED_MASTER_LEN,
 };
-pub use self::token::{PIN_ENV, Pin, SO_PIN_ENV};
+pub use self::token::{MAX_SECRET_FILE_LEN, PIN_ENV, Pin, SO_PIN_ENV};
 use self::token::{Token, backend, rv};
 use super::{BulkDeriver, KeyModule, SigningSeed};
 use crate::error::ModuleError;

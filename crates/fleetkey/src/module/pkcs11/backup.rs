@@ -68,14 +68,8 @@ impl BackupKek {
 
     /// A KEK from a file whose first line is 64 hex digits.
     pub fn from_file(path: &Path) -> Result<Self, ModuleError> {
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| ModuleError::Io {
-                    path: path.to_owned(),
-                    source,
-                })?,
-            );
-        let line = text.lines().next().unwrap_or("").trim();
+        let text = super::token::first_line_of_secret_file(path, "backup KEK file")?;
+        let line = text.trim();
         let mut bytes = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(line, bytes.as_mut_slice()).map_err(|_| {
             ModuleError::Corrupt(format!(

@@ -26,6 +26,43 @@ pub const PIN_ENV: &str = "FLEETKEY_PKCS11_PIN";
 /// key-encryption key and mark it `CKA_TRUSTED`).
 pub const SO_PIN_ENV: &str = "FLEETKEY_PKCS11_SO_PIN";
 
+/// The longest PIN or backup KEK file read (a PIN or 64 hex digits fit many times over).
+pub const MAX_SECRET_FILE_LEN: usize = 1024;
+
+/// The first line of a small secret file, without its line end, in zeroizing memory: at most
+/// [`MAX_SECRET_FILE_LEN`] bytes are read, and the file must be UTF-8 with a first line that
+/// is not empty.
+pub(crate) fn first_line_of_secret_file(
+    path: &Path,
+    what: &'static str,
+) -> Result<Zeroizing<String>, ModuleError> {
+    use std::io::Read as _;
+    let bad = |problem| ModuleError::SecretFile {
+        what,
+        path: path.to_owned(),
+        problem,
+    };
+    let io = |source| ModuleError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_SECRET_FILE_LEN + 1));
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_SECRET_FILE_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() > MAX_SECRET_FILE_LEN {
+        return Err(bad("longer than 1024 bytes"));
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| bad("not UTF-8 text"))?;
+    let line = text.lines().next().unwrap_or("");
+    if line.trim().is_empty() {
+        return Err(bad("empty first line"));
+    }
+    Ok(Zeroizing::new(line.to_owned()))
+}
+
 /// A token's user PIN, zeroized on drop; `Debug` shows no character of it.
 pub struct Pin(AuthPin);
 
@@ -40,17 +77,12 @@ impl Pin {
         std::env::var(PIN_ENV).ok().map(Pin::new)
     }
 
-    /// The PIN in a file: its first line (a trailing newline is not part of it).
+    /// The PIN in a file: its first line (a trailing newline is not part of it). The file
+    /// must be UTF-8, at most [`MAX_SECRET_FILE_LEN`] bytes, with a first line that is not
+    /// empty ([`ModuleError::SecretFile`] otherwise).
     pub fn from_file(path: &Path) -> Result<Self, ModuleError> {
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| ModuleError::Io {
-                    path: path.to_owned(),
-                    source,
-                })?,
-            );
-        let line = text.lines().next().unwrap_or("");
-        Ok(Pin::new(line))
+        let line = first_line_of_secret_file(path, "PIN file")?;
+        Ok(Pin::new(line.as_str()))
     }
 
     /// The PIN from `file` when given, else from [`PIN_ENV`]; neither is an error saying both.
