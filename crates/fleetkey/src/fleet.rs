@@ -38,7 +38,7 @@ pub mod root;
 mod tokens;
 
 pub use crate::backup::MasterBackup;
-pub use bulk::{BATCH, BulkReport, ImportReport, ImportRow, Progress, parse_csv};
+pub use bulk::{BATCH, BulkReport, ImportReport, ImportRow, MAX_CSV_LINE, Progress, parse_csv};
 pub use ceremony::{BACKUP_ACTION, RESTORE_ACTION};
 pub use delivery::{DeliveryKind, DeliveryReport, Discard, Output, OutputFile};
 pub use devices::{KeyUpdate, NewDevice, Provisioning};

@@ -105,48 +105,121 @@ pub struct ImportReport {
     pub delivery: DeliveryReport,
 }
 
+/// The longest CSV line accepted, in bytes (a row holds a serial of at most 40 bytes, a SHE UID
+/// and labels of at most 64 characters each).
+pub const MAX_CSV_LINE: usize = 8192;
+
+/// Fails a read once a line grows past [`MAX_CSV_LINE`] without a newline, so a file without line
+/// breaks is refused after 8 KiB instead of being read whole into one record.
+struct BoundedLines<R> {
+    inner: R,
+    /// Bytes since the last newline.
+    run: usize,
+    /// Newlines seen.
+    lines: u64,
+    /// The line that grew too long, once one did.
+    overlong: std::rc::Rc<std::cell::Cell<Option<u64>>>,
+}
+
+impl<R: std::io::Read> std::io::Read for BoundedLines<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in buf.get(..n).unwrap_or(&[]) {
+            if b == b'\n' {
+                self.lines += 1;
+                self.run = 0;
+            } else {
+                self.run += 1;
+                if self.run > MAX_CSV_LINE {
+                    self.overlong.set(Some(self.lines + 1));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "line too long",
+                    ));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// A CSV header field for a message: quoted when it is short printable text, described otherwise
+/// (bad input is named, not echoed).
+fn describe_column(name: &[u8]) -> String {
+    match std::str::from_utf8(name) {
+        Ok(text) if text.len() <= 32 && !text.chars().any(char::is_control) => format!("{text:?}"),
+        Ok(text) => format!("of {} characters", text.chars().count()),
+        Err(_) => format!("of {} bytes that are not UTF-8", name.len()),
+    }
+}
+
 /// Parses a device CSV: a header naming `serial` and optionally `she_uid` (30 hex characters)
-/// and `labels` (separated by `;`). Serials are text, or `hex:<hex>` for raw bytes. Each error
-/// names the line.
+/// and `labels` (separated by `;`). Serials are text, or `hex:<hex>` for raw bytes. Lines are at
+/// most [`MAX_CSV_LINE`] bytes of UTF-8. Each error names the line and never repeats the bad
+/// input at length.
 pub fn parse_csv<R: std::io::Read>(reader: R) -> impl Iterator<Item = Result<ImportRow, Error>> {
+    let overlong = std::rc::Rc::new(std::cell::Cell::new(None));
+    let bounded = BoundedLines {
+        inner: reader,
+        run: 0,
+        lines: 0,
+        overlong: overlong.clone(),
+    };
     let mut csv = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_reader(reader);
-    let columns = csv
-        .byte_headers()
-        .map_err(|e| Error::invalid("csv line 1", e))
-        .and_then(|h| {
+        .from_reader(bounded);
+    let too_long = move |e: &csv::Error| -> Option<Error> {
+        overlong.get().map(|line| {
+            let _ = e;
+            Error::invalid(
+                format!("csv line {line}"),
+                format_args!("longer than {MAX_CSV_LINE} bytes"),
+            )
+        })
+    };
+    let columns = match csv.byte_headers() {
+        Err(e) => {
+            Err(too_long(&e).unwrap_or_else(|| Error::invalid("csv line 1", csv_problem(&e))))
+        }
+        Ok(h) => {
             let mut columns = [None; 3];
+            let mut problem = None;
             for (i, name) in h.iter().enumerate() {
                 let slot = match name {
                     b"serial" => 0,
                     b"she_uid" => 1,
                     b"labels" => 2,
+                    other if std::str::from_utf8(other).is_err() => {
+                        problem = Some(Error::invalid("csv line 1", "the header is not UTF-8"));
+                        break;
+                    }
                     other => {
-                        return Err(Error::invalid(
+                        problem = Some(Error::invalid(
                             "csv line 1",
                             format_args!(
-                                "unknown column {:?} (the columns are serial, she_uid, labels)",
-                                String::from_utf8_lossy(other)
+                                "unknown column {} (the header must name a `serial` column, and may name she_uid and labels)",
+                                describe_column(other)
                             ),
                         ));
+                        break;
                     }
                 };
                 columns[slot] = Some(i);
             }
-            match columns {
-                [Some(serial), she_uid, labels] => Ok((serial, she_uid, labels)),
-                _ => Err(Error::invalid(
+            match (problem, columns) {
+                (Some(e), _) => Err(e),
+                (None, [Some(serial), she_uid, labels]) => Ok((serial, she_uid, labels)),
+                (None, _) => Err(Error::invalid(
                     "csv line 1",
                     "the header must name a `serial` column (and optionally she_uid, labels)",
                 )),
             }
-        });
-    let mut header_error = columns
-        .as_ref()
-        .err()
-        .map(|e| Error::invalid("csv line 1", e));
-    let columns = columns.unwrap_or((0, None, None));
+        }
+    };
+    let (mut header_error, columns) = match columns {
+        Ok(c) => (None, c),
+        Err(e) => (Some(e), (0, None, None)),
+    };
     let mut records = csv.into_byte_records();
     let mut failed = false;
     std::iter::from_fn(move || {
@@ -159,10 +232,10 @@ pub fn parse_csv<R: std::io::Read>(reader: R) -> impl Iterator<Item = Result<Imp
         }
         let record = records.next()?;
         let result = match record {
-            Err(e) => {
+            Err(e) => Err(too_long(&e).unwrap_or_else(|| {
                 let line = e.position().map_or(0, csv::Position::line);
-                Err(Error::invalid(format!("csv line {line}"), csv_problem(&e)))
-            }
+                Error::invalid(format!("csv line {line}"), csv_problem(&e))
+            })),
             Ok(record) => parse_row(&record, columns),
         };
         failed = result.is_err();
