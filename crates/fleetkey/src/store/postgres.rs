@@ -43,7 +43,7 @@ use crate::model::{
     Change, DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, Scheme,
     WrappedKey,
 };
-use crate::store::{Store, Tx};
+use crate::store::{AUDIT_INDEXED_SUBJECTS, AuditIndex, Store, Tx};
 
 mod access;
 
@@ -73,7 +73,7 @@ const APP_META_PREFIX: &str = "app.";
 const LOCK_CLASS: i32 = 0x666b_6579; // "fkey"
 
 /// Up to this many subjects an event also gets an `audit_subjects` row per subject.
-const INDEXED_SUBJECTS: usize = 16;
+const INDEXED_SUBJECTS: usize = AUDIT_INDEXED_SUBJECTS;
 
 const DEVICE_COLUMNS: &str = "serial, she_uid, labels, generation, revision, state, changed_at, changed_actor, \
                               changed_reason, wrapped_root, created_at";
@@ -933,6 +933,42 @@ impl Tx for PgTx<'_, '_> {
             ))),
             _ => Err(StoreError::Corrupt("audit head".into())),
         }
+    }
+
+    fn audit_head_table(&self) -> &'static str {
+        "audit_head"
+    }
+
+    fn audit_index(&mut self, after_seq: u64, through_seq: u64) -> Result<AuditIndex, StoreError> {
+        let (low, high) = super::audit_index_range(after_seq, through_seq);
+        let err = |e| backend("read audit index", e);
+        let mut index = AuditIndex::default();
+        let rows = self.query(
+            "read audit index",
+            "SELECT seq, n_subjects FROM audit WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
+            &[&low, &high],
+        )?;
+        for row in &rows {
+            let n: i32 = row.try_get(1).map_err(err)?;
+            index
+                .counts
+                .push((row.try_get(0).map_err(err)?, i64::from(n)));
+        }
+        let rows = self.query(
+            "read audit index",
+            "SELECT seq, pos, serial FROM audit_subjects WHERE seq >= $1 AND seq <= $2 \
+             ORDER BY seq, pos",
+            &[&low, &high],
+        )?;
+        for row in &rows {
+            let pos: i32 = row.try_get(1).map_err(err)?;
+            index.subjects.push((
+                row.try_get(0).map_err(err)?,
+                i64::from(pos),
+                row.try_get(2).map_err(err)?,
+            ));
+        }
+        Ok(index)
     }
 
     fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
