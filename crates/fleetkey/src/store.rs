@@ -184,6 +184,14 @@ pub(crate) fn audit_index_range(after_seq: u64, through_seq: u64) -> (i64, i64) 
     }
 }
 
+/// A corrupt row of the events table, named by table and event.
+pub(crate) fn in_audit_event(seq: i64, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Corrupt(what) => StoreError::Corrupt(format!("audit: event {seq}: {what}")),
+        other => other,
+    }
+}
+
 /// Reads a list written by [`encode_subjects`].
 pub(crate) fn decode_subjects(mut blob: &[u8]) -> Result<Vec<DeviceSerial>, StoreError> {
     let mut out = Vec::new();

@@ -894,7 +894,8 @@ impl Tx for PgTx<'_, '_> {
                 let seq: i64 = row.try_get(0).map_err(err)?;
                 after = seq;
                 let blob: Vec<u8> = row.try_get(8).map_err(err)?;
-                let subjects = super::decode_subjects(&blob)?;
+                let subjects =
+                    super::decode_subjects(&blob).map_err(|e| super::in_audit_event(seq, e))?;
                 if filter
                     .device
                     .as_ref()
@@ -902,7 +903,10 @@ impl Tx for PgTx<'_, '_> {
                 {
                     continue; // a substring match across two serials of a bulk list
                 }
-                out.push(audit_from_row(row, seq, subjects)?);
+                out.push(
+                    audit_from_row(row, seq, subjects)
+                        .map_err(|e| super::in_audit_event(seq, e))?,
+                );
                 if out.len() == limit {
                     return Ok(out);
                 }

@@ -716,10 +716,12 @@ impl Tx for SqliteTx<'_> {
             let mut read = 0usize;
             while let Some(row) = rows.next().map_err(err)? {
                 read += 1;
-                let r = audit_row(row)?;
+                let seq: i64 = row.get(0).map_err(err)?;
+                let r = audit_row(row).map_err(|e| super::in_audit_event(seq, e))?;
                 after = r.seq;
                 let blob: Vec<u8> = row.get(8).map_err(err)?;
-                let subjects = super::decode_subjects(&blob)?;
+                let subjects =
+                    super::decode_subjects(&blob).map_err(|e| super::in_audit_event(seq, e))?;
                 if filter
                     .device
                     .as_ref()

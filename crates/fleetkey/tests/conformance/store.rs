@@ -1606,4 +1606,25 @@ pub(crate) fn audit_verify_names_each_tampered_table(
         ),
         other => panic!("expected a truncated chain, got {other:?}"),
     }
+
+    // A row of the events table that no longer reads as an event: a corrupt store, named by
+    // table and event.
+    for (change, says) in [
+        (
+            "UPDATE audit SET details = 'not json' WHERE seq = 3".to_owned(),
+            "audit: event 3: audit details",
+        ),
+        (
+            format!("UPDATE audit SET subjects = {} WHERE seq = 2", blob("Z")),
+            "audit: event 2: audit subject list is truncated",
+        ),
+    ] {
+        raw(&change);
+        match transact(store, fleetkey::store::verify_audit) {
+            Err(Error::Store(StoreError::Corrupt(what))) => {
+                assert!(what.contains(says), "after {change:?}: {what:?}")
+            }
+            other => panic!("after {change:?}: expected a corrupt store, got {other:?}"),
+        }
+    }
 }
