@@ -109,18 +109,23 @@ impl AuditEvent {
     }
 }
 
-/// What `verify` found wrong, at which sequence number.
+/// The table of the chained events in both stores.
+pub const EVENTS_TABLE: &str = "audit";
+
+/// What `verify` found wrong, at which sequence number, naming the table (or `table.column`) at
+/// fault: the events in [`EVENTS_TABLE`]; the device index in `audit_subjects`; the head where the
+/// store keeps it ([`crate::store::Tx::audit_head_table`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChainBreak {
     /// An event's content no longer matches its hash.
-    #[error("event {seq} was changed: its hash does not match its content")]
+    #[error("audit: event {seq} was changed: its hash does not match its content")]
     Changed {
         /// The event.
         seq: u64,
     },
     /// A sequence number is missing.
-    #[error("event {expected} is missing (found {found} next)")]
+    #[error("audit: event {expected} is missing (found {found} next)")]
     Missing {
         /// The expected sequence number.
         expected: u64,
@@ -128,24 +133,61 @@ pub enum ChainBreak {
         found: u64,
     },
     /// An event does not follow the one before it.
-    #[error("event {seq} does not follow event {}: removed, inserted or reordered", seq.saturating_sub(1))]
+    #[error("audit: event {seq} does not follow event {}: removed, inserted or reordered", seq.saturating_sub(1))]
     Unlinked {
         /// The event.
         seq: u64,
     },
     /// The chain ends before the recorded head.
     #[error(
-        "the chain ends at event {last} but the recorded head is event {head}: newest events removed"
+        "{table}: the chain ends at event {last} but the recorded head is event {head}: newest events removed"
     )]
     Truncated {
+        /// Where the store keeps the head.
+        table: &'static str,
         /// The last event present.
         last: u64,
         /// The head recorded by the store.
         head: u64,
     },
-    /// The chain's last hash differs from the recorded head.
-    #[error("the last event's hash differs from the recorded head")]
-    HeadMismatch,
+    /// The chain's last event differs from the recorded head (in number or hash).
+    #[error(
+        "{table}: the recorded head (event {head}) does not match the chain's last event {last}"
+    )]
+    HeadMismatch {
+        /// Where the store keeps the head.
+        table: &'static str,
+        /// The last event present.
+        last: u64,
+        /// The head recorded by the store.
+        head: u64,
+    },
+    /// The chain has events but the store records no head.
+    #[error("{table}: no head is recorded, but the chain has {last} events")]
+    HeadMissing {
+        /// Where the store keeps the head.
+        table: &'static str,
+        /// The last event present.
+        last: u64,
+    },
+    /// What a view filters on beside the chained record disagrees with the record.
+    #[error("{table}: event {seq} {problem}")]
+    Index {
+        /// The table (or `table.column`) at fault.
+        table: &'static str,
+        /// The event.
+        seq: u64,
+        /// What differs from the chained record (public values only: serials, counts).
+        problem: String,
+    },
+    /// Rows at a sequence number that is no event of the chain.
+    #[error("{table}: rows point at event {seq}, which does not exist")]
+    Orphan {
+        /// The table.
+        table: &'static str,
+        /// The sequence number they carry.
+        seq: i64,
+    },
 }
 
 /// Checks a chain incrementally, event by event, in sequence order.
@@ -183,22 +225,30 @@ impl ChainVerifier {
         Ok(())
     }
 
-    /// Checks the end of the chain against the store's recorded head; returns the event count.
-    pub fn finish(self, head: Option<(u64, [u8; 32])>) -> Result<u64, ChainBreak> {
+    /// The last event checked: sequence number and hash.
+    pub fn last(&self) -> Option<(u64, [u8; 32])> {
+        self.last
+    }
+
+    /// Checks the end of the chain against the store's recorded head, kept in `head_table` (for
+    /// messages); returns the event count.
+    pub fn finish(
+        self,
+        head: Option<(u64, [u8; 32])>,
+        head_table: &'static str,
+    ) -> Result<u64, ChainBreak> {
+        let table = head_table;
         match (self.last, head) {
             (None, None) => Ok(0),
-            (Some((seq, _)), None) => Ok(seq),
-            (last, Some((head_seq, head_hash))) => {
-                let (seq, hash) = last.unwrap_or((0, GENESIS));
-                if seq < head_seq {
-                    Err(ChainBreak::Truncated {
-                        last: seq,
-                        head: head_seq,
-                    })
-                } else if seq != head_seq || hash != head_hash {
-                    Err(ChainBreak::HeadMismatch)
+            (Some((last, _)), None) => Err(ChainBreak::HeadMissing { table, last }),
+            (last, Some((head, head_hash))) => {
+                let (last, hash) = last.unwrap_or((0, GENESIS));
+                if last < head {
+                    Err(ChainBreak::Truncated { table, last, head })
+                } else if last != head || hash != head_hash {
+                    Err(ChainBreak::HeadMismatch { table, last, head })
                 } else {
-                    Ok(seq)
+                    Ok(last)
                 }
             }
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use fleetkey_core::Key128;
 use serde::Serialize;
 
-use crate::audit::{AuditDraft, AuditEvent, AuditFilter, ChainVerifier};
+use crate::audit::{AuditDraft, AuditEvent, AuditFilter};
 use crate::error::{Error, StoreError};
 use crate::home::{FleetConfig, ModuleConfig, StoreConfig};
 use crate::lifecycle::State;
@@ -512,22 +512,10 @@ impl Fleet {
         })
     }
 
-    /// Checks the whole audit chain against the recorded head; returns the number of events.
+    /// Checks the whole audit record ([`crate::store::verify_audit`]: the chain, its head, and the
+    /// index the audit views filter on); returns the number of events.
     pub fn audit_verify(&mut self) -> Result<u64, Error> {
-        transact(self.store.as_mut(), |tx| {
-            let mut verifier = ChainVerifier::new();
-            let mut after = 0;
-            loop {
-                let page = tx.audit_events(&AuditFilter::default(), after, 10_000)?;
-                let Some(last) = page.last() else { break };
-                after = last.seq;
-                for event in &page {
-                    verifier.push(event)?;
-                }
-            }
-            let head = tx.audit_head()?;
-            Ok(verifier.finish(head)?)
-        })
+        transact(self.store.as_mut(), crate::store::verify_audit)
     }
 
     /// Audit events matching a filter, oldest first, after `after_seq`, at most `limit`.

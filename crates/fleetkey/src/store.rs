@@ -19,6 +19,24 @@ use crate::model::{
 
 pub mod postgres;
 pub mod sqlite;
+mod verify;
+
+pub use verify::verify_audit;
+
+/// Events with up to this many subjects also get an `audit_subjects` row per subject (an indexed
+/// lookup for `audit show --device`); bulk events are found by scanning their subject lists.
+pub const AUDIT_INDEXED_SUBJECTS: usize = 16;
+
+/// What the audit views read beside the chained record, for a range of sequence numbers, exactly
+/// as stored (the rows of a tampered store too): [`verify_audit`] compares it with the chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditIndex {
+    /// `(seq, n_subjects)` of every row of the events table in the range, by `seq`: the subject
+    /// count that chooses between the indexed and the scanned device lookup.
+    pub counts: Vec<(i64, i64)>,
+    /// Every `audit_subjects` row in the range as `(seq, pos, serial bytes)`, by `seq` then `pos`.
+    pub subjects: Vec<(i64, i64, Vec<u8>)>,
+}
 
 /// The operations available inside one transaction.
 pub trait Tx {
@@ -68,6 +86,11 @@ pub trait Tx {
     ) -> Result<Vec<AuditEvent>, StoreError>;
     /// The recorded head of the chain: last sequence number and hash.
     fn audit_head(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
+    /// Where the store keeps the head (a table, for messages): `audit_head`, `meta`.
+    fn audit_head_table(&self) -> &'static str;
+    /// The stored index of the events with `after_seq < seq <= through_seq` (`after_seq = 0`
+    /// also takes rows at `seq <= 0`, which no event has): see [`AuditIndex`].
+    fn audit_index(&mut self, after_seq: u64, through_seq: u64) -> Result<AuditIndex, StoreError>;
 
     /// A small named value (schema data of later features: idempotency keys, record sequences).
     fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError>;
@@ -195,6 +218,25 @@ pub(crate) fn encode_subjects(subjects: &[DeviceSerial]) -> Vec<u8> {
         out.extend_from_slice(bytes);
     }
     out
+}
+
+/// The inclusive `seq` bounds of [`Tx::audit_index`]`(after_seq, through_seq)`; empty (low >
+/// high) when `after_seq` is past every stored number.
+pub(crate) fn audit_index_range(after_seq: u64, through_seq: u64) -> (i64, i64) {
+    let high = i64::try_from(through_seq).unwrap_or(i64::MAX);
+    match i64::try_from(after_seq) {
+        Ok(0) => (i64::MIN, high),
+        Ok(after) if after < i64::MAX => (after + 1, high),
+        _ => (1, 0),
+    }
+}
+
+/// A corrupt row of the events table, named by table and event.
+pub(crate) fn in_audit_event(seq: i64, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Corrupt(what) => StoreError::Corrupt(format!("audit: event {seq}: {what}")),
+        other => other,
+    }
 }
 
 /// Reads a list written by [`encode_subjects`].

@@ -23,7 +23,10 @@ mod conformance {
     pub(crate) mod store;
 }
 
-use conformance::store::{Rng, StoreFactory, audit_all, device, serial, tx, verify_chain};
+use conformance::store::{
+    Rng, StoreFactory, Tamper, TamperSql, audit_all, audit_verify_names_each_tampered_table,
+    device, serial, tx, verify_chain,
+};
 
 const URL_VAR: &str = "FLEETKEY_TEST_DATABASE_URL";
 
@@ -416,6 +419,50 @@ fn concurrent_bumps_of_many_devices_serialize() {
         sum += u64::from(d.revision);
     }
     assert_eq!(sum, total, "every bump has its event, none was lost");
+}
+
+/// The head of the PostgreSQL store: the one row of `audit_head`.
+fn postgres_head_tampering(hash: &str) -> Vec<Tamper> {
+    let set_hash = |h: &str| format!("UPDATE audit_head SET hash = decode('{h}', 'hex')");
+    vec![
+        Tamper {
+            change: "UPDATE audit_head SET seq = 3".into(),
+            says: "audit_head: the recorded head (event 3) does not match the chain's last event 5"
+                .into(),
+            undo: "UPDATE audit_head SET seq = 5".into(),
+        },
+        Tamper {
+            change: set_hash(&"00".repeat(32)),
+            says: "audit_head: the recorded head (event 5) does not match".into(),
+            undo: set_hash(hash),
+        },
+        Tamper {
+            change: "UPDATE audit_head SET seq = 0, hash = NULL".into(),
+            says: "audit_head: no head is recorded, but the chain has 5 events".into(),
+            undo: format!("UPDATE audit_head SET seq = 5, hash = decode('{hash}', 'hex')"),
+        },
+    ]
+}
+
+#[test]
+fn audit_verify_names_each_table_changed_on_the_server() {
+    let f = factory!();
+    let mut store = f.open();
+    let mut raw_sql = |sql: &str| {
+        f.client()
+            .batch_execute(&format!("SET search_path TO \"{}\"; {sql}", f.schema))
+            .unwrap()
+    };
+    audit_verify_names_each_tampered_table(
+        &mut store,
+        &mut raw_sql,
+        &TamperSql {
+            blob: "BYTEA",
+            // The foreign key from audit_subjects to audit is a trigger; a replica skips it.
+            without_foreign_keys: "SET session_replication_role = replica;",
+            head: postgres_head_tampering,
+        },
+    );
 }
 
 #[test]

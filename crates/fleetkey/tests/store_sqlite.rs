@@ -19,7 +19,10 @@ mod conformance {
     pub(crate) mod store;
 }
 
-use conformance::store::{StoreFactory, device, serial, tx, verify_chain};
+use conformance::store::{
+    StoreFactory, Tamper, TamperSql, audit_verify_names_each_tampered_table, device, serial, tx,
+    verify_chain,
+};
 
 /// A fresh database file in its own temporary directory.
 struct SqliteFactory {
@@ -486,6 +489,52 @@ fn audit_tampering_in_the_file_is_detected() {
     let result =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| verify_chain(&mut *store)));
     assert!(result.is_err(), "a changed subject fails verification");
+}
+
+/// The head of the SQLite store: two `meta` rows.
+fn sqlite_head_tampering(hash: &str) -> Vec<Tamper> {
+    let table = "meta (store.audit_head_seq, store.audit_head_hash)";
+    let set_hash =
+        |h: &str| format!("UPDATE meta SET value = x'{h}' WHERE key = 'store.audit_head_hash'");
+    vec![
+        Tamper {
+            change: "UPDATE meta SET value = 3 WHERE key = 'store.audit_head_seq'".into(),
+            says: format!(
+                "{table}: the recorded head (event 3) does not match the chain's last event 5"
+            ),
+            undo: "UPDATE meta SET value = 5 WHERE key = 'store.audit_head_seq'".into(),
+        },
+        Tamper {
+            change: set_hash(&"00".repeat(32)),
+            says: format!("{table}: the recorded head (event 5) does not match"),
+            undo: set_hash(hash),
+        },
+        Tamper {
+            change: "DELETE FROM meta WHERE key LIKE 'store.audit_head_%'".into(),
+            says: format!("{table}: no head is recorded, but the chain has 5 events"),
+            undo: format!(
+                "INSERT INTO meta (key, value) VALUES ('store.audit_head_seq', 5), \
+                 ('store.audit_head_hash', x'{hash}')"
+            ),
+        },
+    ]
+}
+
+#[test]
+fn audit_verify_names_each_table_changed_in_the_file() {
+    let factory = SqliteFactory::new();
+    let mut store = factory.fresh();
+    let path = factory.path();
+    let mut raw_sql = |sql: &str| raw(&path).execute_batch(sql).unwrap();
+    audit_verify_names_each_tampered_table(
+        &mut *store,
+        &mut raw_sql,
+        &TamperSql {
+            blob: "BLOB",
+            without_foreign_keys: "PRAGMA foreign_keys = OFF;",
+            head: sqlite_head_tampering,
+        },
+    );
 }
 
 /// The reference for the bulk figure: plain rusqlite inserting the same rows into the same schema

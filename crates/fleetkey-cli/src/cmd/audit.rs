@@ -9,7 +9,9 @@ use crate::error::CliError;
 /// The audit record.
 #[derive(clap::Subcommand)]
 pub(crate) enum Command {
-    /// Check the hash chain: reports a changed, removed or reordered event (exit 1).
+    /// Check the hash chain, its head and the index `show` filters on: reports a changed,
+    /// removed or reordered event, or an index row that differs from its event, naming the
+    /// table and the event (exit 1).
     #[command(after_help = "Example:\n  fleetkey audit verify --json")]
     Verify,
     /// Events, oldest first.

@@ -25,7 +25,7 @@ fn verify(events: &[AuditEvent], head: Option<(u64, [u8; 32])>) -> Result<u64, C
     for e in events {
         v.push(e)?;
     }
-    v.finish(head)
+    v.finish(head, "audit_head")
 }
 
 #[test]
@@ -78,8 +78,45 @@ fn removing_the_newest_events_is_found_against_the_head() {
     let head = events.last().map(|e| (e.seq, e.hash));
     assert_eq!(
         verify(&events[..3], head),
-        Err(ChainBreak::Truncated { last: 3, head: 5 })
+        Err(ChainBreak::Truncated {
+            table: "audit_head",
+            last: 3,
+            head: 5
+        })
     );
+}
+
+#[test]
+fn a_head_that_differs_from_the_chain_is_found() {
+    let events = chain(5);
+    let (seq, hash) = (events[4].seq, events[4].hash);
+    let behind = (events[2].seq, events[2].hash);
+    assert_eq!(
+        verify(&events, Some(behind)),
+        Err(ChainBreak::HeadMismatch {
+            table: "audit_head",
+            last: 5,
+            head: 3
+        })
+    );
+    assert_eq!(
+        verify(&events, Some((seq, [7; 32]))),
+        Err(ChainBreak::HeadMismatch {
+            table: "audit_head",
+            last: 5,
+            head: 5
+        })
+    );
+    assert_eq!(
+        verify(&events, None),
+        Err(ChainBreak::HeadMissing {
+            table: "audit_head",
+            last: 5
+        })
+    );
+    assert_eq!(verify(&events, Some((seq, hash))), Ok(5));
+    let message = verify(&events, None).unwrap_err().to_string();
+    assert!(message.starts_with("audit_head: "), "{message}");
 }
 
 #[test]

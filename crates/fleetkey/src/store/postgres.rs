@@ -43,7 +43,7 @@ use crate::model::{
     Change, DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, Scheme,
     UnixMillis, WrappedKey,
 };
-use crate::store::{PendingDelivery, Store, Tx};
+use crate::store::{AUDIT_INDEXED_SUBJECTS, AuditIndex, PendingDelivery, Store, Tx};
 
 mod access;
 mod delivery;
@@ -75,7 +75,7 @@ const APP_META_PREFIX: &str = "app.";
 const LOCK_CLASS: i32 = 0x666b_6579; // "fkey"
 
 /// Up to this many subjects an event also gets an `audit_subjects` row per subject.
-const INDEXED_SUBJECTS: usize = 16;
+const INDEXED_SUBJECTS: usize = AUDIT_INDEXED_SUBJECTS;
 
 const DEVICE_COLUMNS: &str = "serial, she_uid, labels, generation, revision, state, changed_at, changed_actor, \
                               changed_reason, wrapped_root, created_at";
@@ -896,7 +896,8 @@ impl Tx for PgTx<'_, '_> {
                 let seq: i64 = row.try_get(0).map_err(err)?;
                 after = seq;
                 let blob: Vec<u8> = row.try_get(8).map_err(err)?;
-                let subjects = super::decode_subjects(&blob)?;
+                let subjects =
+                    super::decode_subjects(&blob).map_err(|e| super::in_audit_event(seq, e))?;
                 if filter
                     .device
                     .as_ref()
@@ -904,7 +905,10 @@ impl Tx for PgTx<'_, '_> {
                 {
                     continue; // a substring match across two serials of a bulk list
                 }
-                out.push(audit_from_row(row, seq, subjects)?);
+                out.push(
+                    audit_from_row(row, seq, subjects)
+                        .map_err(|e| super::in_audit_event(seq, e))?,
+                );
                 if out.len() == limit {
                     return Ok(out);
                 }
@@ -935,6 +939,42 @@ impl Tx for PgTx<'_, '_> {
             ))),
             _ => Err(StoreError::Corrupt("audit head".into())),
         }
+    }
+
+    fn audit_head_table(&self) -> &'static str {
+        "audit_head"
+    }
+
+    fn audit_index(&mut self, after_seq: u64, through_seq: u64) -> Result<AuditIndex, StoreError> {
+        let (low, high) = super::audit_index_range(after_seq, through_seq);
+        let err = |e| backend("read audit index", e);
+        let mut index = AuditIndex::default();
+        let rows = self.query(
+            "read audit index",
+            "SELECT seq, n_subjects FROM audit WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
+            &[&low, &high],
+        )?;
+        for row in &rows {
+            let n: i32 = row.try_get(1).map_err(err)?;
+            index
+                .counts
+                .push((row.try_get(0).map_err(err)?, i64::from(n)));
+        }
+        let rows = self.query(
+            "read audit index",
+            "SELECT seq, pos, serial FROM audit_subjects WHERE seq >= $1 AND seq <= $2 \
+             ORDER BY seq, pos",
+            &[&low, &high],
+        )?;
+        for row in &rows {
+            let pos: i32 = row.try_get(1).map_err(err)?;
+            index.subjects.push((
+                row.try_get(0).map_err(err)?,
+                i64::from(pos),
+                row.try_get(2).map_err(err)?,
+            ));
+        }
+        Ok(index)
     }
 
     fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {

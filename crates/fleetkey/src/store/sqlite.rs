@@ -32,7 +32,7 @@ use crate::model::{
     Change, DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, Scheme,
     UnixMillis, WrappedKey,
 };
-use crate::store::{PendingDelivery, Store, Tx};
+use crate::store::{AUDIT_INDEXED_SUBJECTS, AuditIndex, PendingDelivery, Store, Tx};
 
 mod access;
 mod delivery;
@@ -397,10 +397,6 @@ impl SqliteTx<'_> {
     }
 }
 
-/// Up to this many subjects an event also gets an `audit_subjects` row per subject (an indexed
-/// lookup for `audit show --device`); bulk events are found by scanning their subject lists.
-const INDEXED_SUBJECTS: usize = 16;
-
 impl Tx for SqliteTx<'_> {
     fn fleet(&mut self) -> Result<Option<FleetInfo>, StoreError> {
         let err = |e| backend("read fleet", e);
@@ -648,7 +644,7 @@ impl Tx for SqliteTx<'_> {
                 ])
             })
             .map_err(err)?;
-        if event.draft.subjects.len() <= INDEXED_SUBJECTS {
+        if event.draft.subjects.len() <= AUDIT_INDEXED_SUBJECTS {
             let mut stmt = self
                 .conn
                 .prepare_cached("INSERT INTO audit_subjects (seq, pos, serial) VALUES (?1, ?2, ?3)")
@@ -721,10 +717,12 @@ impl Tx for SqliteTx<'_> {
             let mut read = 0usize;
             while let Some(row) = rows.next().map_err(err)? {
                 read += 1;
-                let r = audit_row(row)?;
+                let seq: i64 = row.get(0).map_err(err)?;
+                let r = audit_row(row).map_err(|e| super::in_audit_event(seq, e))?;
                 after = r.seq;
                 let blob: Vec<u8> = row.get(8).map_err(err)?;
-                let subjects = super::decode_subjects(&blob)?;
+                let subjects =
+                    super::decode_subjects(&blob).map_err(|e| super::in_audit_event(seq, e))?;
                 if filter
                     .device
                     .as_ref()
@@ -767,6 +765,44 @@ impl Tx for SqliteTx<'_> {
             ))),
             _ => Err(StoreError::Corrupt("audit head in meta".into())),
         }
+    }
+
+    fn audit_head_table(&self) -> &'static str {
+        "meta (store.audit_head_seq, store.audit_head_hash)"
+    }
+
+    fn audit_index(&mut self, after_seq: u64, through_seq: u64) -> Result<AuditIndex, StoreError> {
+        let (low, high) = super::audit_index_range(after_seq, through_seq);
+        let err = |e| backend("read audit index", e);
+        let mut index = AuditIndex::default();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, n_subjects FROM audit WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
+            )
+            .map_err(err)?;
+        let mut rows = stmt.query(params![low, high]).map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            index
+                .counts
+                .push((row.get(0).map_err(err)?, row.get(1).map_err(err)?));
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, pos, serial FROM audit_subjects WHERE seq >= ?1 AND seq <= ?2 \
+                 ORDER BY seq, pos",
+            )
+            .map_err(err)?;
+        let mut rows = stmt.query(params![low, high]).map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            index.subjects.push((
+                row.get(0).map_err(err)?,
+                row.get(1).map_err(err)?,
+                row.get(2).map_err(err)?,
+            ));
+        }
+        Ok(index)
     }
 
     fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use fleetkey::StoreError;
 use fleetkey::access::{ApiToken, IdempotencyRecord, Role};
-use fleetkey::audit::{AuditDraft, AuditEvent, AuditFilter, ChainVerifier};
+use fleetkey::audit::{AuditDraft, AuditEvent, AuditFilter};
 use fleetkey::error::Error;
 use fleetkey::lifecycle::State;
 use fleetkey::model::{
@@ -218,15 +218,13 @@ pub(crate) fn audit_all(
     }
 }
 
-/// Verifies the whole chain against the recorded head; returns the event count.
+/// Verifies the whole audit record (the chain, its head and the index the views filter on, as
+/// `audit verify` does); returns the event count.
 pub(crate) fn verify_chain(store: &mut dyn Store) -> u64 {
-    let events = audit_all(store, &AuditFilter::default(), 64);
-    let head = tx(store, |tx| Ok(tx.audit_head()?));
-    let mut verifier = ChainVerifier::new();
-    for e in &events {
-        verifier.push(e).expect("chain links");
+    match transact(store, fleetkey::store::verify_audit) {
+        Ok(n) => n,
+        Err(e) => panic!("audit verification fails: {e}"),
     }
-    verifier.finish(head).expect("chain ends at the head")
 }
 
 fn assert_duplicate(result: Result<(), StoreError>, name: &str) {
@@ -1505,4 +1503,188 @@ pub(crate) fn delivery_journal_insert_list_delete(f: &dyn StoreFactory) {
         Ok(tx.insert_delivery("provisioning", b"n", 9)?)
     });
     assert!(next > ids[2], "{next} after {ids:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tampering with the tables the audit views read (raw SQL, so each store calls it itself)
+
+/// One raw change to a store's tables, what `audit verify` must then say, and its undoing.
+pub(crate) struct Tamper {
+    /// SQL that changes the store behind its back.
+    pub(crate) change: String,
+    /// What the verification error must contain (the table, the event).
+    pub(crate) says: String,
+    /// SQL that puts back what `change` changed.
+    pub(crate) undo: String,
+}
+
+/// How a store's SQL differs for [`audit_verify_names_each_tampered_table`].
+pub(crate) struct TamperSql {
+    /// The blob type for `CAST('text' AS ...)`.
+    pub(crate) blob: &'static str,
+    /// Statements that let the next ones break foreign keys, in the same session.
+    pub(crate) without_foreign_keys: &'static str,
+    /// Changes to where the store keeps the head, given the head's hash in hex (event 5).
+    pub(crate) head: fn(&str) -> Vec<Tamper>,
+}
+
+/// Changes each table (and column) the audit views read, one at a time with `raw`, and checks
+/// that verification then fails with an [`Error::Chain`] naming the table and the event, and
+/// passes again once the change is undone. The chain: 1 `fleet.init`, 2 `device.add` A1,
+/// 3 `device.refresh` A1 A2, 4 a bulk import of 17 devices (not indexed), 5 `device.add` A3.
+pub(crate) fn audit_verify_names_each_tampered_table(
+    store: &mut dyn Store,
+    raw: &mut dyn FnMut(&str),
+    sql: &TamperSql,
+) {
+    let bulk: Vec<DeviceSerial> = (0..17)
+        .map(|i| serial(format!("B{i}").as_bytes()))
+        .collect();
+    let head = tx(store, |tx| {
+        tx.append_audit(draft("fleet.init", 1, &[]))?;
+        tx.append_audit(draft("device.add", 2, &[serial(b"A1")]))?;
+        tx.append_audit(draft("device.refresh", 3, &[serial(b"A1"), serial(b"A2")]))?;
+        tx.append_audit(draft("device.import", 4, &bulk))?;
+        Ok(tx.append_audit(draft("device.add", 5, &[serial(b"A3")]))?)
+    });
+    assert_eq!(verify_chain(store), 5);
+    let about_a1 = AuditFilter {
+        device: Some(serial(b"A1")),
+        ..Default::default()
+    };
+    let seqs = |store: &mut dyn Store, filter: &AuditFilter| -> Vec<u64> {
+        audit_all(store, filter, 10).iter().map(|e| e.seq).collect()
+    };
+    assert_eq!(seqs(store, &about_a1), [2, 3]);
+
+    let blob = |text: &str| format!("CAST('{text}' AS {})", sql.blob);
+    let tamper = |change: String, says: &str, undo: String| Tamper {
+        change,
+        says: says.into(),
+        undo,
+    };
+    let mut cases = vec![
+        tamper(
+            format!(
+                "UPDATE audit_subjects SET serial = {} WHERE seq = 2",
+                blob("A2")
+            ),
+            "audit_subjects: event 2 lists A2, its record names A1",
+            format!(
+                "UPDATE audit_subjects SET serial = {} WHERE seq = 2",
+                blob("A1")
+            ),
+        ),
+        tamper(
+            "DELETE FROM audit_subjects WHERE seq = 3 AND pos = 1".into(),
+            "audit_subjects: event 3 does not list A2 at position 1",
+            format!(
+                "INSERT INTO audit_subjects (seq, pos, serial) VALUES (3, 1, {})",
+                blob("A2")
+            ),
+        ),
+        tamper(
+            format!(
+                "INSERT INTO audit_subjects (seq, pos, serial) VALUES (5, 1, {})",
+                blob("A1")
+            ),
+            "audit_subjects: event 5 lists A1 at position 1",
+            "DELETE FROM audit_subjects WHERE seq = 5 AND pos = 1".into(),
+        ),
+        tamper(
+            format!(
+                "INSERT INTO audit_subjects (seq, pos, serial) VALUES (4, 0, {})",
+                blob("A1")
+            ),
+            "audit_subjects: event 4 lists A1 at position 0, its record names 17 devices",
+            "DELETE FROM audit_subjects WHERE seq = 4".into(),
+        ),
+        tamper(
+            format!(
+                "{} INSERT INTO audit_subjects (seq, pos, serial) VALUES (9, 0, {})",
+                sql.without_foreign_keys,
+                blob("A1")
+            ),
+            "audit_subjects: rows point at event 9, which does not exist",
+            "DELETE FROM audit_subjects WHERE seq = 9".into(),
+        ),
+        tamper(
+            "UPDATE audit SET n_subjects = 3 WHERE seq = 4".into(),
+            "audit.n_subjects: event 4 says 3 devices, its record names 17",
+            "UPDATE audit SET n_subjects = 17 WHERE seq = 4".into(),
+        ),
+        tamper(
+            "UPDATE audit SET action = 'generation.rotate' WHERE seq = 2".into(),
+            "audit: event 2 was changed",
+            "UPDATE audit SET action = 'device.add' WHERE seq = 2".into(),
+        ),
+        tamper(
+            "UPDATE audit SET at = 99 WHERE seq = 5".into(),
+            "audit: event 5 was changed",
+            "UPDATE audit SET at = 5 WHERE seq = 5".into(),
+        ),
+        tamper(
+            "UPDATE audit SET generation = 7 WHERE seq = 3".into(),
+            "audit: event 3 was changed",
+            "UPDATE audit SET generation = 1 WHERE seq = 3".into(),
+        ),
+    ];
+    cases.extend((sql.head)(&hex::encode(head.hash)));
+    for case in &cases {
+        raw(&case.change);
+        if case.change.contains("audit_subjects SET serial") {
+            assert_eq!(
+                seqs(store, &about_a1),
+                [3],
+                "the device view reads the index"
+            );
+        }
+        match transact(store, fleetkey::store::verify_audit) {
+            Err(Error::Chain(b)) => assert!(
+                b.to_string().contains(&case.says),
+                "after {:?}: {b:?} ({b}) should say {:?}",
+                case.change,
+                case.says
+            ),
+            other => panic!(
+                "after {:?}: expected a chain break saying {:?}, got {other:?}",
+                case.change, case.says
+            ),
+        }
+        raw(&case.undo);
+        assert_eq!(verify_chain(store), 5, "after undoing {:?}", case.change);
+    }
+    assert_eq!(seqs(store, &about_a1), [2, 3]);
+
+    // The newest event removed with its index rows: the head names it.
+    raw("DELETE FROM audit_subjects WHERE seq = 5; DELETE FROM audit WHERE seq = 5");
+    match transact(store, fleetkey::store::verify_audit) {
+        Err(Error::Chain(b)) => assert!(
+            b.to_string()
+                .contains("the chain ends at event 4 but the recorded head is event 5"),
+            "{b}"
+        ),
+        other => panic!("expected a truncated chain, got {other:?}"),
+    }
+
+    // A row of the events table that no longer reads as an event: a corrupt store, named by
+    // table and event.
+    for (change, says) in [
+        (
+            "UPDATE audit SET details = 'not json' WHERE seq = 3".to_owned(),
+            "audit: event 3: audit details",
+        ),
+        (
+            format!("UPDATE audit SET subjects = {} WHERE seq = 2", blob("Z")),
+            "audit: event 2: audit subject list is truncated",
+        ),
+    ] {
+        raw(&change);
+        match transact(store, fleetkey::store::verify_audit) {
+            Err(Error::Store(StoreError::Corrupt(what))) => {
+                assert!(what.contains(says), "after {change:?}: {what:?}")
+            }
+            other => panic!("after {change:?}: expected a corrupt store, got {other:?}"),
+        }
+    }
 }
