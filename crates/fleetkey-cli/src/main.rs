@@ -60,6 +60,7 @@ enum Command {
     #[command(subcommand)]
     Can(cmd::can::Command),
     /// The walkthrough on a simulated CAN FD bus: fleet, network, attacks, rotation, audit.
+    #[cfg(feature = "sim")]
     Demo(cmd::demo::Args),
     /// The HTTP service: the fleet's operations over JSON for stations, operators, technicians.
     Serve(cmd::serve::ServeArgs),
@@ -67,6 +68,7 @@ enum Command {
     #[command(subcommand)]
     Token(cmd::token::Command),
     /// The CAN FD fleet simulator: a whole network in process, or nodes over UDP.
+    #[cfg(feature = "sim")]
     #[command(subcommand)]
     Sim(cmd::sim::Command),
 }
@@ -89,9 +91,11 @@ fn main() -> std::process::ExitCode {
         Command::Roll(args) => cmd::roll::run(args),
         Command::She(command) => cmd::she::run(command),
         Command::Can(command) => cmd::can::run(global, command),
+        #[cfg(feature = "sim")]
         Command::Demo(args) => cmd::demo::run(global, args),
         Command::Serve(args) => cmd::serve::run(global, args),
         Command::Token(command) => cmd::token::run(global, command),
+        #[cfg(feature = "sim")]
         Command::Sim(command) => cmd::sim::run(global, command),
     };
     match result {

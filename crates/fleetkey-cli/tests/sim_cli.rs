@@ -1,6 +1,7 @@
 //! The simulator from the command line: a gateway and an ECU as two `fleetkey` processes on one
 //! UDP loopback bus; `fleetkey sim run` and its capture verified offline with
 //! `fleetkey can verify --home`, also after a round trip through can-utils' log2asc/asc2log.
+#![cfg(feature = "sim")]
 
 use std::io::Write;
 use std::net::UdpSocket;
@@ -190,6 +191,20 @@ fn sim_run_capture_verifies_offline_and_survives_can_utils() {
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let report = verify(&capture);
+    // Reading the group seeds out of the fleet is key material: the audit record says so.
+    let events = ok(&fleetkey(&home)
+        .env("FLEETKEY_PASSPHRASE", "fleetkey demo passphrase")
+        .args(["audit", "show", "--action", "network.group_seeds", "--json"])
+        .output()
+        .unwrap());
+    let events = events.as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["details"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("can verify")),
+        "no network.group_seeds event of can verify: {events:?}"
+    );
     let s = &report["summary"];
     assert_eq!(s["accepted"], summary["offline"]["accepted"]);
     assert!(s["replay"].as_u64().unwrap() >= 1, "{s}");

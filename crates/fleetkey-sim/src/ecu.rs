@@ -14,7 +14,7 @@ use fleetkey_core::secoc::{
     FrameKey, FreshnessCounter, KeyWindow, Profile, Receiver, SecocError, Sender, Stats,
     WindowConfig,
 };
-use fleetkey_core::she::{Counter, SlotId, SoftShe, Uid};
+use fleetkey_core::she::{SlotId, SoftShe, Uid};
 use fleetkey_core::{Epoch, Generation, RollSchedule, Roller};
 use zeroize::Zeroize;
 
@@ -22,21 +22,9 @@ use crate::bus::{Bus, BusError, CanFrame, FrameError};
 use crate::isotp::{IsoTpError, Link};
 use crate::msg::{self, DECOMMISSION_LABEL, Load, Message, Proof, Subject, code};
 
-/// The CAN id (and DataId, and roll channel) of the gateway's time beacon.
-pub const BEACON_ID: u16 = 0x0F0;
-/// The slots of the group seed: KEY_4 (first half) and KEY_5 (second half).
-pub const SEED_SLOTS: (SlotId, SlotId) = (SlotId::Key4, SlotId::Key5);
+pub use fleetkey::fleet::network::{BEACON_ID, SEED_SLOTS, seed_counter};
 /// Label of the challenges an ECU makes for grants (CMAC input, with a counter).
 const CHALLENGE_LABEL: &[u8] = b"fleetkey challenge v1";
-
-/// The SHE counter of a group seed update: `generation << 16 | revision`, `None` when either is
-/// too large (generation 1..=4095, revision 0..=65535).
-pub fn seed_counter(generation: u32, revision: u32) -> Option<Counter> {
-    if generation > 0x0FFF || revision > 0xFFFF {
-        return None;
-    }
-    Counter::new(generation << 16 | revision).ok()
-}
 
 /// A secured PDU as a CAN frame: classic for the classic profiles (frames of at most 8 bytes),
 /// CAN FD otherwise.
@@ -856,6 +844,7 @@ impl Ecu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleetkey_core::she::Counter;
 
     #[test]
     fn seed_counter_packs_generation_and_revision() {

@@ -7,11 +7,13 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use fleetkey_core::secoc::{FrameKey, KeyWindow, Profile, Receiver, Sender, Stats, WindowConfig};
-use fleetkey_core::she::{self, KeyFlags, SlotId, Uid, UpdateRequest};
+use fleetkey_core::she::{self, Uid};
 use fleetkey_core::{Key128, RollSchedule, RollSeed, Roller};
 
 use crate::bus::{Bus, CanFrame};
-use crate::ecu::{BEACON_ID, EcuConfig, EcuError, SEED_SLOTS, seed_counter};
+use fleetkey::fleet::network::wrap_group_seed;
+
+use crate::ecu::{BEACON_ID, EcuConfig, EcuError, seed_counter};
 use crate::isotp::Link;
 use crate::msg::{self, DECOMMISSION_LABEL, Load, Message, Proof, Subject, code};
 
@@ -172,34 +174,19 @@ impl Gateway {
     /// member, wrapped as SHE updates of KEY_4 and KEY_5 under the member's KEY_UPDATE key with
     /// counter `generation << 16 | revision`.
     pub fn set_group_seed(&mut self, generation: u32, revision: u32, seed: &RollSeed) -> bool {
-        let Some(counter) = seed_counter(generation, revision) else {
+        if seed_counter(generation, revision).is_none() {
             return false;
-        };
-        let (a, b) = seed.expose_secret().split_at(16);
-        let (Some(a), Some(b)) = (Key128::from_slice(a), Key128::from_slice(b)) else {
-            return false;
-        };
+        }
         self.group = Some((generation, revision, Roller::new(seed)));
         self.windows.clear();
         for m in self.members.iter_mut().filter(|m| !m.removed) {
-            let request = |slot| {
-                UpdateRequest::new(
-                    m.keys.uid,
-                    slot,
-                    SlotId::MasterEcuKey,
-                    counter,
-                    if m.keys.uid.is_wildcard() {
-                        KeyFlags::NONE
-                    } else {
-                        KeyFlags::WILDCARD
-                    },
-                )
-            };
-            let (Ok(r1), Ok(r2)) = (request(SEED_SLOTS.0), request(SEED_SLOTS.1)) else {
+            let Some([first, second]) =
+                wrap_group_seed(m.keys.uid, &m.keys.key_update, generation, revision, seed)
+            else {
                 continue;
             };
-            let (l1, p1) = load_and_proof(she::build(&m.keys.key_update, &a, &r1));
-            let (l2, p2) = load_and_proof(she::build(&m.keys.key_update, &b, &r2));
+            let (l1, p1) = load_and_proof(first);
+            let (l2, p2) = load_and_proof(second);
             m.pending.push_back(Pending {
                 what: format!("group seed {generation}.{revision}"),
                 message: Message::GroupSeed {

@@ -3,10 +3,9 @@
 //! faults of the scenario (a stalled clock, a power cycle, an ECU offline during a key update, a
 //! decommissioned device). The bus capture is written as a candump log.
 //!
-//! The network is recorded in the fleet: the gateway is a device labelled `role=gateway`,
-//! `network=NAME`, `profile=P`, `period-ms=N`; its roll seed is the network's group seed (a
-//! gateway refresh re-keys the network). Each ECU is a device labelled `role=ecu`,
-//! `network=NAME`, `pdu=0xNNN`. [`crate::capture`] reads these labels to verify a capture offline.
+//! The network is recorded in the fleet by the key manager's labels
+//! ([`fleetkey::fleet::network`]): the gateway's roll seed is the network's group seed (a gateway
+//! refresh re-keys the network). [`crate::capture`] reads them to verify a capture offline.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,6 +16,7 @@ use fleetkey::error::Error as FleetError;
 use fleetkey::fleet::Fleet;
 use fleetkey::fleet::NewDevice;
 use fleetkey::fleet::material::SheUpdate;
+use fleetkey::fleet::network;
 use fleetkey::model::{DeviceFilter, DeviceRecord, DeviceSerial};
 use fleetkey_core::governance::{Challenge, Role, possession_message};
 use fleetkey_core::secoc::{Profile, Stats, WindowConfig};
@@ -665,12 +665,7 @@ pub fn provision_network(fleet: &mut Fleet, spec: &NetworkSpec) -> Result<Provis
         fleet,
         &gw_serial,
         None,
-        vec![
-            "role=gateway".into(),
-            format!("network={}", spec.name),
-            format!("profile={}", spec.profile.name()),
-            format!("period-ms={}", spec.period_ms),
-        ],
+        network::gateway_labels(&spec.name, spec.profile, spec.period_ms),
     )?;
     let (root, kid) = fleet.governance_root()?;
     let fleet_id = fleet.config().fleet_id.clone();
@@ -691,12 +686,7 @@ pub fn provision_network(fleet: &mut Fleet, spec: &NetworkSpec) -> Result<Provis
             fleet,
             &serial,
             Some(*uid.as_bytes()),
-            vec![
-                "role=ecu".into(),
-                format!("network={}", spec.name),
-                format!("pdu={:#05x}", ecu_pdu(i)),
-                format!("profile={}", spec.profile_of(i).name()),
-            ],
+            network::member_labels(&spec.name, ecu_pdu(i), spec.profile_of(i)),
         )?;
         let p = fleet.provision(&serial)?;
         let loads = p

@@ -371,17 +371,18 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
         "fleetkey generation rotate --reason yearly --no-backup && fleetkey device refresh --all --generation 1",
     );
     let old_seed = {
-        let gw = fleet.device(
-            &fleetkey::model::DeviceSerial::new(crate::network::gateway_serial("powertrain"))
-                .map_err(|e| SimError::Material(e.to_string()))?,
-        )?;
-        let keys = fleetkey::fleet::material::DeviceKeys::derive(
-            fleet.module(),
-            &gw,
-            gw.generation,
-            gw.revision,
-        )?;
-        keys.roll_seed
+        let network = fleet
+            .networks()?
+            .into_iter()
+            .find(|n| n.name == "powertrain")
+            .ok_or_else(|| SimError::Material("the fleet records no network powertrain".into()))?;
+        let (generation, revision) = (network.gateway.generation, network.gateway.revision);
+        fleet
+            .group_seeds(&network, "the attacker's copy of the current group seed")?
+            .into_iter()
+            .find(|s| (s.generation, s.revision) == (generation, revision))
+            .ok_or_else(|| SimError::Material("no current group seed".into()))?
+            .seed
     };
     run.net.power_off(offline);
     fleet.rotate("yearly rotation", &MasterBackup::NoBackup)?;

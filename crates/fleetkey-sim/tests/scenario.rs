@@ -9,8 +9,8 @@ use std::time::Duration;
 use fleetkey::fleet::{Access, Clock, Fleet, InitOptions, MasterBackup, SecretString};
 use fleetkey::model::{DeviceSerial, Scheme};
 use fleetkey::module::soft::WorkFactor;
+use fleetkey_core::Key128;
 use fleetkey_core::she::SlotId;
-use fleetkey_core::{Key128, RollSeed};
 use fleetkey_sim::ecu::EcuState;
 use fleetkey_sim::msg::code;
 use fleetkey_sim::network::{GrantOutcome, Network, NetworkSpec, ecu_pdu, payload};
@@ -303,12 +303,19 @@ fn rotation_then_old_generation_keys_are_refused() {
     // The attacker keeps the generation-1 seed (as if that generation's master leaked) and the
     // ISO-TP frames of ECU 0's generation-1 seed update.
     let old_seed = {
-        let gw = fleet
-            .device(&DeviceSerial::new("GW-body").unwrap())
+        let network = fleet
+            .networks()
+            .unwrap()
+            .into_iter()
+            .find(|n| n.name == "body")
             .unwrap();
-        let keys =
-            fleetkey::fleet::material::DeviceKeys::derive(fleet.module(), &gw, 1, 0).unwrap();
-        RollSeed::from_bytes(*keys.roll_seed.expose_secret())
+        fleet
+            .group_seeds(&network, "the attacker's copy")
+            .unwrap()
+            .into_iter()
+            .find(|s| (s.generation, s.revision) == (1, 0))
+            .unwrap()
+            .seed
     };
     let mark = net.attacker.captured();
     net.rekey(&mut fleet, "gen-1 re-key").unwrap();

@@ -34,6 +34,7 @@ mod devices;
 mod generations;
 pub mod governance;
 pub mod material;
+pub mod network;
 pub mod root;
 mod tokens;
 
@@ -412,8 +413,8 @@ impl Fleet {
         &self.config
     }
 
-    /// The key module.
-    pub fn module(&self) -> &dyn KeyModule {
+    /// The key module: only for the fleet's own operations, which audit what they do with it.
+    pub(crate) fn module(&self) -> &dyn KeyModule {
         self.module.as_ref()
     }
 

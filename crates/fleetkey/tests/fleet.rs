@@ -8,7 +8,8 @@ use fleetkey::error::Error;
 use fleetkey::fleet::{Access, Clock, Fleet, InitOptions, MasterBackup, NewDevice, SecretString};
 use fleetkey::lifecycle::State;
 use fleetkey::model::{DeviceFilter, DeviceSerial, Scheme};
-use fleetkey::module::soft::WorkFactor;
+use fleetkey::module::KeyModule as _;
+use fleetkey::module::soft::{SoftModule, WorkFactor};
 use fleetkey_core::Key128;
 use fleetkey_core::she::{M1, M2, M3, SlotId, SoftShe, Uid};
 
@@ -142,9 +143,10 @@ fn derived_fleet_walkthrough_with_she_updates() {
     assert_eq!(fleet.rotation_status().unwrap().pending, 0);
     let g1 = fleet.destroy_generation(1, "migrated", false).unwrap();
     assert_eq!(g1.state, State::Destroyed);
+    let key_file = dir.path().join("home").join("keys.age");
+    let module = SoftModule::open(&key_file, "correct horse battery staple").unwrap();
     assert!(
-        !fleet
-            .module()
+        !module
             .masters()
             .unwrap()
             .contains(&fleetkey_core::Generation(1))

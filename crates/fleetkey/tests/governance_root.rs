@@ -404,7 +404,13 @@ fn rotate_root_hands_over_once_and_the_old_root_is_gone() {
         rotations[0].draft.details["new_public_key"],
         hex::encode(root2)
     );
-    assert_eq!(fleet.module().staged_signing_public_key().unwrap(), None);
+    assert_eq!(
+        SoftModule::open(&key_file, PASSPHRASE)
+            .unwrap()
+            .staged_signing_public_key()
+            .unwrap(),
+        None
+    );
     drop(fleet);
     let plaintext = key_file_plaintext(&key_file);
     assert!(

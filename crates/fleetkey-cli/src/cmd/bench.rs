@@ -45,6 +45,7 @@ pub(crate) enum Command {
     Serve(serve::ServeBenchArgs),
     /// One simulated CAN FD bus at full load (64-byte frames back to back): frames/s verified on
     /// one core beside one raw AES-128-CMAC per frame measured in the same run.
+    #[cfg(feature = "sim")]
     #[command(after_help = "Example:\n  fleetkey bench bus --frames 1000000 --json")]
     Bus {
         /// How many frames.
@@ -102,21 +103,26 @@ fn reference_rate(duration: Duration) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+fn bench_access() -> Access {
+    Access {
+        passphrase: SecretString::from("fleetkey bench passphrase".to_owned()),
+        actor: "bench".into(),
+        clock: Arc::new(SystemClock),
+    }
+}
+
 pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
     let (devices, two_pass) = match command {
         Command::Provision { devices, two_pass } => (devices, two_pass),
         Command::Pkcs11 { seconds } => return pkcs11::run(global, seconds),
         Command::Serve(args) => return serve::run(global, args),
+        #[cfg(feature = "sim")]
         Command::Bus { frames } => return crate::cmd::sim::bench_bus(global, frames),
     };
     let one_pass = !two_pass;
     let dir = tempfile::tempdir().map_err(|e| CliError::input("temporary directory", e))?;
     let io = |what: &str, e: std::io::Error| CliError::input(what, e);
-    let access = Access {
-        passphrase: SecretString::from("fleetkey bench passphrase".to_owned()),
-        actor: "bench".into(),
-        clock: Arc::new(SystemClock),
-    };
+    let access = bench_access();
     let options = InitOptions {
         fleet_id: "bench".into(),
         scheme: Scheme::Derived,
@@ -162,8 +168,9 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
     let output_bytes = std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
 
     // Derivation throughput of the same path, and the reference, measured now.
-    let deriver = fleet
-        .module()
+    // The raw derivation rate goes to the key module itself (a throwaway fleet: no audit).
+    let module = fleetkey::fleet::open_module(&dir.path().join("home"), &bench_access())?;
+    let deriver = module
         .bulk_deriver(fleetkey_core::Generation(1))
         .map_err(fleetkey::Error::from)?;
     let mut deriver = deriver;

@@ -576,13 +576,12 @@ fn json_report(setup: &Setup, verdicts: &[Verdict], stats: &Stats) -> String {
 // ---- verify with the fleet's keys ------------------------------------------------------------
 
 fn verify_with_fleet(global: &Global, args: VerifyArgs) -> Result<(), CliError> {
-    use fleetkey_sim::bus::CanFrame;
-    use fleetkey_sim::capture::{self, Verdict as FleetVerdict};
+    use fleetkey::canlog::FrameKind;
+    use fleetkey::fleet::network::capture::{self, CapturedFrame, Verdict as FleetVerdict};
 
     let lines = read_lines(args.input.as_deref())?;
     let mut fleet = global.open()?;
-    let networks = capture::networks_from_fleet(&mut fleet)
-        .map_err(|e| CliError::failed(format_args!("fleet keys: {e}")))?;
+    let networks = fleet.network_keys("can verify: a bus capture checked with the fleet's keys")?;
     if networks.is_empty() {
         return Err(CliError::input(
             "--home",
@@ -593,20 +592,28 @@ fn verify_with_fleet(global: &Global, args: VerifyArgs) -> Result<(), CliError> 
     let mut frames = Vec::with_capacity(lines.len());
     let mut numbers = Vec::with_capacity(lines.len());
     for (number, line) in &lines {
-        match CanFrame::from_log_line(line) {
-            Some(f) => {
-                frames.push(f);
+        let at_us = u64::try_from(line.timestamp.as_micros()).ok();
+        match (line.frame.kind(), at_us) {
+            (FrameKind::Classic { .. } | FrameKind::Fd { .. }, Some(at_us)) => {
+                frames.push(CapturedFrame {
+                    at_us,
+                    id: line.frame.id().as_raw(),
+                    data: line.frame.data(),
+                });
                 numbers.push((*number, line.frame.id().to_string()));
             }
-            None => check_data_frame(line, *number)?,
+            _ => check_data_frame(line, *number)?,
         }
     }
     let (verdicts, stats) = capture::verify_frames(&networks, &frames);
-    let owner = |id: u32| -> Option<&str> {
+    let owner = |id: u32| -> Option<String> {
         let pdu = u16::try_from(id).ok()?;
-        networks
-            .iter()
-            .find_map(|n| n.pdus.get(&pdu).map(|(serial, _)| serial.as_str()))
+        networks.iter().find_map(|n| {
+            n.network
+                .pdus
+                .get(&pdu)
+                .map(|(serial, _)| serial.to_string())
+        })
     };
     let skipped = verdicts
         .iter()
@@ -621,7 +628,7 @@ fn verify_with_fleet(global: &Global, args: VerifyArgs) -> Result<(), CliError> 
                 let mut j = serde_json::to_value(v).unwrap_or_default();
                 j["line"] = (*line).into();
                 j["id"] = id.clone().into();
-                if let Some(o) = owner(f.1.id()) {
+                if let Some(o) = owner(f.id) {
                     j["device"] = o.into();
                 }
                 j
@@ -629,8 +636,8 @@ fn verify_with_fleet(global: &Global, args: VerifyArgs) -> Result<(), CliError> 
             .collect();
         let report = serde_json::json!({
             "networks": networks.iter().map(|n| serde_json::json!({
-                "name": n.name, "profile": n.profile.name(),
-                "period_ms": n.schedule.period_ms(), "group_seeds": n.candidates(),
+                "name": n.network.name, "profile": n.network.profile.name(),
+                "period_ms": n.schedule().period_ms(), "group_seeds": n.candidates(),
             })).collect::<Vec<_>>(),
             "frames": frames,
             "summary": {
@@ -644,7 +651,7 @@ fn verify_with_fleet(global: &Global, args: VerifyArgs) -> Result<(), CliError> 
     } else {
         let mut t = String::new();
         for ((v, (line, id)), f) in verdicts.iter().zip(&numbers).zip(&frames) {
-            let who = owner(f.1.id()).unwrap_or("-");
+            let who = owner(f.id).unwrap_or_else(|| "-".into());
             let verdict = match v {
                 FleetVerdict::Ok {
                     fv,

@@ -4,6 +4,7 @@ pub(crate) mod audit;
 pub(crate) mod bench;
 pub(crate) mod can;
 pub(crate) mod ctx;
+#[cfg(feature = "sim")]
 pub(crate) mod demo;
 pub(crate) mod derive;
 pub(crate) mod device;
@@ -14,6 +15,7 @@ pub(crate) mod master;
 pub(crate) mod roll;
 pub(crate) mod serve;
 pub(crate) mod she;
+#[cfg(feature = "sim")]
 pub(crate) mod sim;
 pub(crate) mod token;
 pub(crate) mod token_backup;
