@@ -36,6 +36,7 @@ pub mod governance;
 pub mod material;
 pub mod network;
 pub mod root;
+pub mod scheme;
 mod tokens;
 
 pub use crate::backup::MasterBackup;

@@ -18,10 +18,11 @@ use serde::Serialize;
 
 use super::delivery::{self, Delivery, DeliveryKind, DeliveryReport, Output};
 use super::devices::{device, refresh_one, validate_labels};
+use super::scheme::KeySource;
 use super::{Fleet, fleet_info};
 use crate::error::Error;
 use crate::lifecycle::State;
-use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, Scheme, SheUid};
+use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, SheUid};
 use crate::store::transact;
 
 /// A 128-bit digest of a serial (truncated SHA-256): duplicates in a file are found by digest,
@@ -442,7 +443,6 @@ impl Fleet {
         delivery: Option<&mut Delivery<'_>>,
     ) -> Result<(u64, u64), Error> {
         let provision = delivery.is_some();
-        let scheme = self.config.scheme;
         let (state, reason) = if provision {
             (State::Active, "imported and provisioned")
         } else {
@@ -495,10 +495,7 @@ impl Fleet {
         }
         let mut records = Vec::with_capacity(fresh.len());
         for row in &fresh {
-            let wrapped_root = match scheme {
-                Scheme::Stored => Some(self.module.new_wrapped_root()?),
-                Scheme::Derived | Scheme::Governed => None,
-            };
+            let wrapped_root = self.new_device_root()?;
             records.push(DeviceRecord {
                 serial: row.device.serial.clone(),
                 she_uid: row.device.she_uid,
@@ -556,13 +553,8 @@ impl Fleet {
     ) -> Result<(), Error> {
         let mut derivers: Vec<(u32, Box<dyn crate::module::BulkDeriver + '_>)> = Vec::new();
         for r in records {
-            let keys = if r.wrapped_root.is_some() {
-                super::material::DeviceKeys::derive(
-                    self.module.as_ref(),
-                    r,
-                    r.generation,
-                    r.revision,
-                )?
+            let keys = if let KeySource::Root(_) = KeySource::of(r, r.generation) {
+                super::material::DeviceKeys::derive(self.module(), r, r.generation, r.revision)?
             } else {
                 if !derivers.iter().any(|(g, _)| *g == r.generation) {
                     derivers.push((
@@ -672,13 +664,7 @@ impl Fleet {
             })?;
             let Some(last) = page.last() else { break };
             after = Some(last.serial.clone());
-            let roots = match self.config.scheme {
-                Scheme::Stored => page
-                    .iter()
-                    .map(|_| self.module.new_wrapped_root().map(Some))
-                    .collect::<Result<Vec<_>, _>>()?,
-                _ => vec![None; page.len()],
-            };
+            let roots = self.new_device_roots(page.len())?;
             let change = self.change(reason);
             let mut draft = self.draft("device.refresh", None, vec![], serde_json::json!({}));
             let module = self.module.as_ref();

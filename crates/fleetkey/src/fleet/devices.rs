@@ -6,7 +6,7 @@ use super::material::{Authoriser, DeviceKeys, KeysHex, SheUpdate, she_uid, she_u
 use super::{Fleet, fleet_info};
 use crate::error::{Error, StoreError};
 use crate::lifecycle::State;
-use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, Scheme, SheUid};
+use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, SheUid};
 use crate::store::{Tx, transact};
 
 /// A device to register.
@@ -50,11 +50,7 @@ impl Fleet {
     /// random root, kept only wrapped.
     pub fn add_device(&mut self, new: NewDevice) -> Result<DeviceRecord, Error> {
         validate_labels(&new.labels)?;
-        let scheme = self.config.scheme;
-        let wrapped_root = match scheme {
-            Scheme::Stored => Some(self.module.new_wrapped_root()?),
-            Scheme::Derived | Scheme::Governed => None,
-        };
+        let wrapped_root = self.new_device_root()?;
         let change = self.change("registered");
         let draft = self.draft(
             "device.add",
@@ -155,10 +151,7 @@ impl Fleet {
     /// Refresh: revision + 1 (and, in the derived schemes, migration to the current generation);
     /// the stored scheme draws a new random root. Returns the SHE updates that carry the new keys.
     pub fn refresh(&mut self, serial: &DeviceSerial, reason: &str) -> Result<KeyUpdate, Error> {
-        let new_root = match self.config.scheme {
-            Scheme::Stored => Some(self.module.new_wrapped_root()?),
-            Scheme::Derived | Scheme::Governed => None,
-        };
+        let new_root = self.new_device_root()?;
         let change = self.change(reason);
         let draft = self.draft(
             "device.refresh",

@@ -41,9 +41,9 @@ impl DeviceKeys {
                 revision,
                 serial: device.serial.as_core(),
             };
-            Ok(match &device.wrapped_root {
-                Some(root) => module.derive_with_root(root, &inputs)?,
-                None => module.derive(Generation(generation), &inputs)?,
+            Ok(match super::scheme::KeySource::of(device, generation) {
+                super::scheme::KeySource::Root(root) => module.derive_with_root(root, &inputs)?,
+                super::scheme::KeySource::Master(g) => module.derive(g, &inputs)?,
             })
         };
         let broken =

@@ -1,0 +1,50 @@
+//! The three schemes (docs/manager.md), in one place: what each keeps per device at rest, and
+//! where a device's keys come from.
+//!
+//! | scheme   | per device at rest                       | device keys                          |
+//! |----------|------------------------------------------|--------------------------------------|
+//! | stored   | a random 32-byte root, wrapped (KEK)     | derivation v1 with the root as PRK   |
+//! | derived  | nothing                                  | derivation v1 with the generation's master |
+//! | governed | nothing (plus the fleet's Ed25519 root)  | as derived                           |
+
+use fleetkey_core::derive::Generation;
+
+use super::Fleet;
+use crate::error::Error;
+use crate::model::{DeviceRecord, Scheme, WrappedKey};
+
+/// Where a device's keys at a generation come from.
+#[derive(Clone, Copy, Debug)]
+pub enum KeySource<'a> {
+    /// The stored scheme: the device's own root (wrapped under the KEK).
+    Root(&'a WrappedKey),
+    /// The derived schemes: the generation's master.
+    Master(Generation),
+}
+
+impl KeySource<'_> {
+    /// The source of `device`'s keys at `generation`: its root when it has one (stored scheme),
+    /// the generation's master otherwise.
+    pub fn of(device: &DeviceRecord, generation: u32) -> KeySource<'_> {
+        match &device.wrapped_root {
+            Some(root) => KeySource::Root(root),
+            None => KeySource::Master(Generation(generation)),
+        }
+    }
+}
+
+impl Fleet {
+    /// What a new key set of a device needs at rest: the stored scheme draws a fresh random root
+    /// (only its wrapped form leaves the key module), the derived schemes need nothing.
+    pub(super) fn new_device_root(&self) -> Result<Option<WrappedKey>, Error> {
+        match self.config.scheme {
+            Scheme::Stored => Ok(Some(self.module().new_wrapped_root()?)),
+            Scheme::Derived | Scheme::Governed => Ok(None),
+        }
+    }
+
+    /// [`Fleet::new_device_root`] for `n` devices.
+    pub(super) fn new_device_roots(&self, n: usize) -> Result<Vec<Option<WrappedKey>>, Error> {
+        (0..n).map(|_| self.new_device_root()).collect()
+    }
+}
