@@ -71,7 +71,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         conn.execute_batch(sql)
             .map_err(|e| super::backend("migrate schema", e))?;
         let reached = i64::try_from(i + 1).unwrap_or(i64::MAX);
-        conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        conn.prepare_cached(&crate::store::sql::upsert_meta::<super::Sqlite>())
             .and_then(|mut s| s.execute(rusqlite::params![VERSION_KEY, reached]))
             .map_err(|e| super::backend("migrate schema", e))?;
     }
