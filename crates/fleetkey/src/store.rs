@@ -18,6 +18,7 @@ use crate::model::{
 };
 
 mod codec;
+mod migrations;
 pub mod postgres;
 mod sql;
 pub mod sqlite;

@@ -36,17 +36,45 @@ impl ColumnError {
 }
 
 /// One result row, as each store's driver reads it. Integers are read whatever their width in
-/// the schema (PostgreSQL `integer` or `bigint`, SQLite `INTEGER`).
+/// the schema (PostgreSQL `integer` or `bigint`, SQLite `INTEGER`); a `NULL` where a value is
+/// needed is a read error.
 pub(crate) trait Columns {
-    fn int(&self, i: usize) -> Result<i64, ColumnError>;
     fn opt_int(&self, i: usize) -> Result<Option<i64>, ColumnError>;
-    fn text(&self, i: usize) -> Result<String, ColumnError>;
     fn opt_text(&self, i: usize) -> Result<Option<String>, ColumnError>;
-    fn blob(&self, i: usize) -> Result<Vec<u8>, ColumnError>;
     fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, ColumnError>;
     /// A list of text (PostgreSQL `text[]`; SQLite a JSON array of strings in a `TEXT` column).
     fn text_list(&self, i: usize) -> Result<Vec<String>, ColumnError>;
+
+    fn int(&self, i: usize) -> Result<i64, ColumnError> {
+        self.opt_int(i)?.ok_or_else(|| null(i))
+    }
+    fn text(&self, i: usize) -> Result<String, ColumnError> {
+        self.opt_text(i)?.ok_or_else(|| null(i))
+    }
+    fn blob(&self, i: usize) -> Result<Vec<u8>, ColumnError> {
+        self.opt_blob(i)?.ok_or_else(|| null(i))
+    }
 }
+
+fn null(i: usize) -> ColumnError {
+    ColumnError::Read(format!("column {i} is NULL"))
+}
+
+/// The [`Columns`] getters that read a column as its Rust type through the driver's typed getter
+/// `$get` (rusqlite `get`, postgres `try_get`), inside an `impl Columns`.
+macro_rules! typed_getters {
+    ($get:ident) => {
+        fn opt_text(&self, i: usize) -> Result<Option<String>, $crate::store::codec::ColumnError> {
+            self.$get(i)
+                .map_err($crate::store::codec::ColumnError::read)
+        }
+        fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, $crate::store::codec::ColumnError> {
+            self.$get(i)
+                .map_err($crate::store::codec::ColumnError::read)
+        }
+    };
+}
+pub(crate) use typed_getters;
 
 /// A statement parameter, typed as its column is. `None` binds SQL `NULL`.
 #[derive(Debug, Clone)]
@@ -331,6 +359,15 @@ pub(crate) fn audit_values<'a>(
     ]
 }
 
+/// The recorded head of the chain, kept as a sequence number and a hash.
+pub(crate) fn audit_head(seq: i64, hash: Vec<u8>) -> Result<(u64, [u8; 32]), StoreError> {
+    Ok((
+        to_count("audit head", seq)?,
+        hash.try_into()
+            .map_err(|_| StoreError::Corrupt("audit head hash is not 32 bytes".into()))?,
+    ))
+}
+
 // --- tokens -------------------------------------------------------------------------------------
 
 /// In the order of [`crate::store::sql::TOKEN_COLUMNS`].
@@ -443,15 +480,9 @@ mod tests {
                 .cloned()
                 .ok_or_else(|| ColumnError::read(format!("no column {i}")))
         }
-        fn need<T>(v: Option<T>) -> Result<T, ColumnError> {
-            v.ok_or_else(|| ColumnError::read("NULL"))
-        }
     }
 
     impl Columns for Fake {
-        fn int(&self, i: usize) -> Result<i64, ColumnError> {
-            Self::need(self.opt_int(i)?)
-        }
         fn opt_int(&self, i: usize) -> Result<Option<i64>, ColumnError> {
             match self.col(i)? {
                 None => Ok(None),
@@ -459,18 +490,12 @@ mod tests {
                 Some(_) => Err(ColumnError::read("not an integer")),
             }
         }
-        fn text(&self, i: usize) -> Result<String, ColumnError> {
-            Self::need(self.opt_text(i)?)
-        }
         fn opt_text(&self, i: usize) -> Result<Option<String>, ColumnError> {
             match self.col(i)? {
                 None => Ok(None),
                 Some(FakeCol::Text(v)) => Ok(Some(v)),
                 Some(_) => Err(ColumnError::read("not text")),
             }
-        }
-        fn blob(&self, i: usize) -> Result<Vec<u8>, ColumnError> {
-            Self::need(self.opt_blob(i)?)
         }
         fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, ColumnError> {
             match self.col(i)? {

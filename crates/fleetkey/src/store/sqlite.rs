@@ -24,12 +24,11 @@ use rusqlite::{
     Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params, params_from_iter,
 };
 
-use crate::audit::AuditEvent;
 use crate::error::{Error, StoreError};
 use crate::model::DeviceRecord;
 use crate::store::codec::{self, ColumnError, Columns};
 use crate::store::sql::{self, Dialect, Params};
-use crate::store::tx::{self, APP_META_PREFIX, Backend, Next};
+use crate::store::tx::{self, APP_META_PREFIX, Backend, OnRow, SealedEvent, Stmt};
 use crate::store::{AUDIT_INDEXED_SUBJECTS, Store, Tx};
 
 mod schema;
@@ -371,24 +370,12 @@ impl rusqlite::ToSql for codec::Value<'_> {
 }
 
 impl Columns for Row<'_> {
-    fn int(&self, i: usize) -> Result<i64, ColumnError> {
-        self.get(i).map_err(ColumnError::read)
-    }
+    codec::typed_getters!(get);
+
     fn opt_int(&self, i: usize) -> Result<Option<i64>, ColumnError> {
         self.get(i).map_err(ColumnError::read)
     }
-    fn text(&self, i: usize) -> Result<String, ColumnError> {
-        self.get(i).map_err(ColumnError::read)
-    }
-    fn opt_text(&self, i: usize) -> Result<Option<String>, ColumnError> {
-        self.get(i).map_err(ColumnError::read)
-    }
-    fn blob(&self, i: usize) -> Result<Vec<u8>, ColumnError> {
-        self.get(i).map_err(ColumnError::read)
-    }
-    fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, ColumnError> {
-        self.get(i).map_err(ColumnError::read)
-    }
+
     fn text_list(&self, i: usize) -> Result<Vec<String>, ColumnError> {
         let text: String = self.get(i).map_err(ColumnError::read)?;
         serde_json::from_str(&text).map_err(|e| ColumnError::Invalid(e.to_string()))
@@ -396,6 +383,12 @@ impl Columns for Row<'_> {
 }
 
 impl SqliteTx<'_> {
+    fn execute(&self, s: &Stmt<'_>) -> rusqlite::Result<u64> {
+        let mut stmt = self.conn.prepare_cached(s.sql)?;
+        let n = stmt.execute(params_from_iter(s.params))?;
+        Ok(u64::try_from(n).unwrap_or(u64::MAX))
+    }
+
     fn meta_value(&self, key: &str) -> Result<Option<Value>, StoreError> {
         self.conn
             .prepare_cached("SELECT value FROM meta WHERE key = ?1")
@@ -462,46 +455,22 @@ impl SqliteTx<'_> {
 impl Backend for SqliteTx<'_> {
     type Dialect = Sqlite;
 
-    fn execute(
-        &mut self,
-        operation: &'static str,
-        sql: &str,
-        params: &[codec::Value<'_>],
-    ) -> Result<u64, StoreError> {
-        self.conn
-            .prepare_cached(sql)
-            .and_then(|mut s| s.execute(params_from_iter(params)))
-            .map(|n| u64::try_from(n).unwrap_or(u64::MAX))
-            .map_err(|e| backend(operation, e))
+    fn run(&mut self, s: &Stmt<'_>) -> Result<u64, StoreError> {
+        self.execute(s).map_err(|e| backend(s.operation, e))
     }
 
-    fn execute_unique(
-        &mut self,
-        operation: &'static str,
-        sql: &str,
-        params: &[codec::Value<'_>],
-    ) -> Result<Option<u64>, StoreError> {
-        match self
-            .conn
-            .prepare_cached(sql)
-            .and_then(|mut s| s.execute(params_from_iter(params)))
-        {
-            Ok(n) => Ok(Some(u64::try_from(n).unwrap_or(u64::MAX))),
+    fn run_unique(&mut self, s: &Stmt<'_>) -> Result<Option<u64>, StoreError> {
+        match self.execute(s) {
+            Ok(n) => Ok(Some(n)),
             Err(e) if is_unique_violation(&e) => Ok(None),
-            Err(e) => Err(backend(operation, e)),
+            Err(e) => Err(backend(s.operation, e)),
         }
     }
 
-    fn each_row(
-        &mut self,
-        operation: &'static str,
-        sql: &str,
-        params: &[codec::Value<'_>],
-        row: &mut dyn FnMut(&dyn Columns) -> Result<Next, StoreError>,
-    ) -> Result<(), StoreError> {
-        let err = |e| backend(operation, e);
-        let mut stmt = self.conn.prepare_cached(sql).map_err(err)?;
-        let mut rows = stmt.query(params_from_iter(params)).map_err(err)?;
+    fn rows(&mut self, s: &Stmt<'_>, row: &mut OnRow<'_>) -> Result<(), StoreError> {
+        let err = |e| backend(s.operation, e);
+        let mut stmt = self.conn.prepare_cached(s.sql).map_err(err)?;
+        let mut rows = stmt.query(params_from_iter(s.params)).map_err(err)?;
         while let Some(r) = rows.next().map_err(err)? {
             if row(r)?.is_break() {
                 break;
@@ -533,11 +502,9 @@ impl Backend for SqliteTx<'_> {
         let hash = self.meta_value(HEAD_HASH_KEY)?;
         match (seq, hash) {
             (None, None) => Ok(None),
-            (Some(Value::Integer(seq)), Some(Value::Blob(hash))) => Ok(Some((
-                codec::to_count("audit head", seq)?,
-                hash.try_into()
-                    .map_err(|_| StoreError::Corrupt("audit head hash is not 32 bytes".into()))?,
-            ))),
+            (Some(Value::Integer(seq)), Some(Value::Blob(hash))) => {
+                codec::audit_head(seq, hash).map(Some)
+            }
             _ => Err(StoreError::Corrupt("audit head in meta".into())),
         }
     }
@@ -546,14 +513,10 @@ impl Backend for SqliteTx<'_> {
         "meta (store.audit_head_seq, store.audit_head_hash)"
     }
 
-    fn store_audit_event(
-        &mut self,
-        seq: i64,
-        event: &AuditEvent,
-        details: &str,
-    ) -> Result<(), StoreError> {
+    fn store_audit_event(&mut self, e: &SealedEvent<'_>) -> Result<(), StoreError> {
         // The head last: a failed insert leaves it where it was, and the transaction usable.
-        tx::insert_audit_row(self, seq, event, details)?;
+        tx::insert_audit_row(self, e)?;
+        let (seq, event) = (e.seq, e.event);
         if event.draft.subjects.len() <= AUDIT_INDEXED_SUBJECTS {
             let err = |e| backend("append audit", e);
             let mut stmt = self

@@ -21,36 +21,30 @@ pub(crate) const APP_META_PREFIX: &str = "app.";
 /// What one row handler tells [`Backend::each_row`]: go on, or stop reading.
 pub(crate) type Next = ControlFlow<()>;
 
+/// A statement to run: its text, its parameters, and the operation that names its errors.
+pub(crate) struct Stmt<'s> {
+    pub(crate) operation: &'static str,
+    pub(crate) sql: &'s str,
+    pub(crate) params: &'s [Value<'s>],
+}
+
+/// What [`Backend::rows`] hands each row to.
+pub(crate) type OnRow<'f> = dyn FnMut(&dyn Columns) -> Result<Next, StoreError> + 'f;
+
 /// A store's transaction, as [`Tx`] uses it.
 pub(crate) trait Backend {
     /// Its SQL.
     type Dialect: Dialect;
 
     /// Runs a statement; the number of rows it changed.
-    fn execute(
-        &mut self,
-        operation: &'static str,
-        sql: &str,
-        params: &[Value<'_>],
-    ) -> Result<u64, StoreError>;
+    fn run(&mut self, s: &Stmt<'_>) -> Result<u64, StoreError>;
 
-    /// Like [`Backend::execute`]; `None` when the statement broke a unique constraint (SQLite;
+    /// Like [`Backend::run`]; `None` when the statement broke a unique constraint (SQLite;
     /// PostgreSQL statements are written with [`Dialect::if_absent`] and change no row instead).
-    fn execute_unique(
-        &mut self,
-        operation: &'static str,
-        sql: &str,
-        params: &[Value<'_>],
-    ) -> Result<Option<u64>, StoreError>;
+    fn run_unique(&mut self, s: &Stmt<'_>) -> Result<Option<u64>, StoreError>;
 
     /// Runs a query and hands each row to `row`, in order, until it says to stop.
-    fn each_row(
-        &mut self,
-        operation: &'static str,
-        sql: &str,
-        params: &[Value<'_>],
-        row: &mut dyn FnMut(&dyn Columns) -> Result<Next, StoreError>,
-    ) -> Result<(), StoreError>;
+    fn rows(&mut self, s: &Stmt<'_>, row: &mut OnRow<'_>) -> Result<(), StoreError>;
 
     /// Refuses text the store cannot hold, before any statement is sent.
     fn check_text(_field: &str, _value: &str) -> Result<(), StoreError> {
@@ -68,12 +62,7 @@ pub(crate) trait Backend {
 
     /// Writes a sealed event (its row: [`insert_audit_row`]), its subject index rows (at most
     /// [`crate::store::AUDIT_INDEXED_SUBJECTS`] subjects) and moves the head to it.
-    fn store_audit_event(
-        &mut self,
-        seq: i64,
-        event: &AuditEvent,
-        details: &str,
-    ) -> Result<(), StoreError>;
+    fn store_audit_event(&mut self, row: &SealedEvent<'_>) -> Result<(), StoreError>;
 
     /// The value of [`Tx::meta`] key `key` (stored under [`APP_META_PREFIX`]).
     fn app_meta(&mut self, key: &str) -> Result<Option<String>, StoreError>;
@@ -85,6 +74,54 @@ pub(crate) trait Backend {
     }
 }
 
+/// An event to store: sealed, with its sequence number as stored and its details as hashed.
+pub(crate) struct SealedEvent<'e> {
+    pub(crate) seq: i64,
+    pub(crate) event: &'e AuditEvent,
+    pub(crate) details: &'e str,
+}
+
+fn execute<B: Backend>(
+    b: &mut B,
+    operation: &'static str,
+    sql: &str,
+    params: &[Value<'_>],
+) -> Result<u64, StoreError> {
+    b.run(&Stmt {
+        operation,
+        sql,
+        params,
+    })
+}
+
+fn execute_unique<B: Backend>(
+    b: &mut B,
+    operation: &'static str,
+    sql: &str,
+    params: &[Value<'_>],
+) -> Result<Option<u64>, StoreError> {
+    b.run_unique(&Stmt {
+        operation,
+        sql,
+        params,
+    })
+}
+
+fn each_row<B: Backend>(
+    b: &mut B,
+    operation: &'static str,
+    sql: &str,
+    params: &[Value<'_>],
+    row: &mut OnRow<'_>,
+) -> Result<(), StoreError> {
+    let s = Stmt {
+        operation,
+        sql,
+        params,
+    };
+    b.rows(&s, row)
+}
+
 /// Every row of a query, decoded.
 fn all<B: Backend, T>(
     b: &mut B,
@@ -94,7 +131,7 @@ fn all<B: Backend, T>(
     decode: impl Fn(&dyn Columns) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
-    b.each_row(operation, sql, params, &mut |row| {
+    each_row(b, operation, sql, params, &mut |row| {
         out.push(decode(row)?);
         Ok(Next::Continue(()))
     })?;
@@ -157,17 +194,11 @@ fn check_idempotency<B: Backend>(principal: &str, key: &str) -> Result<(), Store
 /// The row of a sealed event in the events table.
 pub(crate) fn insert_audit_row<B: Backend>(
     b: &mut B,
-    seq: i64,
-    event: &AuditEvent,
-    details: &str,
+    e: &SealedEvent<'_>,
 ) -> Result<(), StoreError> {
     let sql = sql::insert::<B::Dialect>("audit", &sql::AUDIT_INSERT_COLUMNS, None);
-    b.execute(
-        "append audit",
-        &sql,
-        &codec::audit_values(seq, event, details),
-    )
-    .map(drop)
+    let params = codec::audit_values(e.seq, e.event, e.details);
+    execute(b, "append audit", &sql, &params).map(drop)
 }
 
 /// `WHERE column = ?1` (PostgreSQL `$1`).
@@ -189,15 +220,19 @@ impl<B: Backend> Tx for B {
     fn put_fleet(&mut self, fleet: &FleetInfo) -> Result<(), StoreError> {
         B::check_text("fleet id", &fleet.id)?;
         let sql = sql::upsert_fleet::<B::Dialect>();
-        self.execute("write fleet", &sql, &codec::fleet_values(fleet))
-            .map(drop)
+        execute(self, "write fleet", &sql, &codec::fleet_values(fleet)).map(drop)
     }
 
     fn insert_generation(&mut self, record: &GenerationRecord) -> Result<(), StoreError> {
         check_change::<B>(&record.changed)?;
         let sql =
             sql::insert::<B::Dialect>("generations", &GENERATION_COLUMNS, Some("(generation)"));
-        match self.execute_unique("insert generation", &sql, &codec::generation_values(record))? {
+        match execute_unique(
+            self,
+            "insert generation",
+            &sql,
+            &codec::generation_values(record),
+        )? {
             Some(n) if n > 0 => Ok(()),
             _ => Err(StoreError::Duplicate(format!(
                 "generation {}",
@@ -209,7 +244,13 @@ impl<B: Backend> Tx for B {
     fn update_generation(&mut self, record: &GenerationRecord) -> Result<(), StoreError> {
         check_change::<B>(&record.changed)?;
         let sql = sql::update::<B::Dialect>("generations", &GENERATION_COLUMNS, 1);
-        if self.execute("update generation", &sql, &codec::generation_values(record))? == 0 {
+        if execute(
+            self,
+            "update generation",
+            &sql,
+            &codec::generation_values(record),
+        )? == 0
+        {
             return Err(StoreError::NotFound(format!(
                 "generation {}",
                 record.generation
@@ -248,7 +289,7 @@ impl<B: Backend> Tx for B {
     fn insert_device(&mut self, record: &DeviceRecord) -> Result<(), StoreError> {
         check_device::<B>(record)?;
         let sql = sql::insert::<B::Dialect>("devices", &DEVICE_COLUMNS, Some("(serial)"));
-        match self.execute_unique("insert device", &sql, &codec::device_values(record))? {
+        match execute_unique(self, "insert device", &sql, &codec::device_values(record))? {
             Some(n) if n > 0 => Ok(()),
             _ => Err(StoreError::Duplicate(format!("device {}", record.serial))),
         }
@@ -265,7 +306,7 @@ impl<B: Backend> Tx for B {
     fn update_device(&mut self, record: &DeviceRecord) -> Result<(), StoreError> {
         check_device::<B>(record)?;
         let sql = sql::update::<B::Dialect>("devices", &DEVICE_COLUMNS, 1);
-        if self.execute("update device", &sql, &codec::device_values(record))? == 0 {
+        if execute(self, "update device", &sql, &codec::device_values(record))? == 0 {
             return Err(StoreError::NotFound(format!("device {}", record.serial)));
         }
         Ok(())
@@ -297,7 +338,7 @@ impl<B: Backend> Tx for B {
             sql::list(&DEVICE_COLUMNS)
         );
         let mut out = Vec::with_capacity(limit.min(4096));
-        self.each_row("list devices", &sql, params.values(), &mut |row| {
+        each_row(self, "list devices", &sql, params.values(), &mut |row| {
             out.push(codec::device_from_row(row)?);
             Ok(Next::Continue(()))
         })?;
@@ -320,7 +361,11 @@ impl<B: Backend> Tx for B {
         let head = self.stored_audit_head()?;
         let event = AuditEvent::seal(head, draft);
         let seq = i64::try_from(event.seq).map_err(|e| corrupt("audit sequence", e))?;
-        self.store_audit_event(seq, &event, &details)?;
+        self.store_audit_event(&SealedEvent {
+            seq,
+            event: &event,
+            details: &details,
+        })?;
         Ok(event)
     }
 
@@ -342,7 +387,7 @@ impl<B: Backend> Tx for B {
         loop {
             params.set(1, Value::int(after));
             let mut read = 0usize;
-            self.each_row("read audit", &sql, params.values(), &mut |row| {
+            each_row(self, "read audit", &sql, params.values(), &mut |row| {
                 read += 1;
                 let event = codec::audit_from_row(row)?;
                 after = saturating_i64(event.seq);
@@ -383,7 +428,7 @@ impl<B: Backend> Tx for B {
         let sql = format!(
             "SELECT seq, n_subjects FROM audit WHERE seq >= {p}1 AND seq <= {p}2 ORDER BY seq"
         );
-        self.each_row(op, &sql, &range, &mut |row| {
+        each_row(self, op, &sql, &range, &mut |row| {
             let f = Fields::new(row, op);
             index.counts.push((f.int(0)?, f.int(1)?));
             Ok(Next::Continue(()))
@@ -392,7 +437,7 @@ impl<B: Backend> Tx for B {
             "SELECT seq, pos, serial FROM audit_subjects WHERE seq >= {p}1 AND seq <= {p}2 \
              ORDER BY seq, pos"
         );
-        self.each_row(op, &sql, &range, &mut |row| {
+        each_row(self, op, &sql, &range, &mut |row| {
             let f = Fields::new(row, op);
             index.subjects.push((f.int(0)?, f.int(1)?, f.blob(2)?));
             Ok(Next::Continue(()))
@@ -413,13 +458,13 @@ impl<B: Backend> Tx for B {
             Value::text(value),
         ];
         let sql = sql::upsert_meta::<B::Dialect>();
-        self.execute("write meta", &sql, &params).map(drop)
+        execute(self, "write meta", &sql, &params).map(drop)
     }
 
     fn insert_token(&mut self, token: &ApiToken) -> Result<(), StoreError> {
         check_token::<B>(token)?;
         let sql = sql::insert::<B::Dialect>("api_tokens", &TOKEN_COLUMNS, Some(""));
-        match self.execute_unique("insert token", &sql, &codec::token_values(token))? {
+        match execute_unique(self, "insert token", &sql, &codec::token_values(token))? {
             Some(n) if n > 0 => Ok(()),
             _ => Err(StoreError::Duplicate(format!("token {}", token.id))),
         }
@@ -432,7 +477,7 @@ impl<B: Backend> Tx for B {
             return Err(duplicate());
         }
         let sql = sql::update::<B::Dialect>("api_tokens", &TOKEN_COLUMNS, 1);
-        match self.execute_unique("update token", &sql, &codec::token_values(token))? {
+        match execute_unique(self, "update token", &sql, &codec::token_values(token))? {
             None => Err(duplicate()),
             Some(0) => Err(StoreError::NotFound(format!("token {}", token.id))),
             Some(_) => Ok(()),
@@ -487,7 +532,7 @@ impl<B: Backend> Tx for B {
         check_idempotency::<B>(&record.principal, &record.key)?;
         let sql = sql::insert::<B::Dialect>("idempotency", &sql::IDEMPOTENCY_COLUMNS, Some(""));
         let params = codec::idempotency_values(record);
-        match self.execute_unique("insert idempotency key", &sql, &params)? {
+        match execute_unique(self, "insert idempotency key", &sql, &params)? {
             Some(n) if n > 0 => Ok(()),
             _ => Err(StoreError::Duplicate(format!(
                 "idempotency key {}",
@@ -500,7 +545,7 @@ impl<B: Backend> Tx for B {
         check_idempotency::<B>(&record.principal, &record.key)?;
         let sql = sql::update::<B::Dialect>("idempotency", &sql::IDEMPOTENCY_COLUMNS, 2);
         let params = codec::idempotency_values(record);
-        if self.execute("update idempotency key", &sql, &params)? == 0 {
+        if execute(self, "update idempotency key", &sql, &params)? == 0 {
             return Err(StoreError::NotFound(format!(
                 "idempotency key {}",
                 record.key
@@ -516,8 +561,7 @@ impl<B: Backend> Tx for B {
             p = <B::Dialect as Dialect>::PARAM
         );
         let params = [Value::text(principal), Value::text(key)];
-        self.execute("delete idempotency key", &sql, &params)
-            .map(drop)
+        execute(self, "delete idempotency key", &sql, &params).map(drop)
     }
 
     fn insert_delivery(
@@ -583,6 +627,6 @@ impl<B: Backend> Tx for B {
     fn delete_delivery(&mut self, id: u64) -> Result<bool, StoreError> {
         let sql = format!("DELETE FROM deliveries {}", where_is::<B::Dialect>("id"));
         let params = [Value::int(saturating_i64(id))];
-        Ok(self.execute("delete delivery", &sql, &params)? > 0)
+        Ok(execute(self, "delete delivery", &sql, &params)? > 0)
     }
 }
