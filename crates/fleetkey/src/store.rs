@@ -17,8 +17,12 @@ use crate::model::{
     DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, UnixMillis,
 };
 
+mod codec;
+mod migrations;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
+mod tx;
 mod verify;
 
 pub use verify::verify_audit;

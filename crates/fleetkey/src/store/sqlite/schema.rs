@@ -4,12 +4,10 @@
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::StoreError;
+use crate::store::migrations::{self, VERSION_KEY};
 
 /// The schema version this fleetkey writes and reads.
 pub(super) const SCHEMA_VERSION: i64 = 3;
-
-/// The `meta` key of the schema version.
-pub(super) const VERSION_KEY: &str = "store.schema_version";
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: [&str; 3] = [
@@ -46,32 +44,18 @@ pub(super) fn version(conn: &Connection) -> Result<i64, StoreError> {
         .prepare_cached("SELECT value FROM meta WHERE key = ?1")
         .and_then(|mut s| s.query_row([VERSION_KEY], |r| r.get(0)).optional())
         .map_err(err)?;
-    match found {
-        Some(rusqlite::types::Value::Integer(v)) if v >= 1 => Ok(v),
-        Some(_) => Err(StoreError::Corrupt(format!(
-            "meta {VERSION_KEY} is not a positive integer"
-        ))),
-        None => Err(StoreError::Corrupt(format!(
-            "meta {VERSION_KEY} is missing"
-        ))),
-    }
+    migrations::stored_version(found.map(|v| match v {
+        rusqlite::types::Value::Integer(v) => Some(v),
+        _ => None,
+    }))
 }
 
 /// Brings the schema to [`SCHEMA_VERSION`]. Runs inside the caller's write transaction.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let found = version(conn)?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::Schema {
-            found,
-            expected: SCHEMA_VERSION,
-        });
-    }
-    let done = usize::try_from(found).unwrap_or(0);
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+    for (reached, sql) in migrations::pending(version(conn)?, &MIGRATIONS)? {
         conn.execute_batch(sql)
             .map_err(|e| super::backend("migrate schema", e))?;
-        let reached = i64::try_from(i + 1).unwrap_or(i64::MAX);
-        conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        conn.prepare_cached(&crate::store::sql::upsert_meta::<super::Sqlite>())
             .and_then(|mut s| s.execute(rusqlite::params![VERSION_KEY, reached]))
             .map_err(|e| super::backend("migrate schema", e))?;
     }
