@@ -32,6 +32,7 @@ mod ceremony;
 pub mod delivery;
 mod devices;
 mod generations;
+mod gov_store;
 pub mod governance;
 pub mod material;
 pub mod root;

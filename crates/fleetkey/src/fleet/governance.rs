@@ -6,7 +6,8 @@
 //! (hex of each record), `governance.grant_next` (the last issued grant id),
 //! `governance.grant.<id>` (a [`GrantInfo`] as JSON) and `governance.denied` (a JSON array of
 //! denied grant ids). No key material is stored or audited here. The root's own lifecycle
-//! (backup, rotation with its handover, restore) is in `root.rs`.
+//! (backup, rotation with its handover, restore) is in `root.rs`, which uses this module; what
+//! both read (the sequence series, the pinned root, the handovers) is in `gov_store.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,14 +15,16 @@ use std::time::Duration;
 use fleetkey_core::governance::Role;
 use serde::{Deserialize, Serialize};
 
+use super::gov_store::{
+    META_SEQUENCE, handover_sequences, issue_error, meta_u64, read_handovers, read_hex,
+};
 use super::{Fleet, fleet_info};
-use crate::error::{Error, ModuleError, StoreError};
-use crate::governance::{GenerationRecordSpec, GrantSpec, IssueError, key_id};
+use crate::error::{Error, StoreError};
+use crate::governance::{GenerationRecordSpec, GrantSpec, key_id};
 use crate::lifecycle::State;
 use crate::model::Scheme;
 use crate::store::{Tx, transact};
 
-pub(super) const META_SEQUENCE: &str = "governance.sequence";
 const META_RECORD: &str = "governance.record.";
 const META_GRANT_NEXT: &str = "governance.grant_next";
 const META_GRANT: &str = "governance.grant.";
@@ -75,22 +78,6 @@ pub fn role_name(role: Role) -> &'static str {
     }
 }
 
-pub(super) fn issue_error(e: IssueError<ModuleError>) -> Error {
-    match e {
-        IssueError::Sign(m) => Error::Module(m),
-        other => Error::invalid("governance record", other),
-    }
-}
-
-pub(super) fn meta_u64(tx: &mut dyn Tx, key: &str) -> Result<u64, Error> {
-    match tx.meta(key)? {
-        None => Ok(0),
-        Some(v) => v
-            .parse()
-            .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")).into()),
-    }
-}
-
 fn denied_ids(tx: &mut dyn Tx) -> Result<Vec<u64>, Error> {
     match tx.meta(META_DENIED)? {
         None => Ok(Vec::new()),
@@ -107,12 +94,6 @@ fn grant_info(tx: &mut dyn Tx, id: u64) -> Result<Option<GrantInfo>, Error> {
             .map(Some)
             .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")).into()),
     }
-}
-
-pub(super) fn read_hex(tx: &mut dyn Tx, key: &str) -> Result<Option<Vec<u8>>, Error> {
-    tx.meta(key)?
-        .map(|h| hex::decode(h).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")).into()))
-        .transpose()
 }
 
 fn scope_text(prefix: &[u8]) -> String {
@@ -134,35 +115,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 }
 
 impl Fleet {
-    pub(super) fn require_governed(&self, what: &str) -> Result<(), Error> {
-        if self.config.scheme == Scheme::Governed {
-            Ok(())
-        } else {
-            Err(Error::Refused {
-                what: format!(
-                    "{what}: the {} scheme has no governance root",
-                    self.config.scheme.name()
-                ),
-                hint:
-                    "governance records need a fleet created with `fleetkey init --scheme governed`"
-                        .into(),
-            })
-        }
-    }
-
-    fn now_s(&self) -> u64 {
-        u64::try_from(self.access.clock.now_ms() / 1000).unwrap_or(0)
-    }
-
-    pub(super) fn window(&self, validity: Duration) -> Result<(u64, u64), Error> {
-        let secs = validity.as_secs();
-        if secs == 0 {
-            return Err(Error::invalid("validity", "at least one second"));
-        }
-        let now = self.now_s();
-        Ok((now, now.saturating_add(secs)))
-    }
-
     fn root_kid(&mut self) -> Result<Vec<u8>, Error> {
         let public = self.signing_root()?;
         Ok(key_id(&public).to_vec())
@@ -172,7 +124,7 @@ impl Fleet {
     /// rotation, the new root.
     pub fn governance_root(&mut self) -> Result<([u8; 32], [u8; 8]), Error> {
         self.require_governed("governance root")?;
-        let public = self.signing_root()?;
+        let public = self.pinned_or_module_root()?;
         Ok((public, key_id(&public)))
     }
 
@@ -290,7 +242,7 @@ impl Fleet {
         self.require_governed("governance show")?;
         transact(self.store.as_mut(), |tx| {
             let last = meta_u64(tx, META_SEQUENCE)?;
-            let handovers = super::root::handover_sequences(tx)?;
+            let handovers = handover_sequences(tx)?;
             // The series also numbers the root handovers: the newest generation record is the
             // highest sequence that is not one.
             let Some(sequence) = (1..=last).rev().find(|s| !handovers.contains(s)) else {
@@ -427,7 +379,7 @@ impl Fleet {
     /// `dir`, each through a temporary file and a rename.
     pub fn export_records(&mut self, dir: &Path) -> Result<Vec<PathBuf>, Error> {
         self.require_governed("governance export")?;
-        let handovers = self.handovers()?;
+        let handovers = transact(self.store.as_mut(), read_handovers)?;
         let latest = self.latest_generation_record()?;
         let grants = self.grants()?;
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -435,9 +387,9 @@ impl Fleet {
             source,
         })?;
         let mut written = Vec::new();
-        for h in &handovers {
-            let path = dir.join(format!("root-handover-{}.cose", h.sequence));
-            write_atomic(&path, &h.bytes)?;
+        for (sequence, bytes) in &handovers {
+            let path = dir.join(format!("root-handover-{sequence}.cose"));
+            write_atomic(&path, bytes)?;
             written.push(path);
         }
         if let Some(record) = latest {

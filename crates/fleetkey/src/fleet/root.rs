@@ -15,10 +15,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::governance::{META_SEQUENCE, issue_error, meta_u64, read_hex};
+use super::gov_store::{
+    META_HANDOVERS, META_ROOT, META_SEQUENCE, handover_sequences, issue_error, meta_u64,
+    read_handovers,
+};
 use super::{Fleet, fleet_info};
 use crate::backup::{self, MasterBackup, RootRestoreReport, Share, WrittenShares};
-use crate::error::{Error, ModuleError, StoreError};
+use crate::error::{Error, StoreError};
 use crate::governance::{HandoverSpec, key_id};
 use crate::model::UnixMillis;
 use crate::module::{KeyModule, SigningSeed};
@@ -31,10 +34,7 @@ pub const ROOT_ROTATE_ACTION: &str = "governance.root_rotate";
 /// The audit action recording a root restored from shares.
 pub const ROOT_RESTORE_ACTION: &str = "governance.root_restore";
 
-pub(super) const META_ROOT: &str = "governance.root";
-pub(super) const META_ROOT_NUMBER: &str = "governance.root_number";
-pub(super) const META_HANDOVER: &str = "governance.handover.";
-pub(super) const META_HANDOVERS: &str = "governance.handovers";
+const META_ROOT_NUMBER: &str = "governance.root_number";
 
 /// How long a handover is valid by default: 365 days. A device that has not accepted the
 /// handover before it expires stays pinned to the old root, which is destroyed, and can accept
@@ -152,23 +152,6 @@ pub(crate) fn record_first_root(tx: &mut dyn Tx, public: &[u8; 32]) -> Result<()
     Ok(())
 }
 
-fn read_key(tx: &mut dyn Tx, key: &str) -> Result<Option<[u8; 32]>, Error> {
-    read_hex(tx, key)?
-        .map(|bytes| {
-            <[u8; 32]>::try_from(bytes.as_slice())
-                .map_err(|_| StoreError::Corrupt(format!("{key}: not 32 bytes")).into())
-        })
-        .transpose()
-}
-
-pub(super) fn handover_sequences(tx: &mut dyn Tx) -> Result<Vec<u64>, Error> {
-    match tx.meta(META_HANDOVERS)? {
-        None => Ok(Vec::new()),
-        Some(v) => serde_json::from_str(&v)
-            .map_err(|e| StoreError::Corrupt(format!("{META_HANDOVERS}: {e}")).into()),
-    }
-}
-
 /// A published root handover.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Handover {
@@ -218,46 +201,10 @@ pub struct RootRotation {
 }
 
 impl Fleet {
-    /// The root public key the store pins (set at init and by every handover); `None` for a
-    /// fleet created before roots were recorded, whose root is the module's.
-    fn pinned_root(&mut self) -> Result<Option<[u8; 32]>, Error> {
-        transact(self.store.as_mut(), |tx| read_key(tx, META_ROOT))
-    }
-
-    /// The module's root, after finishing a rotation a crash interrupted: when the store pins the
-    /// staged next root (the handover was recorded) but the module still signs with the old one,
-    /// the staged root is promoted now.
-    pub(super) fn signing_root(&mut self) -> Result<[u8; 32], Error> {
-        let current = self.module.signing_public_key()?;
-        let Some(pinned) = self.pinned_root()? else {
-            return current.ok_or_else(|| ModuleError::NoSigningKey.into());
-        };
-        if current == Some(pinned) {
-            return Ok(pinned);
-        }
-        if self.module.staged_signing_public_key()? == Some(pinned) {
-            return Ok(self.module.promote_signing_key()?);
-        }
-        Err(match current {
-            None => Error::Refused {
-                what: "the key module has no governance root".into(),
-                hint: "restore it from its custodian shares: `fleetkey governance restore-root --shares F...`".into(),
-            },
-            Some(found) => Error::Refused {
-                what: format!(
-                    "the key module's governance root {} is not the root the fleet pins ({})",
-                    hex::encode(found),
-                    hex::encode(pinned)
-                ),
-                hint: "the module belongs to another fleet or was changed outside fleetkey".into(),
-            },
-        })
-    }
-
     /// The governance root devices pin, its number and the handovers published so far.
     pub fn root_info(&mut self) -> Result<RootInfo, Error> {
         self.require_governed("governance root")?;
-        let public_key = self.signing_root()?;
+        let public_key = self.pinned_or_module_root()?;
         let (number, handovers) = transact(self.store.as_mut(), |tx| {
             let number = meta_u64(tx, META_ROOT_NUMBER)?.max(1);
             Ok((number, handover_sequences(tx)?))
@@ -274,16 +221,10 @@ impl Fleet {
     /// Every published handover, oldest first.
     pub fn handovers(&mut self) -> Result<Vec<Handover>, Error> {
         self.require_governed("governance handovers")?;
-        transact(self.store.as_mut(), |tx| {
-            let mut out = Vec::new();
-            for sequence in handover_sequences(tx)? {
-                let key = format!("{META_HANDOVER}{sequence}");
-                let bytes = read_hex(tx, &key)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("{key} is missing")))?;
-                out.push(Handover { sequence, bytes });
-            }
-            Ok(out)
-        })
+        Ok(transact(self.store.as_mut(), read_handovers)?
+            .into_iter()
+            .map(|(sequence, bytes)| Handover { sequence, bytes })
+            .collect())
     }
 
     /// The backup records of the governance roots (audit events `governance.root_backup`,
@@ -380,7 +321,10 @@ impl Fleet {
             let list = serde_json::to_string(&handovers)
                 .map_err(|e| Error::invalid("handover list", e))?;
             tx.put_meta(META_SEQUENCE, &sequence.to_string())?;
-            tx.put_meta(&format!("{META_HANDOVER}{sequence}"), &handover_hex)?;
+            tx.put_meta(
+                &format!("{}{sequence}", super::gov_store::META_HANDOVER),
+                &handover_hex,
+            )?;
             tx.put_meta(META_HANDOVERS, &list)?;
             tx.put_meta(META_ROOT, &hex::encode(new.public))?;
             tx.put_meta(META_ROOT_NUMBER, &number.to_string())?;
