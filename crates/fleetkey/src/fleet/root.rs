@@ -2,7 +2,9 @@
 //! drawn in host memory, split into custodian shares like a master, the share files written,
 //! then imported into the key module), its restore from shares, and its rotation: the old root
 //! signs a handover (kind 3) to a new one, the handover is recorded and exported beside the
-//! generation records, and the old root is destroyed in the module.
+//! generation records, the old root is destroyed in the module, and the live grants are
+//! re-issued and a record published under the new root (`Fleet::finish_rotation`, also the
+//! path that finishes a rotation a crash interrupted).
 //!
 //! Store meta keys: `governance.root` (hex of the root public key devices pin after every
 //! published handover), `governance.root_number` (1 the first root, 2 after the first rotation),
@@ -196,6 +198,8 @@ pub struct RootRotation {
     /// The generation record the new root signed right after, if one could be published (the
     /// fleet has a current generation that is not compromised).
     pub record_sequence: Option<u64>,
+    /// The live grants re-issued under the new root (same ids), ascending.
+    pub reissued_grants: Vec<u64>,
     /// The audit details of the new root's backup.
     pub backup: serde_json::Value,
 }
@@ -266,7 +270,7 @@ impl Fleet {
         {
             backup::check_split(*threshold, custodians)?;
         }
-        let old = self.signing_root()?;
+        let old = self.live_root()?;
         let (not_before, not_after) = self.window(validity)?;
         let (sequence, number) = transact(self.store.as_mut(), |tx| {
             let sequence = meta_u64(tx, META_SEQUENCE)?.saturating_add(1);
@@ -335,10 +339,17 @@ impl Fleet {
         let details = new.details.clone();
         let new_public = new.public;
         new.keep();
-        // The handover is recorded: the old root is destroyed now. Should this fail, the store
-        // pins the new root and the next use of the root finishes it (`signing_root`).
+        // The handover is recorded: the old root is destroyed now, then the live grants are
+        // re-issued and a record published under the new root. Should this be interrupted, the
+        // store pins the new root and the next command that signs (or exports) finishes it in
+        // the same way (`Fleet::finish_rotation`).
         self.module.promote_signing_key()?;
-        let record_sequence = self.publish_after_root_rotation(reason)?;
+        let reason = format!("root rotation: {reason}");
+        let finished = self.finish_rotation(&reason)?;
+        let (reissued_grants, mut record_sequence) = (finished.reissued, finished.published);
+        if record_sequence.is_none() {
+            record_sequence = self.publish_after_root_rotation(&reason)?;
+        }
         Ok(RootRotation {
             old_public_key: old,
             new_public_key: new_public,
@@ -346,13 +357,14 @@ impl Fleet {
             number,
             handover: Handover { sequence, bytes },
             record_sequence,
+            reissued_grants,
             backup: details,
         })
     }
 
     fn publish_after_root_rotation(&mut self, reason: &str) -> Result<Option<u64>, Error> {
         let before = transact(self.store.as_mut(), |tx| meta_u64(tx, META_SEQUENCE))?;
-        self.publish_if_governed(&format!("root rotation: {reason}"))?;
+        self.publish_if_governed(reason)?;
         let after = transact(self.store.as_mut(), |tx| meta_u64(tx, META_SEQUENCE))?;
         Ok((after > before).then_some(after))
     }
