@@ -91,7 +91,7 @@ pub fn networks_from_fleet(fleet: &mut Fleet) -> Result<Vec<NetworkKeys>, SimErr
         for g in &generations {
             for revision in (0..=gw.revision).rev() {
                 // Destroyed masters cannot derive: those seeds are gone for good.
-                if let Ok(keys) = DeviceKeys::derive(fleet.module(), gw, g.generation, revision) {
+                if let Ok(keys) = DeviceKeys::derive(fleet.module()?, gw, g.generation, revision) {
                     candidates.push((g.generation, revision, Roller::new(&keys.roll_seed)));
                 }
             }

@@ -376,7 +376,7 @@ pub fn walkthrough(options: &Options, report: &mut dyn Report) -> Result<Summary
                 .map_err(|e| SimError::Material(e.to_string()))?,
         )?;
         let keys = fleetkey::fleet::material::DeviceKeys::derive(
-            fleet.module(),
+            fleet.module()?,
             &gw,
             gw.generation,
             gw.revision,

@@ -307,7 +307,8 @@ fn rotation_then_old_generation_keys_are_refused() {
             .device(&DeviceSerial::new("GW-body").unwrap())
             .unwrap();
         let keys =
-            fleetkey::fleet::material::DeviceKeys::derive(fleet.module(), &gw, 1, 0).unwrap();
+            fleetkey::fleet::material::DeviceKeys::derive(fleet.module().unwrap(), &gw, 1, 0)
+                .unwrap();
         RollSeed::from_bytes(*keys.roll_seed.expose_secret())
     };
     let mark = net.attacker.captured();

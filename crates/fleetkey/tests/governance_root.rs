@@ -406,7 +406,10 @@ fn rotate_root_hands_over_once_and_the_old_root_is_gone() {
         rotations[0].draft.details["new_public_key"],
         hex::encode(root2)
     );
-    assert_eq!(fleet.module().staged_signing_public_key().unwrap(), None);
+    assert_eq!(
+        fleet.module().unwrap().staged_signing_public_key().unwrap(),
+        None
+    );
     drop(fleet);
     let plaintext = key_file_plaintext(&key_file);
     assert!(
@@ -803,15 +806,21 @@ fn a_rotation_interrupted_before_the_promote_is_finished_by_the_export() {
     let mut fleet = Fleet::open(&home, access()).unwrap();
     let (root2, kid2) = fleet.governance_root().unwrap();
     assert_eq!(
-        fleet.module().staged_signing_public_key().unwrap(),
+        fleet.module().unwrap().staged_signing_public_key().unwrap(),
         Some(root2)
     );
     assert!(reissue_events(&mut fleet).is_empty());
     let out = dir.path().join("records");
     let written = fleet.export_records(&out).unwrap();
     // Export finished the rotation: root 2 promoted, grant 1 re-issued, a record of root 2.
-    assert_eq!(fleet.module().staged_signing_public_key().unwrap(), None);
-    assert_eq!(fleet.module().signing_public_key().unwrap(), Some(root2));
+    assert_eq!(
+        fleet.module().unwrap().staged_signing_public_key().unwrap(),
+        None
+    );
+    assert_eq!(
+        fleet.module().unwrap().signing_public_key().unwrap(),
+        Some(root2)
+    );
     let events = reissue_events(&mut fleet);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["kid"], hex::encode(kid2));
@@ -855,7 +864,10 @@ fn a_rotation_interrupted_after_the_promote_is_finished_by_the_next_signature() 
     // Root 1 is destroyed, root 2 signs; grant 1 is still root 1's and not exported as such.
     let mut fleet = Fleet::open(&home, access()).unwrap();
     let (root2, _) = fleet.governance_root().unwrap();
-    assert_eq!(fleet.module().signing_public_key().unwrap(), Some(root2));
+    assert_eq!(
+        fleet.module().unwrap().signing_public_key().unwrap(),
+        Some(root2)
+    );
     assert_eq!(
         hex::decode(fleet.grant(1).unwrap().record).unwrap(),
         old_grant

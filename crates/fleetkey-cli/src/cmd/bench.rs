@@ -163,7 +163,7 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
 
     // Derivation throughput of the same path, and the reference, measured now.
     let deriver = fleet
-        .module()
+        .module()?
         .bulk_deriver(fleetkey_core::Generation(1))
         .map_err(fleetkey::Error::from)?;
     let mut deriver = deriver;

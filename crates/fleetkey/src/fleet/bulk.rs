@@ -496,7 +496,7 @@ impl Fleet {
         let mut records = Vec::with_capacity(fresh.len());
         for row in &fresh {
             let wrapped_root = match scheme {
-                Scheme::Stored => Some(self.module.new_wrapped_root()?),
+                Scheme::Stored => Some(self.module.get()?.new_wrapped_root()?),
                 Scheme::Derived | Scheme::Governed => None,
             };
             records.push(DeviceRecord {
@@ -558,7 +558,7 @@ impl Fleet {
         for r in records {
             let keys = if r.wrapped_root.is_some() {
                 super::material::DeviceKeys::derive(
-                    self.module.as_ref(),
+                    self.module.get()?,
                     r,
                     r.generation,
                     r.revision,
@@ -567,7 +567,7 @@ impl Fleet {
                 if !derivers.iter().any(|(g, _)| *g == r.generation) {
                     derivers.push((
                         r.generation,
-                        self.module.bulk_deriver(Generation(r.generation))?,
+                        self.module.get()?.bulk_deriver(Generation(r.generation))?,
                     ));
                 }
                 let deriver = derivers
@@ -673,15 +673,17 @@ impl Fleet {
             let Some(last) = page.last() else { break };
             after = Some(last.serial.clone());
             let roots = match self.config.scheme {
-                Scheme::Stored => page
-                    .iter()
-                    .map(|_| self.module.new_wrapped_root().map(Some))
-                    .collect::<Result<Vec<_>, _>>()?,
+                Scheme::Stored => {
+                    let module = self.module.get()?;
+                    page.iter()
+                        .map(|_| module.new_wrapped_root().map(Some))
+                        .collect::<Result<Vec<_>, _>>()?
+                }
                 _ => vec![None; page.len()],
             };
             let change = self.change(reason);
             let mut draft = self.draft("device.refresh", None, vec![], serde_json::json!({}));
-            let module = self.module.as_ref();
+            let module = self.module.get()?;
             let (updates, id) = transact(self.store.as_mut(), |tx| {
                 let fleet = fleet_info(tx)?;
                 let mut updates = Vec::with_capacity(page.len());

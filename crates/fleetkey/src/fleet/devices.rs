@@ -52,7 +52,7 @@ impl Fleet {
         validate_labels(&new.labels)?;
         let scheme = self.config.scheme;
         let wrapped_root = match scheme {
-            Scheme::Stored => Some(self.module.new_wrapped_root()?),
+            Scheme::Stored => Some(self.module.get()?.new_wrapped_root()?),
             Scheme::Derived | Scheme::Governed => None,
         };
         let change = self.change("registered");
@@ -113,7 +113,7 @@ impl Fleet {
             vec![serial.clone()],
             serde_json::json!({}),
         );
-        let module = self.module.as_ref();
+        let module = self.module.get()?;
         transact(self.store.as_mut(), |tx| {
             let mut record = device(tx, serial)?;
             let first = record.state == State::PreActive;
@@ -156,7 +156,7 @@ impl Fleet {
     /// the stored scheme draws a new random root. Returns the SHE updates that carry the new keys.
     pub fn refresh(&mut self, serial: &DeviceSerial, reason: &str) -> Result<KeyUpdate, Error> {
         let new_root = match self.config.scheme {
-            Scheme::Stored => Some(self.module.new_wrapped_root()?),
+            Scheme::Stored => Some(self.module.get()?.new_wrapped_root()?),
             Scheme::Derived | Scheme::Governed => None,
         };
         let change = self.change(reason);
@@ -166,7 +166,7 @@ impl Fleet {
             vec![serial.clone()],
             serde_json::json!({}),
         );
-        let module = self.module.as_ref();
+        let module = self.module.get()?;
         transact(self.store.as_mut(), |tx| {
             let fleet = fleet_info(tx)?;
             let old = device(tx, serial)?;

@@ -101,6 +101,7 @@ impl Fleet {
             Some(pinned) => Ok(pinned),
             None => self
                 .module
+                .get()?
                 .signing_public_key()?
                 .ok_or_else(|| ModuleError::NoSigningKey.into()),
         }
@@ -111,7 +112,7 @@ impl Fleet {
     /// signs with the old one, the staged root is promoted now. The records' half (grants
     /// re-issued, a record published) is `Fleet::live_root` in `governance.rs`.
     pub(super) fn signing_root(&mut self) -> Result<[u8; 32], Error> {
-        let module = self.module.as_ref();
+        let module = self.module.get()?;
         let current = module.signing_public_key()?;
         let Some(pinned) = transact(self.store.as_mut(), |tx| read_key(tx, META_ROOT))? else {
             return current.ok_or_else(|| ModuleError::NoSigningKey.into());

@@ -227,7 +227,7 @@ impl Fleet {
             })
         })?;
         let kid = key_id(root);
-        let module = self.module.as_ref();
+        let module = self.module.get()?;
         let bytes = spec
             .encode_and_sign(&kid, &|m: &[u8]| module.sign(m))
             .map_err(issue_error)?;
@@ -356,7 +356,7 @@ impl Fleet {
                 ))
                 .into());
             }
-            let module = self.module.as_ref();
+            let module = self.module.get()?;
             let new_bytes = spec
                 .encode_and_sign(&kid, &|m: &[u8]| module.sign(m))
                 .map_err(issue_error)?;
@@ -438,7 +438,7 @@ impl Fleet {
             subject_key,
         };
         let kid = key_id(&self.live_root()?);
-        let module = self.module.as_ref();
+        let module = self.module.get()?;
         let bytes = spec
             .encode_and_sign(&kid, &|m: &[u8]| module.sign(m))
             .map_err(issue_error)?;

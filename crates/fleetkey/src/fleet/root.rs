@@ -281,7 +281,7 @@ impl Fleet {
             .map_err(|_| StoreError::Corrupt(format!("{META_ROOT_NUMBER}: above 2^32")))?;
         let fleet_id = self.config.fleet_id.clone();
         let new = make_root(
-            self.module.as_ref(),
+            self.module.get()?,
             &fleet_id,
             number,
             backup,
@@ -297,7 +297,7 @@ impl Fleet {
             new_key: new.public,
             new_kid: new_kid.to_vec(),
         };
-        let module = self.module.as_ref();
+        let module = self.module.get()?;
         let bytes = spec
             .encode_and_sign(&key_id(&old), &|m: &[u8]| module.sign(m))
             .map_err(issue_error)?;
@@ -343,7 +343,7 @@ impl Fleet {
         // re-issued and a record published under the new root. Should this be interrupted, the
         // store pins the new root and the next command that signs (or exports) finishes it in
         // the same way (`Fleet::finish_rotation`).
-        self.module.promote_signing_key()?;
+        self.module.get()?.promote_signing_key()?;
         let reason = format!("root rotation: {reason}");
         let finished = self.finish_rotation(&reason)?;
         let (reissued_grants, mut record_sequence) = (finished.reissued, finished.published);
@@ -402,13 +402,13 @@ impl Fleet {
             what: "this fleet's store does not record its root's public key".into(),
             hint: "restore into a new key file with --key-file and --root-public-key".into(),
         })?;
-        if self.module.signing_public_key()?.is_some() {
+        if self.module.get()?.signing_public_key()?.is_some() {
             return Err(Error::Refused {
                 what: "the key module has a governance root already".into(),
                 hint: "nothing to restore: `fleetkey governance show` names the root in use".into(),
             });
         }
-        let report = backup::restore_root_into(self.module.as_ref(), shares, Some(&pinned))?;
+        let report = backup::restore_root_into(self.module.get()?, shares, Some(&pinned))?;
         let draft = self.draft(
             ROOT_RESTORE_ACTION,
             None,
