@@ -415,3 +415,122 @@ fn init_without_backup_warns_that_the_root_cannot_be_replaced() {
         "--publish",
     );
 }
+
+#[test]
+fn grants_are_reissued_by_a_root_rotation_for_devices_that_took_the_handover() {
+    use ed25519_dalek::Signer as _;
+    use fleetkey_core::governance::{
+        Challenge, possession_message, verify_grant, verify_possession,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    ok(
+        &home,
+        &[
+            "init",
+            "--fleet",
+            FLEET,
+            "--scheme",
+            "governed",
+            "--kdf-log-n",
+            "10",
+            "--no-backup",
+            "--publish",
+        ],
+    );
+    let (_, mut device) = pinned(&home);
+    let record1 = hex::decode(
+        json(&home, &["governance", "show"])["record"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    verify_generation_record(&mut device, &record1, now_s()).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let key_file = dir.path().join("jane.pub");
+    std::fs::write(&key_file, hex::encode(key.verifying_key().to_bytes())).unwrap();
+    let old_grant = dir.path().join("grant-1.cose");
+    ok(
+        &home,
+        &[
+            "grant",
+            "issue",
+            "--subject",
+            "jane@workshop-7",
+            "--role",
+            "technician",
+            "--scope",
+            "ECU-00",
+            "--valid-days",
+            "7",
+            "--public-key-file",
+            key_file.to_str().unwrap(),
+            "--out",
+            old_grant.to_str().unwrap(),
+        ],
+    );
+    let old_grant = std::fs::read(old_grant).unwrap();
+    let rotated = json(
+        &home,
+        &[
+            "governance",
+            "rotate-root",
+            "--reason",
+            "yearly",
+            "--no-backup",
+        ],
+    );
+    assert_eq!(rotated["reissued_grants"], serde_json::json!([1]));
+    let out = dir.path().join("records");
+    ok(
+        &home,
+        &["governance", "export", "--out", out.to_str().unwrap()],
+    );
+    let grant = std::fs::read(out.join("grant-1.cose")).unwrap();
+    let shown = json(&home, &["grant", "show", "1"]);
+    assert_eq!(shown["record"], hex::encode(&grant).as_str());
+    let verified = json(
+        &home,
+        &[
+            "governance",
+            "verify",
+            out.join("grant-1.cose").to_str().unwrap(),
+            "--fleet-home",
+            "--serial",
+            "ECU-0001",
+        ],
+    );
+    assert_eq!(verified["verified"], true);
+    // Before the handover the device refuses the new grant and still takes the old one.
+    assert_eq!(
+        verify_grant(&device, &grant, b"ECU-0001", now_s()).map(|g| g.id),
+        Err(GovernanceError::UnknownKid)
+    );
+    assert_eq!(
+        verify_grant(&device, &old_grant, b"ECU-0001", now_s()).map(|g| g.id),
+        Ok(1)
+    );
+    let handover = std::fs::read(out.join("root-handover-2.cose")).unwrap();
+    assert_eq!(verify_handover(&mut device, &handover, now_s()), Ok(()));
+    let record3 = std::fs::read(out.join("generation-record-3.cose")).unwrap();
+    assert_eq!(
+        verify_generation_record(&mut device, &record3, now_s()),
+        Ok(Acceptance::Updated)
+    );
+    let g = verify_grant(&device, &grant, b"ECU-0001", now_s()).unwrap();
+    let challenge = Challenge::from_nonce([1; 32]);
+    let signature = key.sign(&possession_message(g.id, &challenge)).to_bytes();
+    assert_eq!(verify_possession(&g, &challenge, &signature), Ok(()));
+    assert_eq!(
+        verify_grant(&device, &old_grant, b"ECU-0001", now_s()).map(|g| g.id),
+        Err(GovernanceError::UnknownKid)
+    );
+    let events = json(&home, &["audit", "show", "--action", "grant.reissue"]);
+    let events = events
+        .as_array()
+        .cloned()
+        .or_else(|| events["events"].as_array().cloned())
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    ok(&home, &["audit", "verify"]);
+}

@@ -164,20 +164,31 @@ fn errors_say_what_to_do_and_change_nothing() {
         2,
         "csv line 3: she_uid",
     );
+    // A command that needs a key asks for the passphrase (reading ones do not: below).
     let out = fleetkey(&home)
         .env("FLEETKEY_PASSPHRASE", "wrong passphrase")
-        .args(["status"])
+        .args(["device", "provision", "ECU-1"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("FLEETKEY_PASSPHRASE"));
     let out = fleetkey(&home)
         .env_remove("FLEETKEY_PASSPHRASE")
-        .args(["status"])
+        .args(["device", "provision", "ECU-1"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("FLEETKEY_PASSPHRASE is not set"));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("passphrase: FLEETKEY_PASSPHRASE is not set"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: export FLEETKEY_PASSPHRASE"),
+        "{stderr}"
+    );
     // Only the one `device add` changed anything.
     let after = json(&home, &["audit", "verify"])["events"].clone();
     assert_eq!(after.as_u64().unwrap(), before.as_u64().unwrap() + 1);
@@ -185,6 +196,107 @@ fn errors_say_what_to_do_and_change_nothing() {
         json(&home, &["device", "list"]).as_array().unwrap().len(),
         1
     );
+}
+
+/// Commands that touch no key run without the passphrase (unset, stdin closed: nothing could
+/// ask for it); commands that use a key still ask and fail clearly, changing nothing.
+#[test]
+fn reading_commands_need_no_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    ok(
+        &home,
+        &[
+            "init",
+            "--fleet",
+            "tractors",
+            "--scheme",
+            "governed",
+            "--kdf-log-n",
+            "10",
+            "--no-backup",
+            "--publish",
+        ],
+    );
+    ok(&home, &["device", "add", "ECU-1"]);
+    ok(&home, &["device", "provision", "ECU-1"]);
+    let key_file = dir.path().join("jane.pub");
+    std::fs::write(&key_file, "11".repeat(32)).unwrap();
+    ok(
+        &home,
+        &[
+            "grant",
+            "issue",
+            "--subject",
+            "jane",
+            "--role",
+            "technician",
+            "--scope",
+            "ECU-",
+            "--valid-days",
+            "1",
+            "--public-key-file",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    ok(
+        &home,
+        &[
+            "token",
+            "issue",
+            "--principal",
+            "st-1",
+            "--role",
+            "station",
+            "--expires",
+            "1d",
+        ],
+    );
+    let before = json(&home, &["audit", "verify"])["events"].clone();
+    let without = |args: &[&str]| {
+        fleetkey(&home)
+            .env_remove("FLEETKEY_PASSPHRASE")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["status"][..],
+        &["device", "list"],
+        &["device", "show", "ECU-1"],
+        &["generation", "list"],
+        &["rotation", "status"],
+        &["audit", "show"],
+        &["audit", "verify"],
+        &["token", "list"],
+        &["grant", "list"],
+        &["grant", "show", "1"],
+        &["governance", "show"],
+        &["status", "--json"],
+    ] {
+        let out = without(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+    for args in [
+        &["device", "refresh", "ECU-1", "--reason", "x"][..],
+        &["governance", "publish", "--reason", "x"],
+        &["generation", "rotate", "--reason", "x", "--no-backup"],
+    ] {
+        let out = without(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("FLEETKEY_PASSPHRASE is not set"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(json(&home, &["audit", "verify"])["events"], before);
 }
 
 fn registered(home: &Path) -> u64 {

@@ -173,12 +173,18 @@ fn derived_fleet_on_a_token_end_to_end() {
     let status = token.json(&home, &["status"]);
     assert_eq!(status["module"], "pkcs11");
 
-    // Wrong PIN (the PIN file wins over the environment, so change the file): refused, the
-    // audit chain unchanged.
+    // Wrong PIN (the PIN file wins over the environment, so change the file): a command that
+    // needs the token is refused, the audit chain unchanged; one that reads the store does not
+    // log in at all.
     let events = audit["events"].clone();
     std::fs::write(&pin_file, "999999\n").unwrap();
-    let out = token.fleetkey(&home).args(["status"]).output().unwrap();
+    let out = token
+        .fleetkey(&home)
+        .args(["device", "refresh", "ECU-1", "--reason", "wrong pin"])
+        .output()
+        .unwrap();
     failed_saying(&out, "PIN");
+    assert_eq!(token.json(&home, &["status"])["module"], "pkcs11");
     std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
     assert_eq!(token.json(&home, &["audit", "verify"])["events"], events);
 }

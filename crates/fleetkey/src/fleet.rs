@@ -32,6 +32,7 @@ mod ceremony;
 pub mod delivery;
 mod devices;
 mod generations;
+mod gov_store;
 pub mod governance;
 pub mod material;
 pub mod network;
@@ -104,11 +105,73 @@ pub struct InitOptions {
     pub backup: MasterBackup,
 }
 
-/// An open fleet.
+/// Opens a fleet's key module (the soft key file's scrypt unlock, or the token login) when an
+/// operation first needs a key: see [`Fleet::open_with_opener`].
+pub type ModuleOpener = Box<dyn Fn() -> Result<Arc<dyn KeyModule>, Error> + Send + Sync>;
+
+/// The key module of a fleet handle: open already, or opened on first use (once; an opener that
+/// fails is tried again on the next use).
+struct LazyModule {
+    kind: &'static str,
+    module: std::sync::OnceLock<Arc<dyn KeyModule>>,
+    opener: Option<ModuleOpener>,
+}
+
+impl LazyModule {
+    fn open(module: Arc<dyn KeyModule>) -> Self {
+        let kind = module.kind();
+        LazyModule {
+            kind,
+            module: std::sync::OnceLock::from(module),
+            opener: None,
+        }
+    }
+
+    fn lazy(config: &ModuleConfig, opener: ModuleOpener) -> Self {
+        LazyModule {
+            kind: module_kind(config),
+            module: std::sync::OnceLock::new(),
+            opener: Some(opener),
+        }
+    }
+
+    /// The module, opened now if it was not yet.
+    fn get(&self) -> Result<&dyn KeyModule, Error> {
+        if let Some(module) = self.module.get() {
+            return Ok(module.as_ref());
+        }
+        let opener = self.opener.as_ref().ok_or_else(|| Error::Refused {
+            what: "this fleet handle has no key module".into(),
+            hint: "open the fleet with `Fleet::open`".into(),
+        })?;
+        let opened = opener()?;
+        Ok(self.module.get_or_init(|| opened).as_ref())
+    }
+
+    /// The module kind (`soft`, `pkcs11`), without opening it.
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn is_open(&self) -> bool {
+        self.module.get().is_some()
+    }
+}
+
+/// The kind of module a configuration names, as [`KeyModule::kind`] says it.
+fn module_kind(config: &ModuleConfig) -> &'static str {
+    match config {
+        ModuleConfig::Soft { .. } => "soft",
+        ModuleConfig::Pkcs11 { .. } => "pkcs11",
+    }
+}
+
+/// An open fleet: its configuration, store and key module (opened already, or when an operation
+/// first needs a key: [`Fleet::open_with_opener`]).
 pub struct Fleet {
     home: PathBuf,
     config: FleetConfig,
-    module: Arc<dyn KeyModule>,
+    module: LazyModule,
     store: Box<dyn Store>,
     access: Access,
     /// Devices per transaction in bulk work.
@@ -120,6 +183,7 @@ impl std::fmt::Debug for Fleet {
         f.debug_struct("Fleet")
             .field("home", &self.home)
             .field("config", &self.config)
+            .field("module_open", &self.module.is_open())
             .finish_non_exhaustive()
     }
 }
@@ -291,7 +355,7 @@ impl Fleet {
         let mut fleet = Fleet {
             home: home.to_owned(),
             config,
-            module,
+            module: LazyModule::open(module),
             store,
             access,
             batch: BATCH,
@@ -378,10 +442,33 @@ impl Fleet {
         Ok(fleet)
     }
 
-    /// Opens an existing fleet home.
+    /// Opens an existing fleet home, its key module unlocked now (the soft key file under the
+    /// access's passphrase, or the token's login): a wrong passphrase is refused here.
     pub fn open(home: &Path, access: Access) -> Result<Fleet, Error> {
         let module = open_module(home, &access)?;
         Self::open_with_module(home, module, access)
+    }
+
+    /// Opens an existing fleet home, its configuration and store; the key module is opened by
+    /// `opener` when an operation first needs a key (e.g. an opener that only then asks for the
+    /// passphrase). Reading the fleet (status, lists, audit, tokens, grants, the governance
+    /// record) never calls it, so costs no scrypt unlock and no login; a wrong passphrase is
+    /// refused by the first operation that needs a key, before it changes anything.
+    pub fn open_with_opener(
+        home: &Path,
+        access: Access,
+        opener: ModuleOpener,
+    ) -> Result<Fleet, Error> {
+        let config = FleetConfig::load(home)?;
+        let store = open_store(home, &config.store, false)?;
+        Ok(Fleet {
+            home: home.to_owned(),
+            module: LazyModule::lazy(&config.module, opener),
+            config,
+            store,
+            access,
+            batch: BATCH,
+        })
     }
 
     /// Opens an existing fleet home with a key module opened already by [`open_module`]: many
@@ -397,7 +484,7 @@ impl Fleet {
         Ok(Fleet {
             home: home.to_owned(),
             config,
-            module,
+            module: LazyModule::open(module),
             store,
             access,
             batch: BATCH,
@@ -414,9 +501,10 @@ impl Fleet {
         &self.config
     }
 
-    /// The key module: only for the fleet's own operations, which audit what they do with it.
-    pub(crate) fn module(&self) -> &dyn KeyModule {
-        self.module.as_ref()
+    /// The key module, opened now if no operation has needed it yet: only for the fleet's own
+    /// operations, which audit what they do with it.
+    pub(crate) fn module(&self) -> Result<&dyn KeyModule, Error> {
+        self.module.get()
     }
 
     /// The store, for direct reads and tests.
@@ -494,13 +582,13 @@ impl Fleet {
         };
         let bytes = hex::decode(hex_text)
             .map_err(|e| StoreError::Corrupt(format!("{META_TRANSPORT_KEY}: {e}")))?;
-        let key = self.module.unwrap(&WrappedKey(bytes))?;
+        let key = self.module.get()?.unwrap(&WrappedKey(bytes))?;
         Ok(Key128::from_slice(&key))
     }
 
     /// Sets (or replaces) the SHE transport key.
     pub fn set_transport_key(&mut self, key: &Key128) -> Result<(), Error> {
-        let wrapped = self.module.wrap(key.expose_secret())?;
+        let wrapped = self.module.get()?.wrap(key.expose_secret())?;
         let draft = self.draft(
             "fleet.she_transport_key",
             None,
@@ -537,11 +625,18 @@ impl Fleet {
 /// Opens the key module of the fleet at `home` (the soft file under the access's passphrase, or
 /// the PKCS#11 token), to share between [`Fleet::open_with_module`] handles.
 pub fn open_module(home: &Path, access: &Access) -> Result<Arc<dyn KeyModule>, Error> {
-    let config = FleetConfig::load(home)?;
+    open_module_with(home, &FleetConfig::load(home)?, &access.passphrase)
+}
+
+fn open_module_with(
+    home: &Path,
+    config: &FleetConfig,
+    passphrase: &SecretString,
+) -> Result<Arc<dyn KeyModule>, Error> {
     Ok(match &config.module {
         ModuleConfig::Soft { file } => Arc::new(SoftModule::open(
             home.join(file),
-            access.passphrase.expose_secret(),
+            passphrase.expose_secret(),
         )?),
         ModuleConfig::Pkcs11 { .. } => Arc::new(open_pkcs11(&config.module, &config.fleet_id)?),
     })

@@ -421,3 +421,51 @@ fn bulk_provisioning_writes_material_and_activates() {
     assert_eq!(fleet.devices(&active, None, 30_000).unwrap().len(), 25_000);
     fleet.audit_verify().unwrap();
 }
+
+#[test]
+fn a_fleet_opened_with_an_opener_opens_the_module_only_for_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fleet = init(dir.path(), Scheme::Derived);
+    add(&mut fleet, "ECU-1");
+    drop(fleet);
+    let home = dir.path().join("home");
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let opener = |fail: bool| -> fleetkey::fleet::ModuleOpener {
+        let calls = Arc::clone(&calls);
+        let home = home.clone();
+        Box::new(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if fail {
+                return Err(Error::invalid("passphrase", "none given"));
+            }
+            fleetkey::fleet::open_module(&home, &access())
+        })
+    };
+    let mut fleet = Fleet::open_with_opener(&home, access(), opener(true)).unwrap();
+    let status = fleet.status().unwrap();
+    assert_eq!(status.module, "soft");
+    fleet.device(&serial("ECU-1")).unwrap();
+    fleet.devices(&DeviceFilter::default(), None, 10).unwrap();
+    fleet.audit_verify().unwrap();
+    fleet.rotation_status().unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // An operation that needs a key fails with the opener's error and changes nothing.
+    let events = fleet.audit_verify().unwrap();
+    assert!(matches!(
+        fleet.provision(&serial("ECU-1")),
+        Err(Error::Invalid { .. })
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(fleet.audit_verify().unwrap(), events);
+    assert_eq!(
+        fleet.device(&serial("ECU-1")).unwrap().state,
+        State::PreActive
+    );
+    drop(fleet);
+    // With a working opener the module is opened once, at the first key.
+    calls.store(0, Ordering::SeqCst);
+    let mut fleet = Fleet::open_with_opener(&home, access(), opener(false)).unwrap();
+    fleet.provision(&serial("ECU-1")).unwrap();
+    fleet.refresh(&serial("ECU-1"), "again").unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

@@ -7,21 +7,23 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use ed25519_dalek::Signer as _;
 use fleetkey::backup::{self, BackupError, Secret, Share};
-use fleetkey::error::Error;
+use fleetkey::error::{Error, ModuleError};
 use fleetkey::fleet::root::ROOT_ROTATE_ACTION;
 use fleetkey::fleet::{Access, Clock, Fleet, InitOptions, MasterBackup, SecretString};
 use fleetkey::governance::{GenerationRecordSpec, key_id};
-use fleetkey::model::Scheme;
-use fleetkey::module::KeyModule;
+use fleetkey::model::{Scheme, WrappedKey};
 use fleetkey::module::soft::{SoftModule, WorkFactor};
+use fleetkey::module::{BulkDeriver, KeyModule, SigningSeed};
+use fleetkey_core::derive::{DeviceKeyInputs, Generation};
 use fleetkey_core::governance::{
-    Acceptance, GovernanceError, GovernanceState, Record, RootKey, inspect_unverified,
-    verify_generation_record, verify_handover,
+    Acceptance, Challenge, GovernanceError, GovernanceState, Record, Role, RootKey,
+    inspect_unverified, possession_message, verify_generation_record, verify_grant,
+    verify_handover, verify_possession,
 };
 
 const START_MS: i64 = 1_767_225_600_000;
@@ -480,4 +482,417 @@ fn root_operations_are_refused_outside_the_governed_scheme() {
         fleet.restore_root(&[], "x"),
         Err(Error::Refused { .. })
     ));
+}
+
+/// A soft module that fails, once, where a crash would interrupt a root rotation: the promote
+/// (after the handover is recorded), or the first signature after the promote (the grants'
+/// re-issue).
+struct Interrupting {
+    inner: SoftModule,
+    fail_promote: AtomicBool,
+    fail_sign_after_promote: AtomicBool,
+    promoted: AtomicBool,
+}
+
+impl Interrupting {
+    fn open(home: &Path, fail_promote: bool) -> Arc<dyn KeyModule> {
+        Arc::new(Interrupting {
+            inner: SoftModule::open(home.join("keys.age"), PASSPHRASE).unwrap(),
+            fail_promote: AtomicBool::new(fail_promote),
+            fail_sign_after_promote: AtomicBool::new(!fail_promote),
+            promoted: AtomicBool::new(false),
+        })
+    }
+}
+
+fn interrupted() -> ModuleError {
+    ModuleError::Backend {
+        operation: "test",
+        detail: "interrupted".into(),
+    }
+}
+
+impl KeyModule for Interrupting {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn create_master(&self, g: Generation) -> Result<(), ModuleError> {
+        self.inner.create_master(g)
+    }
+    fn import_master(
+        &self,
+        g: Generation,
+        m: &fleetkey_core::MasterKey,
+    ) -> Result<(), ModuleError> {
+        self.inner.import_master(g, m)
+    }
+    fn masters(&self) -> Result<Vec<Generation>, ModuleError> {
+        self.inner.masters()
+    }
+    fn derive(
+        &self,
+        g: Generation,
+        i: &DeviceKeyInputs<'_>,
+    ) -> Result<fleetkey_core::derive::DeviceKey, ModuleError> {
+        self.inner.derive(g, i)
+    }
+    fn bulk_deriver(&self, g: Generation) -> Result<Box<dyn BulkDeriver + '_>, ModuleError> {
+        self.inner.bulk_deriver(g)
+    }
+    fn destroy_master(&self, g: Generation) -> Result<(), ModuleError> {
+        self.inner.destroy_master(g)
+    }
+    fn ensure_kek(&self) -> Result<(), ModuleError> {
+        self.inner.ensure_kek()
+    }
+    fn wrap(&self, key: &[u8]) -> Result<WrappedKey, ModuleError> {
+        self.inner.wrap(key)
+    }
+    fn unwrap(&self, w: &WrappedKey) -> Result<zeroize::Zeroizing<Vec<u8>>, ModuleError> {
+        self.inner.unwrap(w)
+    }
+    fn new_wrapped_root(&self) -> Result<WrappedKey, ModuleError> {
+        self.inner.new_wrapped_root()
+    }
+    fn derive_with_root(
+        &self,
+        r: &WrappedKey,
+        i: &DeviceKeyInputs<'_>,
+    ) -> Result<fleetkey_core::derive::DeviceKey, ModuleError> {
+        self.inner.derive_with_root(r, i)
+    }
+    fn ensure_signing_key(&self) -> Result<[u8; 32], ModuleError> {
+        self.inner.ensure_signing_key()
+    }
+    fn signing_public_key(&self) -> Result<Option<[u8; 32]>, ModuleError> {
+        self.inner.signing_public_key()
+    }
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], ModuleError> {
+        if self.promoted.load(Ordering::SeqCst)
+            && self.fail_sign_after_promote.swap(false, Ordering::SeqCst)
+        {
+            return Err(interrupted());
+        }
+        self.inner.sign(message)
+    }
+    fn import_signing_key(&self, seed: &SigningSeed) -> Result<[u8; 32], ModuleError> {
+        self.inner.import_signing_key(seed)
+    }
+    fn stage_signing_key(&self, seed: Option<&SigningSeed>) -> Result<[u8; 32], ModuleError> {
+        self.inner.stage_signing_key(seed)
+    }
+    fn staged_signing_public_key(&self) -> Result<Option<[u8; 32]>, ModuleError> {
+        self.inner.staged_signing_public_key()
+    }
+    fn promote_signing_key(&self) -> Result<[u8; 32], ModuleError> {
+        if self.fail_promote.swap(false, Ordering::SeqCst) {
+            return Err(interrupted());
+        }
+        let public = self.inner.promote_signing_key()?;
+        self.promoted.store(true, Ordering::SeqCst);
+        Ok(public)
+    }
+}
+
+/// A governed fleet on a clock the test moves, with a first record, and three grants: 1 live,
+/// 2 denied, 3 expired by the time of the rotation. Returns the fleet, the clock, the device
+/// pinned to root 1 (which accepted the first record and grant 1) and grant 1's old bytes.
+fn fleet_with_grants(home: &Path) -> (Fleet, Arc<AtomicI64>, GovernanceState, Vec<u8>) {
+    let clock = Arc::new(AtomicI64::new(START_MS));
+    let access = Access {
+        passphrase: SecretString::from(PASSPHRASE.to_owned()),
+        actor: "test".into(),
+        clock: Arc::new(TestClock(Arc::clone(&clock))),
+    };
+    let options = InitOptions {
+        fleet_id: "tractors".into(),
+        scheme: Scheme::Governed,
+        she_transport_key: None,
+        work_factor: WorkFactor::Log2(4),
+        backup: MasterBackup::NoBackup,
+    };
+    let mut fleet = Fleet::init(home, options, access).unwrap();
+    let (root1, kid1) = fleet.governance_root().unwrap();
+    let mut device = GovernanceState::new("tractors", RootKey::new(root1, &kid1).unwrap()).unwrap();
+    let record = fleet.publish_generation_record("first", 30 * DAY).unwrap();
+    verify_generation_record(&mut device, &record.bytes, now_s()).unwrap();
+    let key = technician_key();
+    let (id, grant1) = fleet
+        .issue_grant(
+            "jane",
+            Role::Technician,
+            &[b"ECU-".to_vec()],
+            7 * DAY,
+            key.verifying_key().to_bytes(),
+        )
+        .unwrap();
+    assert_eq!(id, 1);
+    fleet
+        .issue_grant("lost", Role::Operator, &[Vec::new()], 7 * DAY, [8; 32])
+        .unwrap();
+    fleet
+        .issue_grant(
+            "brief",
+            Role::Technician,
+            &[Vec::new()],
+            Duration::from_secs(3600),
+            [9; 32],
+        )
+        .unwrap();
+    fleet.deny_grant(2, "laptop lost").unwrap();
+    assert_eq!(
+        verify_grant(&device, &grant1, b"ECU-0001", now_s()).map(|g| g.id),
+        Ok(1)
+    );
+    clock.fetch_add(2 * 3600 * 1000, Ordering::Relaxed);
+    (fleet, clock, device, grant1)
+}
+
+fn technician_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+}
+
+fn names(paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn reissue_events(fleet: &mut Fleet) -> Vec<serde_json::Value> {
+    let filter = fleetkey::audit::AuditFilter {
+        action: Some("grant.reissue".into()),
+        ..Default::default()
+    };
+    fleet
+        .audit_show(&filter, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.draft.details)
+        .collect()
+}
+
+/// A device that took the handover accepts the exported grant (and its proof of possession);
+/// before the handover it refuses it (a record of a root it does not pin) and still accepts the
+/// old bytes, as it accepts every record of the old root until then.
+fn check_device_takes_reissued_grant(
+    device: &mut GovernanceState,
+    out: &Path,
+    handover: &str,
+    record: &str,
+    old_grant: &[u8],
+) {
+    let now = now_s() + 2 * 3600;
+    let grant = std::fs::read(out.join("grant-1.cose")).unwrap();
+    assert_eq!(
+        verify_grant(device, &grant, b"ECU-0001", now).map(|g| g.id),
+        Err(GovernanceError::UnknownKid)
+    );
+    assert_eq!(
+        verify_grant(device, old_grant, b"ECU-0001", now).map(|g| g.id),
+        Ok(1)
+    );
+    let handover = std::fs::read(out.join(handover)).unwrap();
+    assert_eq!(verify_handover(device, &handover, now), Ok(()));
+    let record = std::fs::read(out.join(record)).unwrap();
+    assert_eq!(
+        verify_generation_record(device, &record, now),
+        Ok(Acceptance::Updated)
+    );
+    let g = verify_grant(device, &grant, b"ECU-0001", now).unwrap();
+    let Ok((_, Record::Grant(old))) = inspect_unverified(old_grant) else {
+        panic!("not a grant");
+    };
+    // The same grant: id, subject, role, scope, key and window; only kid and signature differ.
+    assert_eq!(
+        (
+            g.id,
+            g.subject,
+            g.role,
+            g.scope,
+            g.subject_key,
+            g.not_before,
+            g.not_after
+        ),
+        (
+            old.id,
+            old.subject,
+            old.role,
+            old.scope,
+            old.subject_key,
+            old.not_before,
+            old.not_after
+        )
+    );
+    let challenge = Challenge::from_nonce([5; 32]);
+    let signature = technician_key()
+        .sign(&possession_message(g.id, &challenge))
+        .to_bytes();
+    assert_eq!(verify_possession(&g, &challenge, &signature), Ok(()));
+    // The old root's grant is refused once the device pins the new root.
+    assert_eq!(
+        verify_grant(device, old_grant, b"ECU-0001", now).map(|g| g.id),
+        Err(GovernanceError::UnknownKid)
+    );
+    // The deny list still names grant 2.
+    assert!(device.denied_grants().contains(&2));
+}
+
+#[test]
+fn rotate_root_reissues_the_live_grants_under_the_new_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut fleet, _clock, mut device, old_grant) = fleet_with_grants(&dir.path().join("home"));
+    let (_, kid1) = fleet.governance_root().unwrap();
+    let rotation = fleet
+        .rotate_root("yearly", &MasterBackup::NoBackup, 30 * DAY)
+        .unwrap();
+    assert_eq!(rotation.reissued_grants, vec![1]);
+    let out = dir.path().join("records");
+    let written = fleet.export_records(&out).unwrap();
+    // Grant 2 is denied, grant 3 expired under root 1: neither is written.
+    let handover = format!("root-handover-{}.cose", rotation.handover.sequence);
+    let record = format!(
+        "generation-record-{}.cose",
+        rotation.record_sequence.unwrap()
+    );
+    assert_eq!(names(&written), [&handover, &record, "grant-1.cose"]);
+    // The store holds the re-issued grant; nothing else about it changed.
+    let info = fleet.grant(1).unwrap();
+    assert_eq!(
+        hex::decode(&info.record).unwrap(),
+        std::fs::read(out.join("grant-1.cose")).unwrap()
+    );
+    assert!(!info.denied);
+    let events = reissue_events(&mut fleet);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["grant"], 1);
+    assert_eq!(events[0]["old_kid"], hex::encode(kid1));
+    assert_eq!(events[0]["kid"], hex::encode(rotation.new_kid));
+    check_device_takes_reissued_grant(&mut device, &out, &handover, &record, &old_grant);
+    // Denying the re-issued grant works by its id, as before.
+    let denial = fleet.deny_grant(1, "left the company").unwrap();
+    verify_generation_record(&mut device, &denial.bytes, now_s() + 7200).unwrap();
+    let grant = std::fs::read(out.join("grant-1.cose")).unwrap();
+    assert_eq!(
+        verify_grant(&device, &grant, b"ECU-0001", now_s() + 7200).map(|g| g.id),
+        Err(GovernanceError::Denied)
+    );
+    // A second rotation with nothing live re-issues nothing.
+    let again = fleet
+        .rotate_root("again", &MasterBackup::NoBackup, 30 * DAY)
+        .unwrap();
+    assert!(again.reissued_grants.is_empty());
+    fleet.audit_verify().unwrap();
+}
+
+#[test]
+fn a_rotation_interrupted_before_the_promote_is_finished_by_the_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let (fleet, clock, mut device, old_grant) = fleet_with_grants(&home);
+    drop(fleet);
+    let access = || Access {
+        passphrase: SecretString::from(PASSPHRASE.to_owned()),
+        actor: "test".into(),
+        clock: Arc::new(TestClock(Arc::clone(&clock))),
+    };
+    let mut fleet =
+        Fleet::open_with_module(&home, Interrupting::open(&home, true), access()).unwrap();
+    assert!(
+        fleet
+            .rotate_root("yearly", &MasterBackup::NoBackup, 30 * DAY)
+            .is_err()
+    );
+    drop(fleet);
+    // The store pins root 2; the module still signs with root 1 and has root 2 staged; grant 1
+    // and the newest record are root 1's.
+    let mut fleet = Fleet::open(&home, access()).unwrap();
+    let (root2, kid2) = fleet.governance_root().unwrap();
+    assert_eq!(
+        file_module(&home).staged_signing_public_key().unwrap(),
+        Some(root2)
+    );
+    assert!(reissue_events(&mut fleet).is_empty());
+    let out = dir.path().join("records");
+    let written = fleet.export_records(&out).unwrap();
+    // Export finished the rotation: root 2 promoted, grant 1 re-issued, a record of root 2.
+    assert_eq!(
+        file_module(&home).staged_signing_public_key().unwrap(),
+        None
+    );
+    assert_eq!(
+        file_module(&home).signing_public_key().unwrap(),
+        Some(root2)
+    );
+    let events = reissue_events(&mut fleet);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["kid"], hex::encode(kid2));
+    assert_eq!(
+        events[0]["reason"],
+        "root rotation finished after an interruption"
+    );
+    let handovers = fleet.handovers().unwrap();
+    let handover = format!("root-handover-{}.cose", handovers[0].sequence);
+    let latest = fleet.latest_generation_record().unwrap().unwrap();
+    assert!(latest.sequence > handovers[0].sequence);
+    let record = format!("generation-record-{}.cose", latest.sequence);
+    assert_eq!(names(&written), [&handover, &record, "grant-1.cose"]);
+    check_device_takes_reissued_grant(&mut device, &out, &handover, &record, &old_grant);
+    // A second export has nothing left to finish: the same files.
+    let again = fleet.export_records(&out).unwrap();
+    assert_eq!(again, written);
+    assert_eq!(reissue_events(&mut fleet).len(), 1);
+    fleet.audit_verify().unwrap();
+}
+
+#[test]
+fn a_rotation_interrupted_after_the_promote_is_finished_by_the_next_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let (fleet, clock, mut device, old_grant) = fleet_with_grants(&home);
+    drop(fleet);
+    let access = || Access {
+        passphrase: SecretString::from(PASSPHRASE.to_owned()),
+        actor: "test".into(),
+        clock: Arc::new(TestClock(Arc::clone(&clock))),
+    };
+    let mut fleet =
+        Fleet::open_with_module(&home, Interrupting::open(&home, false), access()).unwrap();
+    assert!(
+        fleet
+            .rotate_root("yearly", &MasterBackup::NoBackup, 30 * DAY)
+            .is_err()
+    );
+    drop(fleet);
+    // Root 1 is destroyed, root 2 signs; grant 1 is still root 1's and not exported as such.
+    let mut fleet = Fleet::open(&home, access()).unwrap();
+    let (root2, _) = fleet.governance_root().unwrap();
+    assert_eq!(
+        file_module(&home).signing_public_key().unwrap(),
+        Some(root2)
+    );
+    assert_eq!(
+        hex::decode(fleet.grant(1).unwrap().record).unwrap(),
+        old_grant
+    );
+    // The next command that signs re-issues it first.
+    let published = fleet
+        .publish_generation_record("after the crash", 30 * DAY)
+        .unwrap();
+    assert_eq!(reissue_events(&mut fleet).len(), 1);
+    let out = dir.path().join("records");
+    let written = fleet.export_records(&out).unwrap();
+    let handover = format!(
+        "root-handover-{}.cose",
+        fleet.handovers().unwrap()[0].sequence
+    );
+    let record = format!("generation-record-{}.cose", published.sequence);
+    assert_eq!(names(&written), [&handover, &record, "grant-1.cose"]);
+    check_device_takes_reissued_grant(&mut device, &out, &handover, &record, &old_grant);
+    fleet.audit_verify().unwrap();
+}
+
+/// The fleet's key file as it is on disk now (what the fleet's module holds after its writes).
+fn file_module(home: &Path) -> SoftModule {
+    SoftModule::open(home.join("keys.age"), PASSPHRASE).unwrap()
 }

@@ -42,17 +42,29 @@ impl Global {
         })
     }
 
-    /// Opens the fleet at `--home`.
+    /// Opens the fleet at `--home`. The key module is opened only when the command first needs
+    /// a key: only then is the passphrase read (or the token's PIN), so a command that reads the
+    /// fleet asks for nothing and costs no scrypt unlock.
     pub(crate) fn open(&self) -> Result<Fleet, CliError> {
         // A fleet on a PKCS#11 token has no key file: its PIN is read at open, no passphrase.
         let on_token = FleetConfig::load(&self.home)
             .is_ok_and(|c| matches!(c.module, ModuleConfig::Pkcs11 { .. }));
-        let access = if on_token {
-            self.access_with(SecretString::from(String::new()))?
-        } else {
-            self.access(false)?
-        };
-        Fleet::open(&self.home, access).map_err(CliError::from)
+        let home = self.home.clone();
+        let opener: fleetkey::fleet::ModuleOpener = Box::new(move || {
+            let passphrase = if on_token {
+                SecretString::from(String::new())
+            } else {
+                read_passphrase(false).map_err(|problem| Error::invalid("passphrase", problem))?
+            };
+            let access = Access {
+                passphrase,
+                actor: String::new(),
+                clock: Arc::new(SystemClock),
+            };
+            fleetkey::fleet::open_module(&home, &access)
+        });
+        let access = self.access_with(SecretString::from(String::new()))?;
+        Fleet::open_with_opener(&self.home, access, opener).map_err(CliError::from)
     }
 
     /// Opens more handles on the fleet at `--home` (the service's pool): the key module is opened
@@ -112,26 +124,40 @@ impl Global {
 
 /// The soft key file's passphrase: `FLEETKEY_PASSPHRASE`, or a prompt at a terminal. Never argv.
 fn passphrase(confirm: bool) -> Result<SecretString, CliError> {
+    read_passphrase(confirm).map_err(passphrase_error)
+}
+
+/// Why no passphrase could be read, when nothing can ask for it.
+const NO_PASSPHRASE: &str = "FLEETKEY_PASSPHRASE is not set and there is no terminal to ask";
+
+/// Bad input in the `passphrase` field, with the hint when nothing could ask for it.
+fn passphrase_error(problem: impl std::fmt::Display) -> CliError {
+    let problem = problem.to_string();
+    let err = CliError::input("passphrase", &problem);
+    if problem == NO_PASSPHRASE {
+        err.hint("export FLEETKEY_PASSPHRASE, or run at a terminal")
+    } else {
+        err
+    }
+}
+
+/// [`passphrase`], its error the problem with the `passphrase` field (never the passphrase).
+fn read_passphrase(confirm: bool) -> Result<SecretString, String> {
     if let Ok(p) = std::env::var("FLEETKEY_PASSPHRASE") {
         return Ok(SecretString::from(p));
     }
     if !std::io::stdin().is_terminal() {
-        return Err(CliError::input(
-            "passphrase",
-            "FLEETKEY_PASSPHRASE is not set and there is no terminal to ask",
-        )
-        .hint("export FLEETKEY_PASSPHRASE, or run at a terminal"));
+        return Err(NO_PASSPHRASE.into());
     }
-    let first = rpassword::prompt_password("fleet key file passphrase: ")
-        .map_err(|e| CliError::input("passphrase", e))?;
+    let first =
+        rpassword::prompt_password("fleet key file passphrase: ").map_err(|e| e.to_string())?;
     if confirm {
-        let second =
-            rpassword::prompt_password("again: ").map_err(|e| CliError::input("passphrase", e))?;
+        let second = rpassword::prompt_password("again: ").map_err(|e| e.to_string())?;
         if first != second {
-            return Err(CliError::input("passphrase", "the two entries differ"));
+            return Err("the two entries differ".into());
         }
         if first.len() < 12 {
-            return Err(CliError::input("passphrase", "at least 12 characters"));
+            return Err("at least 12 characters".into());
         }
     }
     Ok(SecretString::from(first))
@@ -141,6 +167,8 @@ impl From<Error> for CliError {
     fn from(e: Error) -> Self {
         let hint = e.hint();
         let err = match &e {
+            // The passphrase asked for when the command first needed a key (see `Global::open`).
+            Error::Invalid { field, problem } if field == "passphrase" => passphrase_error(problem),
             Error::Invalid { field, problem } => CliError::input(field, problem),
             // A PIN or KEK file that is not one is bad input, whichever command reads it.
             Error::Module(fleetkey::ModuleError::SecretFile {

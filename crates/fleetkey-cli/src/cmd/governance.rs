@@ -44,8 +44,8 @@ Examples:
     /// .cose files.
     #[command(after_help = "\
 Files: root-handover-<seq>.cose (every root handover, to push first and in order),
-generation-record-<seq>.cose and grant-<id>.cose (tagged COSE_Sign1), written through a
-temporary file and a rename, for a gateway to push over CAN.
+generation-record-<seq>.cose and grant-<id>.cose (tagged COSE_Sign1; grants signed by the root
+devices pin), written through a temporary file and a rename, for a gateway to push over CAN.
 
 Example:
   fleetkey governance export --out ./records")]
@@ -55,8 +55,10 @@ Example:
 The new root is made in the key module beside the old one, with the same backup ceremony as a
 master (--custodian ... --threshold M --shares-dir DIR, or --no-backup). The old root signs a
 handover record (kind 3) naming the new root, with the next sequence; it is stored with its audit
-event, the old root is destroyed in the key module, and the new root signs a new generation record.
-Export and push the handover before any record of the new root: a device takes it once and then
+event, the old root is destroyed in the key module, the new root re-issues every live grant (not
+denied, not expired: same id, subject, scope, key and window, audit grant.reissue) and signs a new
+generation record. A rotation interrupted after the handover is finished the same way by the next
+command that signs or exports. Export and push the handover before any record of the new root: a device takes it once and then
 pins the new root. A device that has not taken it before it expires (--valid-days) can never be
 moved.
 
@@ -305,6 +307,7 @@ fn rotate_root(global: &Global, a: &RotateRootArgs) -> Result<(), CliError> {
         "root_public_key": hex::encode(r.new_public_key), "root_kid": hex::encode(r.new_kid),
         "root_number": r.number, "handover_sequence": r.handover.sequence,
         "handover": hex::encode(&r.handover.bytes), "record_sequence": r.record_sequence,
+        "reissued_grants": r.reissued_grants,
     });
     global.print(&out, |_| {
         format!(
@@ -320,7 +323,18 @@ fn rotate_root(global: &Global, a: &RotateRootArgs) -> Result<(), CliError> {
                 .map(|s| format!(" Generation record {s} is signed by the new root."))
                 .unwrap_or_default(),
             r.handover.sequence,
-        )
+        ) + &if r.reissued_grants.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "\nRe-issued under the new root (same ids and windows): grant(s) {}.",
+                r.reissued_grants
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
     })
 }
 

@@ -554,12 +554,12 @@ impl Fleet {
         let mut derivers: Vec<(u32, Box<dyn crate::module::BulkDeriver + '_>)> = Vec::new();
         for r in records {
             let keys = if let KeySource::Root(_) = KeySource::of(r, r.generation) {
-                super::material::DeviceKeys::derive(self.module(), r, r.generation, r.revision)?
+                super::material::DeviceKeys::derive(self.module()?, r, r.generation, r.revision)?
             } else {
                 if !derivers.iter().any(|(g, _)| *g == r.generation) {
                     derivers.push((
                         r.generation,
-                        self.module.bulk_deriver(Generation(r.generation))?,
+                        self.module.get()?.bulk_deriver(Generation(r.generation))?,
                     ));
                 }
                 let deriver = derivers
@@ -667,7 +667,7 @@ impl Fleet {
             let roots = self.new_device_roots(page.len())?;
             let change = self.change(reason);
             let mut draft = self.draft("device.refresh", None, vec![], serde_json::json!({}));
-            let module = self.module.as_ref();
+            let module = self.module.get()?;
             let (updates, id) = transact(self.store.as_mut(), |tx| {
                 let fleet = fleet_info(tx)?;
                 let mut updates = Vec::with_capacity(page.len());

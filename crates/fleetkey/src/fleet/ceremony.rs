@@ -145,7 +145,7 @@ impl Fleet {
                 hint: "restore into a new key file (--key-file) only for forensics".into(),
             });
         }
-        let report = backup::restore_into(self.module.as_ref(), shares, generation)?;
+        let report = backup::restore_into(self.module.get()?, shares, generation)?;
         let draft = self.draft(
             RESTORE_ACTION,
             Some(report.generation),

@@ -450,7 +450,7 @@ impl Fleet {
                     if from_root.is_some() {
                         old.wrapped_root = from_root;
                     }
-                    let update = key_update(self.module.as_ref(), &old, device)?;
+                    let update = key_update(self.module.get()?, &old, device)?;
                     push_update_line(&mut lines, &update)?;
                     sent.push(update.device.serial.clone());
                 }

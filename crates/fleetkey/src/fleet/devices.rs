@@ -109,7 +109,7 @@ impl Fleet {
             vec![serial.clone()],
             serde_json::json!({}),
         );
-        let module = self.module.as_ref();
+        let module = self.module.get()?;
         transact(self.store.as_mut(), |tx| {
             let mut record = device(tx, serial)?;
             let first = record.state == State::PreActive;
@@ -159,7 +159,7 @@ impl Fleet {
             vec![serial.clone()],
             serde_json::json!({}),
         );
-        let module = self.module.as_ref();
+        let module = self.module.get()?;
         transact(self.store.as_mut(), |tx| {
             let fleet = fleet_info(tx)?;
             let old = device(tx, serial)?;

@@ -65,13 +65,13 @@ impl Fleet {
                 .last()
                 .map_or(1, |g| g.generation.saturating_add(1)))
         })?;
-        if self.module.masters()?.contains(&Generation(next)) {
+        if self.module.get()?.masters()?.contains(&Generation(next)) {
             // A master left by an interrupted earlier attempt: never reuse key material whose
             // creation was not recorded.
-            self.module.destroy_master(Generation(next))?;
+            self.module.get()?.destroy_master(Generation(next))?;
         }
         let new_master = ceremony::create_master(
-            self.module.as_ref(),
+            self.module.get()?,
             &self.config.fleet_id,
             next,
             backup,
@@ -113,7 +113,12 @@ impl Fleet {
         reason: &str,
     ) -> Result<GenerationRecord, Error> {
         self.require_derived("activate generation")?;
-        if !self.module.masters()?.contains(&Generation(generation)) {
+        if !self
+            .module
+            .get()?
+            .masters()?
+            .contains(&Generation(generation))
+        {
             return Err(crate::error::ModuleError::NoMaster(generation).into());
         }
         let change = self.change(reason);
@@ -215,7 +220,7 @@ impl Fleet {
             reason,
             force,
         )?;
-        match self.module.destroy_master(Generation(generation)) {
+        match self.module.get()?.destroy_master(Generation(generation)) {
             Ok(()) | Err(crate::error::ModuleError::NoMaster(_)) => {}
             Err(e) => return Err(e.into()),
         }

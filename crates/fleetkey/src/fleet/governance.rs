@@ -6,22 +6,25 @@
 //! (hex of each record), `governance.grant_next` (the last issued grant id),
 //! `governance.grant.<id>` (a [`GrantInfo`] as JSON) and `governance.denied` (a JSON array of
 //! denied grant ids). No key material is stored or audited here. The root's own lifecycle
-//! (backup, rotation with its handover, restore) is in `root.rs`.
+//! (backup, rotation with its handover, restore) is in `root.rs`, which uses this module; what
+//! both read (the sequence series, the pinned root, the handovers) is in `gov_store.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleetkey_core::governance::Role;
+use fleetkey_core::governance::{Record, Role, inspect_unverified};
 use serde::{Deserialize, Serialize};
 
+use super::gov_store::{
+    META_SEQUENCE, handover_sequences, issue_error, meta_u64, read_handovers, read_hex,
+};
 use super::{Fleet, fleet_info};
-use crate::error::{Error, ModuleError, StoreError};
-use crate::governance::{GenerationRecordSpec, GrantSpec, IssueError, key_id};
+use crate::error::{Error, StoreError};
+use crate::governance::{GenerationRecordSpec, GrantSpec, key_id};
 use crate::lifecycle::State;
 use crate::model::Scheme;
 use crate::store::{Tx, transact};
 
-pub(super) const META_SEQUENCE: &str = "governance.sequence";
 const META_RECORD: &str = "governance.record.";
 const META_GRANT_NEXT: &str = "governance.grant_next";
 const META_GRANT: &str = "governance.grant.";
@@ -67,27 +70,21 @@ pub struct GrantInfo {
     pub record: String,
 }
 
+/// What [`Fleet::finish_rotation`] did.
+pub(super) struct FinishedRotation {
+    /// The root that signs now.
+    pub(super) root: [u8; 32],
+    /// The grants re-issued under it.
+    pub(super) reissued: Vec<u64>,
+    /// The sequence of the generation record published, if one was.
+    pub(super) published: Option<u64>,
+}
+
 /// The role's name.
 pub fn role_name(role: Role) -> &'static str {
     match role {
         Role::Technician => "technician",
         Role::Operator => "operator",
-    }
-}
-
-pub(super) fn issue_error(e: IssueError<ModuleError>) -> Error {
-    match e {
-        IssueError::Sign(m) => Error::Module(m),
-        other => Error::invalid("governance record", other),
-    }
-}
-
-pub(super) fn meta_u64(tx: &mut dyn Tx, key: &str) -> Result<u64, Error> {
-    match tx.meta(key)? {
-        None => Ok(0),
-        Some(v) => v
-            .parse()
-            .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")).into()),
     }
 }
 
@@ -109,10 +106,31 @@ fn grant_info(tx: &mut dyn Tx, id: u64) -> Result<Option<GrantInfo>, Error> {
     }
 }
 
-pub(super) fn read_hex(tx: &mut dyn Tx, key: &str) -> Result<Option<Vec<u8>>, Error> {
-    tx.meta(key)?
-        .map(|h| hex::decode(h).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")).into()))
-        .transpose()
+/// The record's key id, if it parses as a record.
+fn record_kid(bytes: &[u8]) -> Option<Vec<u8>> {
+    fleetkey_core::governance::parse_envelope(bytes)
+        .ok()
+        .map(|e| e.kid.to_vec())
+}
+
+/// The live grants (not denied, window not ended at `now`) signed by another key than `kid`,
+/// with their record's bytes.
+fn stale_grants(tx: &mut dyn Tx, kid: &[u8], now: u64) -> Result<Vec<(GrantInfo, Vec<u8>)>, Error> {
+    let mut out = Vec::new();
+    for id in 1..=meta_u64(tx, META_GRANT_NEXT)? {
+        let Some(g) = grant_info(tx, id)? else {
+            continue;
+        };
+        if g.denied || g.not_after <= now {
+            continue;
+        }
+        let bytes = hex::decode(&g.record)
+            .map_err(|e| StoreError::Corrupt(format!("{META_GRANT}{id}: {e}")))?;
+        if record_kid(&bytes).as_deref() != Some(kid) {
+            out.push((g, bytes));
+        }
+    }
+    Ok(out)
 }
 
 fn scope_text(prefix: &[u8]) -> String {
@@ -134,45 +152,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 }
 
 impl Fleet {
-    pub(super) fn require_governed(&self, what: &str) -> Result<(), Error> {
-        if self.config.scheme == Scheme::Governed {
-            Ok(())
-        } else {
-            Err(Error::Refused {
-                what: format!(
-                    "{what}: the {} scheme has no governance root",
-                    self.config.scheme.name()
-                ),
-                hint:
-                    "governance records need a fleet created with `fleetkey init --scheme governed`"
-                        .into(),
-            })
-        }
-    }
-
-    fn now_s(&self) -> u64 {
-        u64::try_from(self.access.clock.now_ms() / 1000).unwrap_or(0)
-    }
-
-    pub(super) fn window(&self, validity: Duration) -> Result<(u64, u64), Error> {
-        let secs = validity.as_secs();
-        if secs == 0 {
-            return Err(Error::invalid("validity", "at least one second"));
-        }
-        let now = self.now_s();
-        Ok((now, now.saturating_add(secs)))
-    }
-
-    fn root_kid(&mut self) -> Result<Vec<u8>, Error> {
-        let public = self.signing_root()?;
-        Ok(key_id(&public).to_vec())
-    }
-
     /// The governance root's public key (what devices pin) and its key id: after a root
     /// rotation, the new root.
     pub fn governance_root(&mut self) -> Result<([u8; 32], [u8; 8]), Error> {
         self.require_governed("governance root")?;
-        let public = self.signing_root()?;
+        let public = self.pinned_or_module_root()?;
         Ok((public, key_id(&public)))
     }
 
@@ -186,6 +170,17 @@ impl Fleet {
         validity: Duration,
     ) -> Result<Published, Error> {
         self.require_governed("publish")?;
+        let root = self.live_root()?;
+        self.publish_with(&root, reason, validity)
+    }
+
+    /// [`Fleet::publish_generation_record`] signed by `root`, the module's live root.
+    fn publish_with(
+        &mut self,
+        root: &[u8; 32],
+        reason: &str,
+        validity: Duration,
+    ) -> Result<Published, Error> {
         let (not_before, not_after) = self.window(validity)?;
         let fleet_id = self.config.fleet_id.clone();
         let spec = transact(self.store.as_mut(), |tx| {
@@ -231,8 +226,8 @@ impl Fleet {
                 denied,
             })
         })?;
-        let kid = self.root_kid()?;
-        let module = self.module.as_ref();
+        let kid = key_id(root);
+        let module = self.module.get()?;
         let bytes = spec
             .encode_and_sign(&kid, &|m: &[u8]| module.sign(m))
             .map_err(issue_error)?;
@@ -268,21 +263,130 @@ impl Fleet {
     /// (nothing in the others). Skipped while the current generation is compromised (no record
     /// can say that; the rotation that follows publishes one revoking it).
     pub(crate) fn publish_if_governed(&mut self, reason: &str) -> Result<(), Error> {
-        if self.config.scheme != Scheme::Governed {
-            return Ok(());
-        }
-        let current_compromised = transact(self.store.as_mut(), |tx| {
-            let Some(current) = fleet_info(tx)?.current_generation else {
-                return Ok(true);
-            };
-            Ok(tx.generation(current)?.is_some_and(|g| {
-                matches!(g.state, State::Compromised | State::DestroyedCompromised)
-            }))
-        })?;
-        if !current_compromised {
+        if self.publishable()? {
             self.publish_generation_record(reason, AUTO_RECORD_VALIDITY)?;
         }
         Ok(())
+    }
+
+    /// Whether a generation record can be published automatically: the governed scheme, with a
+    /// current generation that is not compromised.
+    fn publishable(&mut self) -> Result<bool, Error> {
+        if self.config.scheme != Scheme::Governed {
+            return Ok(false);
+        }
+        transact(self.store.as_mut(), |tx| {
+            let Some(current) = fleet_info(tx)?.current_generation else {
+                return Ok(false);
+            };
+            Ok(!tx.generation(current)?.is_some_and(|g| {
+                matches!(g.state, State::Compromised | State::DestroyedCompromised)
+            }))
+        })
+    }
+
+    /// The root that signs now, with any root rotation a crash interrupted finished first
+    /// ([`Fleet::finish_rotation`]). Every record and grant is signed through it.
+    pub(super) fn live_root(&mut self) -> Result<[u8; 32], Error> {
+        Ok(self
+            .finish_rotation("root rotation finished after an interruption")?
+            .root)
+    }
+
+    /// Finishes a root rotation, at its end or after a crash: the staged root promoted in the
+    /// module when the store pins it already, every live grant still signed by an older root
+    /// re-issued under this one ([`Fleet::reissue_grants`]), and, when the newest generation
+    /// record is signed by an older root, a new record published. Returns the root, the grants
+    /// re-issued and the sequence of the record published, if one was. Nothing to do costs store
+    /// reads only.
+    pub(super) fn finish_rotation(&mut self, reason: &str) -> Result<FinishedRotation, Error> {
+        let root = self.signing_root()?;
+        let reissued = self.reissue_grants(&root, reason)?;
+        let kid = key_id(&root);
+        let stale_record = self
+            .latest_generation_record()?
+            .is_some_and(|p| record_kid(&p.bytes).as_deref() != Some(&kid[..]));
+        let published = if stale_record && self.publishable()? {
+            Some(
+                self.publish_with(&root, reason, AUTO_RECORD_VALIDITY)?
+                    .sequence,
+            )
+        } else {
+            None
+        };
+        Ok(FinishedRotation {
+            root,
+            reissued,
+            published,
+        })
+    }
+
+    /// Re-issues every live grant (not denied, window not ended) that an older root signed under
+    /// `root`: the same id, subject, role, scope, subject key and window, a new kid and signature;
+    /// audit `grant.reissue` for each. The grant's stored record is replaced (the old bytes stay
+    /// valid only on devices that have not taken the handover). Returns the ids re-issued.
+    fn reissue_grants(&mut self, root: &[u8; 32], reason: &str) -> Result<Vec<u64>, Error> {
+        let kid = key_id(root);
+        let now = self.now_s();
+        let stale = transact(self.store.as_mut(), |tx| stale_grants(tx, &kid, now))?;
+        if stale.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut signed = Vec::with_capacity(stale.len());
+        for (old, bytes) in stale {
+            let Ok((envelope, Record::Grant(g))) = inspect_unverified(&bytes) else {
+                return Err(
+                    StoreError::Corrupt(format!("{META_GRANT}{}: not a grant", old.id)).into(),
+                );
+            };
+            let spec = GrantSpec {
+                fleet: self.config.fleet_id.clone(),
+                not_before: g.not_before,
+                not_after: g.not_after,
+                id: g.id,
+                subject: g.subject.to_owned(),
+                role: g.role,
+                scope: g.scope.as_slice().iter().map(|p| p.to_vec()).collect(),
+                subject_key: g.subject_key,
+            };
+            if spec.id != old.id {
+                return Err(StoreError::Corrupt(format!(
+                    "{META_GRANT}{}: holds grant {}",
+                    old.id, spec.id
+                ))
+                .into());
+            }
+            let module = self.module.get()?;
+            let new_bytes = spec
+                .encode_and_sign(&kid, &|m: &[u8]| module.sign(m))
+                .map_err(issue_error)?;
+            let draft = self.draft(
+                "grant.reissue",
+                None,
+                vec![],
+                serde_json::json!({"grant": old.id, "subject": old.subject, "kid": hex::encode(kid),
+                                   "old_kid": hex::encode(envelope.kid),
+                                   "not_before": old.not_before, "not_after": old.not_after,
+                                   "reason": reason}),
+            );
+            let mut info = old.clone();
+            info.record = hex::encode(&new_bytes);
+            let json = serde_json::to_string(&info).map_err(|e| Error::invalid("grant", e))?;
+            signed.push((old, json, draft));
+        }
+        transact(self.store.as_mut(), |tx| {
+            let mut done = Vec::new();
+            for (old, json, draft) in &signed {
+                // Another process may have re-issued or denied it meanwhile: then it is left.
+                if grant_info(tx, old.id)?.as_ref() != Some(old) {
+                    continue;
+                }
+                tx.put_meta(&format!("{META_GRANT}{}", old.id), json)?;
+                tx.append_audit(draft.clone())?;
+                done.push(old.id);
+            }
+            Ok(done)
+        })
     }
 
     /// The newest generation record, if one was published.
@@ -290,7 +394,7 @@ impl Fleet {
         self.require_governed("governance show")?;
         transact(self.store.as_mut(), |tx| {
             let last = meta_u64(tx, META_SEQUENCE)?;
-            let handovers = super::root::handover_sequences(tx)?;
+            let handovers = handover_sequences(tx)?;
             // The series also numbers the root handovers: the newest generation record is the
             // highest sequence that is not one.
             let Some(sequence) = (1..=last).rev().find(|s| !handovers.contains(s)) else {
@@ -333,8 +437,8 @@ impl Fleet {
             scope: scope.to_vec(),
             subject_key,
         };
-        let kid = self.root_kid()?;
-        let module = self.module.as_ref();
+        let kid = key_id(&self.live_root()?);
+        let module = self.module.get()?;
         let bytes = spec
             .encode_and_sign(&kid, &|m: &[u8]| module.sign(m))
             .map_err(issue_error)?;
@@ -423,11 +527,26 @@ impl Fleet {
 
     /// Writes every root handover (`root-handover-<seq>.cose`, oldest first: a device pinned
     /// to an old root takes them in order), the newest generation record
-    /// (`generation-record-<seq>.cose`) and every grant not denied (`grant-<id>.cose`) into
-    /// `dir`, each through a temporary file and a rename.
+    /// (`generation-record-<seq>.cose`) and every grant not denied that the pinned root signed
+    /// (`grant-<id>.cose`) into `dir`, each through a temporary file and a rename. When a root
+    /// rotation left live grants or the newest record signed by an older root (a crash before it
+    /// finished), it is finished first ([`Fleet::finish_rotation`]: this needs the key module);
+    /// otherwise the module is not used. A grant that expired before its root was rotated keeps
+    /// the old root's signature and is not written.
     pub fn export_records(&mut self, dir: &Path) -> Result<Vec<PathBuf>, Error> {
         self.require_governed("governance export")?;
-        let handovers = self.handovers()?;
+        let root = self.pinned_or_module_root()?;
+        let kid = key_id(&root);
+        let now = self.now_s();
+        let stale_grants =
+            !transact(self.store.as_mut(), |tx| stale_grants(tx, &kid, now))?.is_empty();
+        let stale_record = self
+            .latest_generation_record()?
+            .is_some_and(|p| record_kid(&p.bytes).as_deref() != Some(&kid[..]));
+        if stale_grants || (stale_record && self.publishable()?) {
+            self.live_root()?;
+        }
+        let handovers = transact(self.store.as_mut(), read_handovers)?;
         let latest = self.latest_generation_record()?;
         let grants = self.grants()?;
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -435,9 +554,9 @@ impl Fleet {
             source,
         })?;
         let mut written = Vec::new();
-        for h in &handovers {
-            let path = dir.join(format!("root-handover-{}.cose", h.sequence));
-            write_atomic(&path, &h.bytes)?;
+        for (sequence, bytes) in &handovers {
+            let path = dir.join(format!("root-handover-{sequence}.cose"));
+            write_atomic(&path, bytes)?;
             written.push(path);
         }
         if let Some(record) = latest {
@@ -448,6 +567,9 @@ impl Fleet {
         for g in grants.iter().filter(|g| !g.denied) {
             let bytes = hex::decode(&g.record)
                 .map_err(|e| StoreError::Corrupt(format!("{META_GRANT}{}: {e}", g.id)))?;
+            if record_kid(&bytes).as_deref() != Some(&kid[..]) {
+                continue;
+            }
             let path = dir.join(format!("grant-{}.cose", g.id));
             write_atomic(&path, &bytes)?;
             written.push(path);

@@ -207,11 +207,12 @@ impl Fleet {
     ) -> Result<Vec<GroupSeed>, Error> {
         let gw = &network.gateway;
         let generations = self.generations()?;
+        let module = self.module()?;
         let mut seeds = Vec::new();
         for g in &generations {
             for revision in (0..=gw.revision).rev() {
                 // Destroyed masters cannot derive: those seeds are gone for good.
-                if let Ok(keys) = DeviceKeys::derive(self.module(), gw, g.generation, revision) {
+                if let Ok(keys) = DeviceKeys::derive(module, gw, g.generation, revision) {
                     seeds.push(GroupSeed {
                         generation: g.generation,
                         revision,

@@ -2,7 +2,9 @@
 //! drawn in host memory, split into custodian shares like a master, the share files written,
 //! then imported into the key module), its restore from shares, and its rotation: the old root
 //! signs a handover (kind 3) to a new one, the handover is recorded and exported beside the
-//! generation records, and the old root is destroyed in the module.
+//! generation records, the old root is destroyed in the module, and the live grants are
+//! re-issued and a record published under the new root (`Fleet::finish_rotation`, also the
+//! path that finishes a rotation a crash interrupted).
 //!
 //! Store meta keys: `governance.root` (hex of the root public key devices pin after every
 //! published handover), `governance.root_number` (1 the first root, 2 after the first rotation),
@@ -15,10 +17,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::governance::{META_SEQUENCE, issue_error, meta_u64, read_hex};
+use super::gov_store::{
+    META_HANDOVERS, META_ROOT, META_SEQUENCE, handover_sequences, issue_error, meta_u64,
+    read_handovers,
+};
 use super::{Fleet, fleet_info};
 use crate::backup::{self, MasterBackup, RootRestoreReport, Share, WrittenShares};
-use crate::error::{Error, ModuleError, StoreError};
+use crate::error::{Error, StoreError};
 use crate::governance::{HandoverSpec, key_id};
 use crate::model::UnixMillis;
 use crate::module::{KeyModule, SigningSeed};
@@ -31,10 +36,7 @@ pub const ROOT_ROTATE_ACTION: &str = "governance.root_rotate";
 /// The audit action recording a root restored from shares.
 pub const ROOT_RESTORE_ACTION: &str = "governance.root_restore";
 
-pub(super) const META_ROOT: &str = "governance.root";
-pub(super) const META_ROOT_NUMBER: &str = "governance.root_number";
-pub(super) const META_HANDOVER: &str = "governance.handover.";
-pub(super) const META_HANDOVERS: &str = "governance.handovers";
+const META_ROOT_NUMBER: &str = "governance.root_number";
 
 /// How long a handover is valid by default: 365 days. A device that has not accepted the
 /// handover before it expires stays pinned to the old root, which is destroyed, and can accept
@@ -152,23 +154,6 @@ pub(crate) fn record_first_root(tx: &mut dyn Tx, public: &[u8; 32]) -> Result<()
     Ok(())
 }
 
-fn read_key(tx: &mut dyn Tx, key: &str) -> Result<Option<[u8; 32]>, Error> {
-    read_hex(tx, key)?
-        .map(|bytes| {
-            <[u8; 32]>::try_from(bytes.as_slice())
-                .map_err(|_| StoreError::Corrupt(format!("{key}: not 32 bytes")).into())
-        })
-        .transpose()
-}
-
-pub(super) fn handover_sequences(tx: &mut dyn Tx) -> Result<Vec<u64>, Error> {
-    match tx.meta(META_HANDOVERS)? {
-        None => Ok(Vec::new()),
-        Some(v) => serde_json::from_str(&v)
-            .map_err(|e| StoreError::Corrupt(format!("{META_HANDOVERS}: {e}")).into()),
-    }
-}
-
 /// A published root handover.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Handover {
@@ -213,51 +198,17 @@ pub struct RootRotation {
     /// The generation record the new root signed right after, if one could be published (the
     /// fleet has a current generation that is not compromised).
     pub record_sequence: Option<u64>,
+    /// The live grants re-issued under the new root (same ids), ascending.
+    pub reissued_grants: Vec<u64>,
     /// The audit details of the new root's backup.
     pub backup: serde_json::Value,
 }
 
 impl Fleet {
-    /// The root public key the store pins (set at init and by every handover); `None` for a
-    /// fleet created before roots were recorded, whose root is the module's.
-    fn pinned_root(&mut self) -> Result<Option<[u8; 32]>, Error> {
-        transact(self.store.as_mut(), |tx| read_key(tx, META_ROOT))
-    }
-
-    /// The module's root, after finishing a rotation a crash interrupted: when the store pins the
-    /// staged next root (the handover was recorded) but the module still signs with the old one,
-    /// the staged root is promoted now.
-    pub(super) fn signing_root(&mut self) -> Result<[u8; 32], Error> {
-        let current = self.module.signing_public_key()?;
-        let Some(pinned) = self.pinned_root()? else {
-            return current.ok_or_else(|| ModuleError::NoSigningKey.into());
-        };
-        if current == Some(pinned) {
-            return Ok(pinned);
-        }
-        if self.module.staged_signing_public_key()? == Some(pinned) {
-            return Ok(self.module.promote_signing_key()?);
-        }
-        Err(match current {
-            None => Error::Refused {
-                what: "the key module has no governance root".into(),
-                hint: "restore it from its custodian shares: `fleetkey governance restore-root --shares F...`".into(),
-            },
-            Some(found) => Error::Refused {
-                what: format!(
-                    "the key module's governance root {} is not the root the fleet pins ({})",
-                    hex::encode(found),
-                    hex::encode(pinned)
-                ),
-                hint: "the module belongs to another fleet or was changed outside fleetkey".into(),
-            },
-        })
-    }
-
     /// The governance root devices pin, its number and the handovers published so far.
     pub fn root_info(&mut self) -> Result<RootInfo, Error> {
         self.require_governed("governance root")?;
-        let public_key = self.signing_root()?;
+        let public_key = self.pinned_or_module_root()?;
         let (number, handovers) = transact(self.store.as_mut(), |tx| {
             let number = meta_u64(tx, META_ROOT_NUMBER)?.max(1);
             Ok((number, handover_sequences(tx)?))
@@ -274,16 +225,10 @@ impl Fleet {
     /// Every published handover, oldest first.
     pub fn handovers(&mut self) -> Result<Vec<Handover>, Error> {
         self.require_governed("governance handovers")?;
-        transact(self.store.as_mut(), |tx| {
-            let mut out = Vec::new();
-            for sequence in handover_sequences(tx)? {
-                let key = format!("{META_HANDOVER}{sequence}");
-                let bytes = read_hex(tx, &key)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("{key} is missing")))?;
-                out.push(Handover { sequence, bytes });
-            }
-            Ok(out)
-        })
+        Ok(transact(self.store.as_mut(), read_handovers)?
+            .into_iter()
+            .map(|(sequence, bytes)| Handover { sequence, bytes })
+            .collect())
     }
 
     /// The backup records of the governance roots (audit events `governance.root_backup`,
@@ -325,7 +270,7 @@ impl Fleet {
         {
             backup::check_split(*threshold, custodians)?;
         }
-        let old = self.signing_root()?;
+        let old = self.live_root()?;
         let (not_before, not_after) = self.window(validity)?;
         let (sequence, number) = transact(self.store.as_mut(), |tx| {
             let sequence = meta_u64(tx, META_SEQUENCE)?.saturating_add(1);
@@ -336,7 +281,7 @@ impl Fleet {
             .map_err(|_| StoreError::Corrupt(format!("{META_ROOT_NUMBER}: above 2^32")))?;
         let fleet_id = self.config.fleet_id.clone();
         let new = make_root(
-            self.module.as_ref(),
+            self.module.get()?,
             &fleet_id,
             number,
             backup,
@@ -352,7 +297,7 @@ impl Fleet {
             new_key: new.public,
             new_kid: new_kid.to_vec(),
         };
-        let module = self.module.as_ref();
+        let module = self.module.get()?;
         let bytes = spec
             .encode_and_sign(&key_id(&old), &|m: &[u8]| module.sign(m))
             .map_err(issue_error)?;
@@ -380,7 +325,10 @@ impl Fleet {
             let list = serde_json::to_string(&handovers)
                 .map_err(|e| Error::invalid("handover list", e))?;
             tx.put_meta(META_SEQUENCE, &sequence.to_string())?;
-            tx.put_meta(&format!("{META_HANDOVER}{sequence}"), &handover_hex)?;
+            tx.put_meta(
+                &format!("{}{sequence}", super::gov_store::META_HANDOVER),
+                &handover_hex,
+            )?;
             tx.put_meta(META_HANDOVERS, &list)?;
             tx.put_meta(META_ROOT, &hex::encode(new.public))?;
             tx.put_meta(META_ROOT_NUMBER, &number.to_string())?;
@@ -391,10 +339,17 @@ impl Fleet {
         let details = new.details.clone();
         let new_public = new.public;
         new.keep();
-        // The handover is recorded: the old root is destroyed now. Should this fail, the store
-        // pins the new root and the next use of the root finishes it (`signing_root`).
-        self.module.promote_signing_key()?;
-        let record_sequence = self.publish_after_root_rotation(reason)?;
+        // The handover is recorded: the old root is destroyed now, then the live grants are
+        // re-issued and a record published under the new root. Should this be interrupted, the
+        // store pins the new root and the next command that signs (or exports) finishes it in
+        // the same way (`Fleet::finish_rotation`).
+        self.module.get()?.promote_signing_key()?;
+        let reason = format!("root rotation: {reason}");
+        let finished = self.finish_rotation(&reason)?;
+        let (reissued_grants, mut record_sequence) = (finished.reissued, finished.published);
+        if record_sequence.is_none() {
+            record_sequence = self.publish_after_root_rotation(&reason)?;
+        }
         Ok(RootRotation {
             old_public_key: old,
             new_public_key: new_public,
@@ -402,13 +357,14 @@ impl Fleet {
             number,
             handover: Handover { sequence, bytes },
             record_sequence,
+            reissued_grants,
             backup: details,
         })
     }
 
     fn publish_after_root_rotation(&mut self, reason: &str) -> Result<Option<u64>, Error> {
         let before = transact(self.store.as_mut(), |tx| meta_u64(tx, META_SEQUENCE))?;
-        self.publish_if_governed(&format!("root rotation: {reason}"))?;
+        self.publish_if_governed(reason)?;
         let after = transact(self.store.as_mut(), |tx| meta_u64(tx, META_SEQUENCE))?;
         Ok((after > before).then_some(after))
     }
@@ -446,13 +402,13 @@ impl Fleet {
             what: "this fleet's store does not record its root's public key".into(),
             hint: "restore into a new key file with --key-file and --root-public-key".into(),
         })?;
-        if self.module.signing_public_key()?.is_some() {
+        if self.module.get()?.signing_public_key()?.is_some() {
             return Err(Error::Refused {
                 what: "the key module has a governance root already".into(),
                 hint: "nothing to restore: `fleetkey governance show` names the root in use".into(),
             });
         }
-        let report = backup::restore_root_into(self.module.as_ref(), shares, Some(&pinned))?;
+        let report = backup::restore_root_into(self.module.get()?, shares, Some(&pinned))?;
         let draft = self.draft(
             ROOT_RESTORE_ACTION,
             None,

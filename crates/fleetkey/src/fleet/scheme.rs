@@ -38,7 +38,7 @@ impl Fleet {
     /// (only its wrapped form leaves the key module), the derived schemes need nothing.
     pub(super) fn new_device_root(&self) -> Result<Option<WrappedKey>, Error> {
         match self.config.scheme {
-            Scheme::Stored => Ok(Some(self.module().new_wrapped_root()?)),
+            Scheme::Stored => Ok(Some(self.module()?.new_wrapped_root()?)),
             Scheme::Derived | Scheme::Governed => Ok(None),
         }
     }

@@ -167,7 +167,7 @@ impl Fleet {
             Some(IdempotencyRecord {
                 response: Some((status, wrapped)),
                 ..
-            }) => Claim::Replay(status, self.module.unwrap(&wrapped)?),
+            }) => Claim::Replay(status, self.module.get()?.unwrap(&wrapped)?),
         })
     }
 
@@ -179,7 +179,7 @@ impl Fleet {
         status: u16,
         body: &[u8],
     ) -> Result<(), Error> {
-        let wrapped = self.module.wrap(body)?;
+        let wrapped = self.module.get()?.wrap(body)?;
         transact(self.store.as_mut(), |tx| {
             let mut record = tx
                 .idempotency(principal, key)?
