@@ -4,7 +4,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fleetkey::error::Error;
 use fleetkey::fleet::{Access, Fleet, SecretString, SystemClock};
 use fleetkey::home::{FleetConfig, ModuleConfig};
 use serde::Serialize;
@@ -135,36 +134,6 @@ fn passphrase(confirm: bool) -> Result<SecretString, CliError> {
         }
     }
     Ok(SecretString::from(first))
-}
-
-impl From<Error> for CliError {
-    fn from(e: Error) -> Self {
-        let hint = e.hint();
-        let err = match &e {
-            Error::Invalid { field, problem } => CliError::input(field, problem),
-            // A PIN or KEK file that is not one is bad input, whichever command reads it.
-            Error::Module(fleetkey::ModuleError::SecretFile {
-                what,
-                path,
-                problem,
-            }) => CliError::input(what, format_args!("{}: {problem}", path.display())),
-            Error::Backup(b) if b.is_check_failure() => CliError::rejected(b),
-            Error::Backup(fleetkey::backup::BackupError::Invalid { field, problem }) => {
-                let flag = match *field {
-                    "custodians" | "custodian" => "--custodian",
-                    "threshold" => "--threshold",
-                    other => other,
-                };
-                CliError::input(flag, problem)
-            }
-            Error::Backup(b) => CliError::input("share files", b),
-            _ => CliError::failed(&e),
-        };
-        match hint {
-            Some(h) => err.hint(h),
-            None => err,
-        }
-    }
 }
 
 /// A progress bar on stderr for long operations (hidden when stderr is not a terminal).

@@ -121,9 +121,9 @@ impl Fleet {
                 record.state = transition(&record, State::Active)?;
                 record.changed = change.clone();
             } else if record.state != State::Active {
-                return Err(Error::Refused {
-                    what: format!("device {serial} is {}, not provisionable", record.state),
-                    hint: "only pre-active and active devices can be provisioned; see `fleetkey device show`".into(),
+                return Err(Error::NotProvisionable {
+                    serial: serial.clone(),
+                    state: record.state,
                 });
             }
             let keys = DeviceKeys::derive(module, &record, record.generation, record.revision)?;
@@ -171,12 +171,9 @@ impl Fleet {
             let fleet = fleet_info(tx)?;
             let old = device(tx, serial)?;
             if old.state != State::Active {
-                return Err(Error::Refused {
-                    what: format!(
-                        "device {serial} is {}; only active devices are refreshed",
-                        old.state
-                    ),
-                    hint: "resume a suspended device first (`fleetkey device resume`)".into(),
+                return Err(Error::NotRefreshable {
+                    serial: serial.clone(),
+                    state: old.state,
                 });
             }
             let (update, event) =
@@ -298,10 +295,7 @@ pub(super) fn refresh_one(
     let serial = old.serial.clone();
     let revision = fleetkey_core::Revision::new(old.revision)
         .and_then(|r| r.next())
-        .map_err(|_| Error::Refused {
-            what: format!("device {serial} is at the last revision (2^28 - 1)"),
-            hint: "revoke and replace the device: SHE counters cannot go further".into(),
-        })?
+        .map_err(|_| Error::LastRevision(serial.clone()))?
         .get();
     let mut new = old.clone();
     new.revision = revision;
@@ -348,10 +342,8 @@ pub(super) fn key_update(
 }
 
 pub(super) fn device(tx: &mut dyn Tx, serial: &DeviceSerial) -> Result<DeviceRecord, Error> {
-    tx.device(serial)?.ok_or_else(|| Error::Refused {
-        what: format!("no device {serial} in this fleet"),
-        hint: "check the serial with `fleetkey device list`, or register it with `fleetkey device add`".into(),
-    })
+    tx.device(serial)?
+        .ok_or_else(|| Error::NoSuchDevice(serial.clone()))
 }
 
 pub(super) fn transition(record: &DeviceRecord, to: State) -> Result<State, Error> {
@@ -366,11 +358,7 @@ pub(super) fn transition(record: &DeviceRecord, to: State) -> Result<State, Erro
 
 pub(super) fn duplicate_serial(e: StoreError, serial: &DeviceSerial) -> Error {
     match e {
-        StoreError::Duplicate(_) => Error::Refused {
-            what: format!("device {serial} is already registered"),
-            hint: "serials are unique in a fleet; `fleetkey device show` shows the existing one"
-                .into(),
-        },
+        StoreError::Duplicate(_) => Error::DeviceExists(serial.clone()),
         other => other.into(),
     }
 }

@@ -134,18 +134,13 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 }
 
 impl Fleet {
-    pub(super) fn require_governed(&self, what: &str) -> Result<(), Error> {
+    pub(super) fn require_governed(&self, what: &'static str) -> Result<(), Error> {
         if self.config.scheme == Scheme::Governed {
             Ok(())
         } else {
-            Err(Error::Refused {
-                what: format!(
-                    "{what}: the {} scheme has no governance root",
-                    self.config.scheme.name()
-                ),
-                hint:
-                    "governance records need a fleet created with `fleetkey init --scheme governed`"
-                        .into(),
+            Err(Error::NotGoverned {
+                operation: what,
+                scheme: self.config.scheme,
             })
         }
     }
@@ -190,10 +185,7 @@ impl Fleet {
         let fleet_id = self.config.fleet_id.clone();
         let spec = transact(self.store.as_mut(), |tx| {
             let fleet = fleet_info(tx)?;
-            let current = fleet.current_generation.ok_or_else(|| Error::Refused {
-                what: "the fleet has no current generation".into(),
-                hint: "activate a generation first".into(),
-            })?;
+            let current = fleet.current_generation.ok_or(Error::NoCurrentGeneration)?;
             let mut accepted = Vec::new();
             let mut revoked = Vec::new();
             for g in tx.generations()? {
@@ -208,10 +200,7 @@ impl Fleet {
                 }
             }
             if revoked.contains(&current) {
-                return Err(Error::Refused {
-                    what: format!("the current generation {current} is compromised: no record can accept it"),
-                    hint: "rotate to a new generation (`fleetkey generation rotate`); its record revokes this one".into(),
-                });
+                return Err(Error::CurrentCompromised(current));
             }
             let mut denied = Vec::new();
             for id in denied_ids(tx)? {
@@ -381,7 +370,7 @@ impl Fleet {
         );
         transact(self.store.as_mut(), |tx| {
             let Some(mut info) = grant_info(tx, id)? else {
-                return Err(Error::NotFound(format!("grant {id}")));
+                return Err(Error::NoSuchGrant(id));
             };
             let mut denied = denied_ids(tx)?;
             if !denied.contains(&id) {
@@ -417,8 +406,7 @@ impl Fleet {
     /// One grant.
     pub fn grant(&mut self, id: u64) -> Result<GrantInfo, Error> {
         self.require_governed("grant show")?;
-        transact(self.store.as_mut(), |tx| grant_info(tx, id))?
-            .ok_or_else(|| Error::NotFound(format!("grant {id}")))
+        transact(self.store.as_mut(), |tx| grant_info(tx, id))?.ok_or(Error::NoSuchGrant(id))
     }
 
     /// Writes every root handover (`root-handover-<seq>.cose`, oldest first: a device pinned

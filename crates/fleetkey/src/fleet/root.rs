@@ -111,10 +111,7 @@ fn make_root(
                 Slot::Next => module.stage_signing_key(Some(&seed))?,
             };
             if public != seed.public_key() {
-                return Err(Error::Refused {
-                    what: "the key module's new governance root is not the one imported".into(),
-                    hint: "the module is faulty: nothing was recorded; try another module".into(),
-                });
+                return Err(Error::ModuleFaulty(crate::error::ModuleFault::NewRoot));
             }
             Ok(NewRoot {
                 public,
@@ -239,18 +236,8 @@ impl Fleet {
             return Ok(self.module.promote_signing_key()?);
         }
         Err(match current {
-            None => Error::Refused {
-                what: "the key module has no governance root".into(),
-                hint: "restore it from its custodian shares: `fleetkey governance restore-root --shares F...`".into(),
-            },
-            Some(found) => Error::Refused {
-                what: format!(
-                    "the key module's governance root {} is not the root the fleet pins ({})",
-                    hex::encode(found),
-                    hex::encode(pinned)
-                ),
-                hint: "the module belongs to another fleet or was changed outside fleetkey".into(),
-            },
+            None => Error::Module(ModuleError::NoSigningKey),
+            Some(found) => Error::RootMismatch { found, pinned },
         })
     }
 
@@ -432,25 +419,16 @@ impl Fleet {
             .clone();
         let fleet = transact(self.store.as_mut(), |tx| fleet_info(tx))?;
         if first.fleet != fleet.id {
-            return Err(Error::Refused {
-                what: format!(
-                    "share file {} is of fleet {}, this is fleet {}",
-                    shares.first().map_or("", |s| s.origin()),
-                    first.fleet,
-                    fleet.id
-                ),
-                hint: "restore into the fleet the shares were made for".into(),
+            return Err(Error::SharesOfOtherFleet {
+                origin: shares.first().map_or("", |s| s.origin()).to_owned(),
+                shares_fleet: first.fleet.clone(),
+                fleet: fleet.id,
+                secret: backup::Secret::GovernanceRoot,
             });
         }
-        let pinned = self.pinned_root()?.ok_or_else(|| Error::Refused {
-            what: "this fleet's store does not record its root's public key".into(),
-            hint: "restore into a new key file with --key-file and --root-public-key".into(),
-        })?;
+        let pinned = self.pinned_root()?.ok_or(Error::RootNotPinned)?;
         if self.module.signing_public_key()?.is_some() {
-            return Err(Error::Refused {
-                what: "the key module has a governance root already".into(),
-                hint: "nothing to restore: `fleetkey governance show` names the root in use".into(),
-            });
+            return Err(Error::Module(ModuleError::SigningKeyExists));
         }
         let report = backup::restore_root_into(self.module.as_ref(), shares, Some(&pinned))?;
         let draft = self.draft(

@@ -99,10 +99,9 @@ impl Fleet {
             serde_json::json!({"token": id, "reason": reason}),
         );
         transact(self.store.as_mut(), |tx| {
-            let mut token = tx.token(id)?.ok_or_else(|| Error::Refused {
-                what: format!("no token {id} in this fleet"),
-                hint: "`fleetkey token list` shows the tokens and their ids".into(),
-            })?;
+            let mut token = tx
+                .token(id)?
+                .ok_or_else(|| Error::NoSuchToken(id.to_owned()))?;
             if token.revoked_at.is_none() {
                 token.revoked_at = Some(now);
                 tx.update_token(&token)?;
