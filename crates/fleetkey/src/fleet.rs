@@ -85,8 +85,7 @@ impl std::fmt::Debug for Access {
     }
 }
 
-/// What `init` creates.
-#[derive(Debug)]
+/// What `init` creates. Debug says whether there is a transport key, never the key.
 pub struct InitOptions {
     /// Fleet id.
     pub fleet_id: String,
@@ -100,6 +99,18 @@ pub struct InitOptions {
     /// How generation 1's master is backed up (derived and governed schemes; the stored scheme
     /// has no master and takes only [`MasterBackup::NoBackup`]).
     pub backup: MasterBackup,
+}
+
+impl std::fmt::Debug for InitOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitOptions")
+            .field("fleet_id", &self.fleet_id)
+            .field("scheme", &self.scheme)
+            .field("she_transport_key", &self.she_transport_key.is_some())
+            .field("work_factor", &self.work_factor)
+            .field("backup", &self.backup)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An open fleet.

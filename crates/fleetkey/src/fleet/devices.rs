@@ -21,8 +21,8 @@ pub struct NewDevice {
 }
 
 /// What a provisioning station receives for one device. Carries key material: the station
-/// writes it into the ECU and forgets it.
-#[derive(Debug, Serialize)]
+/// writes it into the ECU and forgets it. Debug shows the device, not the keys.
+#[derive(Serialize)]
 pub struct Provisioning {
     /// The device.
     pub device: DeviceRecord,
@@ -31,6 +31,15 @@ pub struct Provisioning {
     /// The SHE updates of the initial load (under the fleet's transport key), or `None` when the
     /// fleet has no transport key.
     pub she: Option<Vec<SheUpdate>>,
+}
+
+impl std::fmt::Debug for Provisioning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisioning")
+            .field("device", &self.device)
+            .field("she_updates", &self.she.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A refresh or migration: the SHE updates that carry the new keys, authorised by the device's
