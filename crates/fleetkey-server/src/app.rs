@@ -118,8 +118,8 @@ impl AppState {
     }
 }
 
-/// A JSON response. Its body may carry key material (provisioning): zeroized when dropped here.
-#[derive(Debug)]
+/// A JSON response. Its body may carry key material (provisioning): zeroized when dropped here,
+/// and Debug shows only its length.
 pub struct Reply {
     /// Status.
     pub status: StatusCode,
@@ -127,6 +127,16 @@ pub struct Reply {
     pub body: Zeroizing<Vec<u8>>,
     /// Whether this is the stored response of an earlier request with the same idempotency key.
     pub replayed: bool,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .field("replayed", &self.replayed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Reply {
@@ -185,8 +195,7 @@ pub struct ConnInfo {
     pub client_cert: bool,
 }
 
-/// What a handler needs of the request besides its body.
-#[derive(Debug)]
+/// What a handler needs of the request besides its body. Debug leaves the credentials out.
 pub struct Ctx {
     /// Bearer token and client certificate.
     pub credentials: Credentials,
@@ -196,6 +205,16 @@ pub struct Ctx {
     pub method: String,
     /// The path.
     pub path: String,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("idempotency_key", &self.idempotency_key)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {

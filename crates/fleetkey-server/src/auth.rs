@@ -125,8 +125,9 @@ impl From<ApiToken> for Principal {
     }
 }
 
-/// What a request brings to be authenticated.
-#[derive(Debug, Default)]
+/// What a request brings to be authenticated. Debug says whether a bearer token came, never
+/// its text.
+#[derive(Default)]
 pub struct Credentials {
     /// The bearer token's text, if the header had one.
     pub bearer: Option<Zeroizing<String>>,
@@ -134,6 +135,16 @@ pub struct Credentials {
     pub malformed: Option<&'static str>,
     /// Whether the connection presented a client certificate the CA verified.
     pub client_cert: bool,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("bearer", &self.bearer.is_some())
+            .field("malformed", &self.malformed)
+            .field("client_cert", &self.client_cert)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Credentials {

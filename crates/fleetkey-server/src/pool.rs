@@ -78,7 +78,7 @@ impl FleetPool {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
-            .map_err(|_| ApiError::Unavailable("the service is shutting down".into()))?;
+            .map_err(|_| ApiError::Unavailable("the service is shutting down"))?;
         let pool = Arc::clone(self);
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;

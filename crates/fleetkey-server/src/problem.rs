@@ -18,6 +18,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fleetkey::error::{Error, ModuleError, StoreError};
+use fleetkey::lifecycle::State;
 use serde::Serialize;
 
 /// The media type of problem documents.
@@ -53,8 +54,8 @@ pub enum ApiError {
     IdempotencyInProgress,
     /// The request took longer than the request timeout.
     Timeout(Duration),
-    /// The service cannot take the request now.
-    Unavailable(String),
+    /// The service cannot take the request now (a fixed reason: it reaches the client).
+    Unavailable(&'static str),
     /// A bug or an environment failure; the detail is logged, not sent.
     Internal(String),
     /// The key manager failed or refused.
@@ -215,7 +216,7 @@ impl ApiError {
                     S::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "Service unavailable",
-                    why.clone(),
+                    (*why).into(),
                 )
                 .hint("retry shortly");
                 p.retry_after = Some(1);
@@ -225,71 +226,149 @@ impl ApiError {
                 S::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",
-                "the service failed; the cause is in its log under this request id".into(),
+                SEE_THE_LOG.into(),
             )
-            .hint("report the request id to the operator of the service"),
+            .hint(REPORT),
             ApiError::Fleet(e) => fleet_problem(e),
         }
     }
 }
 
+/// What a 5xx tells the client: nothing of the cause, which the log has under the request id.
+const SEE_THE_LOG: &str = "the service failed; the cause is in its log under this request id";
+/// The hint of every 5xx that a retry does not cure.
+const REPORT: &str = "report the request id to the operator of the service";
+
+/// The key manager's errors as problems: one arm per variant, no message text inspected. A 4xx
+/// says what was refused (the library's sentence, which names no command); a 5xx says only that
+/// the service failed ([`ApiError::into_response`] logs the cause).
 fn fleet_problem(e: &Error) -> Problem {
     use StatusCode as S;
-    let p = match e {
-        Error::Invalid { field, problem } => {
-            return ApiError::Invalid {
-                field: field.clone(),
-                problem: problem.clone(),
-            }
-            .problem();
+    let detail = e.to_string();
+    let not_found = |hint: &str| {
+        Problem::new(S::NOT_FOUND, "not-found", "Not found", detail.clone()).hint(hint)
+    };
+    let refused =
+        |hint: &str| Problem::new(S::CONFLICT, "refused", "Refused", detail.clone()).hint(hint);
+    let failure = || {
+        Problem::new(
+            S::INTERNAL_SERVER_ERROR,
+            "fleet-failure",
+            "Key manager failure",
+            SEE_THE_LOG.into(),
+        )
+        .hint(REPORT)
+    };
+    match e {
+        Error::Invalid { field, problem } => ApiError::Invalid {
+            field: field.clone(),
+            problem: problem.clone(),
         }
-        Error::NotFound(_) | Error::Store(StoreError::NotFound(_)) => {
-            Problem::new(S::NOT_FOUND, "not-found", "Not found", e.to_string())
-        }
-        // The manager reports a missing device, generation or token as a refusal with a hint.
-        Error::Refused { what, .. } if what.starts_with("no ") => {
-            Problem::new(S::NOT_FOUND, "not-found", "Not found", what.clone())
-        }
-        Error::Duplicate(_) | Error::Store(StoreError::Duplicate(_)) => {
-            Problem::new(S::CONFLICT, "duplicate", "Already exists", e.to_string())
-        }
-        Error::Refused { what, .. } => {
-            Problem::new(S::CONFLICT, "refused", "Refused", what.clone())
-        }
-        Error::Transition { .. } => Problem::new(
+        .problem(),
+
+        Error::NoSuchDevice(_) => not_found("check the serial; GET /v1/devices lists the fleet's devices, POST /v1/devices registers one"),
+        Error::NoSuchGeneration(_) => not_found("GET /v1/generations lists the fleet's generations"),
+        Error::NoSuchGrant(_) => not_found("GET /v1/grants lists the grants and their ids"),
+        Error::NoSuchToken(_) => not_found("GET /v1/tokens lists the tokens and their ids"),
+        Error::NoGenerationRecord => not_found("publish one first (POST /v1/governance/records)"),
+        // A record the operation updates is gone: another writer removed it meanwhile.
+        Error::Store(StoreError::NotFound(_)) => Problem::new(
+            S::NOT_FOUND,
+            "not-found",
+            "Not found",
+            "a record this operation needs does not exist (removed meanwhile?)".into(),
+        )
+        .hint("read the resource again before retrying"),
+
+        Error::DeviceExists(_) => Problem::new(S::CONFLICT, "duplicate", "Already exists", detail.clone())
+            .hint("serials are unique in a fleet; GET /v1/devices/{serial} shows the existing device"),
+        Error::Store(StoreError::Duplicate(_)) => Problem::new(
+            S::CONFLICT,
+            "duplicate",
+            "Already exists",
+            "a record with this identity exists already".into(),
+        )
+        .hint("read the existing resource; choose another identity for a new one"),
+        Error::Transition { source, .. } => Problem::new(
             S::CONFLICT,
             "illegal-transition",
             "Lifecycle transition not allowed",
-            e.to_string(),
-        ),
-        Error::Module(ModuleError::NoMaster(_)) => {
-            Problem::new(S::CONFLICT, "no-master", "Master missing", e.to_string())
-        }
+            detail.clone(),
+        )
+        .hint(format!(
+            "from {} the allowed next states are: {}",
+            source.from,
+            source
+                .from
+                .next_states()
+                .map(State::name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Error::Module(ModuleError::NoMaster(g)) => Problem::new(S::CONFLICT, "no-master", "Master missing", detail.clone())
+            .hint(format!("the operator restores generation {g}'s master from its custodian shares, or the fleet rotates (POST /v1/generations/rotate)")),
+
+        Error::RegisteredDuringImport(_) => refused("send the import again: it skips what is registered"),
+        Error::NotProvisionable { .. } => refused("only pre-active and active devices are provisioned; GET /v1/devices/{serial} shows the state"),
+        Error::NotRefreshable { .. } => refused("resume a suspended device first (POST /v1/devices/{serial}/resume)"),
+        Error::LastRevision(_) => refused("revoke and replace the device: SHE counters cannot go further"),
+        Error::ChangedDuringProvisioning(_) => refused("provision again: it continues with the devices still pre-active"),
+        Error::CurrentGeneration(_) => refused("rotate first (POST /v1/generations/rotate), migrate the devices, then retire it"),
+        Error::DependentDevices { .. } => refused("refresh the devices onto the current generation first, or send \"force\": true to cut them off"),
+        Error::MasterDestroyed { .. } => refused("a destroyed master is restored only into a new key file, for forensics"),
+        Error::NoCurrentGeneration => refused("activate a generation first (POST /v1/generations/{generation}/activate)"),
+        Error::CurrentCompromised(_) => refused("rotate to a new generation (POST /v1/generations/rotate); its record revokes this one"),
+        Error::NoMasterGenerations { .. } => refused("in the stored scheme every device has its own random root: refresh devices instead"),
+        Error::SharesWithoutMaster(_) => refused("the stored scheme has no master to back up: back up the key file"),
+        Error::NotGoverned { .. } => refused("governance records and grants need a fleet of the governed scheme"),
+        Error::Module(ModuleError::NoSigningKey) => refused("the operator restores the governance root from its custodian shares"),
+        Error::Module(ModuleError::SigningKeyExists) => refused("the module has its governance root: nothing to restore"),
+        Error::RootMismatch { .. } => refused("the key module belongs to another fleet or was changed outside fleetkey: tell the operator"),
+        Error::RootNotPinned => refused("restore the root into a new key file, with its public key"),
+        Error::SharesOfOtherFleet { .. } => refused("use the shares made for this fleet"),
+
         Error::Store(StoreError::Busy(_)) => {
-            let mut p = Problem::new(S::SERVICE_UNAVAILABLE, "busy", "Store busy", e.to_string())
-                .hint(
-                    "retry shortly (with the same Idempotency-Key, where the endpoint takes one)",
-                );
-            p.retry_after = Some(1);
-            return p;
-        }
-        _ => {
-            return Problem::new(
-                S::INTERNAL_SERVER_ERROR,
-                "fleet-failure",
-                "Key manager failure",
-                e.to_string(),
+            let mut p = Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "busy",
+                "Store busy",
+                "the store is busy; a retry may succeed".into(),
             )
-            .hint(
-                e.hint().unwrap_or_else(|| {
-                    "report the request id to the operator of the service".into()
-                }),
-            );
+            .hint("retry shortly (with the same Idempotency-Key, where the endpoint takes one)");
+            p.retry_after = Some(1);
+            p
         }
-    };
-    match e.hint() {
-        Some(h) => p.hint(h),
-        None => p,
+
+        // The service's own environment: its module, store, fleet home or audit record failed, or
+        // the fleet it serves is not what it should be. Paths, URLs and backend messages stay in
+        // the log.
+        Error::Module(
+            ModuleError::MasterExists(_)
+            | ModuleError::NoKek
+            | ModuleError::NoStagedSigningKey
+            | ModuleError::Authentication
+            | ModuleError::Unwrap
+            | ModuleError::Io { .. }
+            | ModuleError::Corrupt(_)
+            | ModuleError::Backend { .. }
+            | ModuleError::Unsupported(_)
+            | ModuleError::SecretFile { .. },
+        )
+        | Error::Store(
+            StoreError::Schema { .. } | StoreError::Corrupt(_) | StoreError::Backend { .. },
+        )
+        | Error::Chain(_)
+        | Error::Backup(_)
+        | Error::Io { .. }
+        | Error::NoFleet(_)
+        | Error::FleetExists(_)
+        | Error::StoreHoldsFleet
+        | Error::StoreHoldsNoFleet
+        | Error::NoFleetStore(_)
+        | Error::NoStoreUrl
+        | Error::NoKeyModule
+        | Error::TokenHoldsFleet { .. }
+        | Error::ModuleFaulty(_) => failure(),
     }
 }
 
@@ -298,10 +377,14 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(cause) = &self {
             tracing::error!(cause = %cause, "internal error");
         }
-        if let ApiError::Fleet(e) = &self {
-            tracing::debug!(error = %e, "key manager error");
-        }
         let problem = self.problem();
+        if let ApiError::Fleet(e) = &self {
+            if problem.status.is_server_error() {
+                tracing::error!(error = %e, "key manager failure");
+            } else {
+                tracing::debug!(error = %e, "key manager error");
+            }
+        }
         let mut response = problem.status.into_response();
         response.extensions_mut().insert(problem);
         response

@@ -17,8 +17,8 @@ use crate::ecu::{BEACON_ID, EcuConfig, EcuError, seed_counter};
 use crate::isotp::Link;
 use crate::msg::{self, DECOMMISSION_LABEL, Load, Message, Proof, Subject, code};
 
-/// A member's keys and addresses, as provisioned from the key manager. Keys zeroize on drop.
-#[derive(Debug)]
+/// A member's keys and addresses, as provisioned from the key manager. Keys zeroize on drop;
+/// Debug shows the addresses only.
 pub struct MemberKeys {
     /// Serial.
     pub serial: String,
@@ -34,6 +34,18 @@ pub struct MemberKeys {
     pub auth: Key128,
     /// KEY_UPDATE key (SHE MASTER_ECU_KEY): authorises the group seed updates.
     pub key_update: Key128,
+}
+
+impl std::fmt::Debug for MemberKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberKeys")
+            .field("serial", &self.serial)
+            .field("uid", &self.uid)
+            .field("index", &self.index)
+            .field("pdu", &self.pdu)
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug)]

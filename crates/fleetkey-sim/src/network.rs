@@ -51,8 +51,8 @@ pub enum SimError {
     Io(#[from] std::io::Error),
 }
 
-/// The shape of a network.
-#[derive(Clone, Debug)]
+/// The shape of a network. Debug leaves the transport key out.
+#[derive(Clone)]
 pub struct NetworkSpec {
     /// Network name (device labels, gateway serial `GW-NAME`).
     pub name: String,
@@ -75,6 +75,22 @@ pub struct NetworkSpec {
     /// The gateway resends an unanswered update after this many ms (longer than a member takes
     /// to answer, or the member sees the update twice).
     pub retry_ms: u64,
+}
+
+impl std::fmt::Debug for NetworkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkSpec")
+            .field("name", &self.name)
+            .field("ecus", &self.ecus)
+            .field("profile", &self.profile)
+            .field("classic_ecus", &self.classic_ecus)
+            .field("period_ms", &self.period_ms)
+            .field("cycle_ms", &self.cycle_ms)
+            .field("skew_ms", &self.skew_ms)
+            .field("beacons", &self.beacons)
+            .field("retry_ms", &self.retry_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NetworkSpec {

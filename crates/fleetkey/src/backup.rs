@@ -183,7 +183,6 @@ fn share_kcv(info: &ShareInfo, value: &[u8; 32]) -> Kcv {
 
 /// A backup failed or was refused. Names the share file concerned; never carries share bytes.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum BackupError {
     /// The split's parameters are out of range.
     #[error("{field}: {problem}")]
@@ -803,13 +802,9 @@ pub fn restore_into(
     module.import_master(g, &master)?;
     if !module_holds(module, g, &master)? {
         let _ = module.destroy_master(g);
-        return Err(Error::Refused {
-            what: format!(
-                "the key module did not derive with the imported master of generation {}",
-                info.generation
-            ),
-            hint: "the module is faulty: nothing was kept; try another module".into(),
-        });
+        return Err(Error::ModuleFaulty(
+            crate::error::ModuleFault::ImportedMaster(info.generation),
+        ));
     }
     Ok(RestoreReport {
         fleet: info.fleet.clone(),
@@ -895,10 +890,7 @@ pub fn restore_root_into(
     }
     let imported = module.import_signing_key(&seed)?;
     if imported != public || module.signing_public_key()? != Some(public) {
-        return Err(Error::Refused {
-            what: "the key module's governance root is not the one imported".into(),
-            hint: "the module is faulty: check its objects and try another module".into(),
-        });
+        return Err(Error::ModuleFaulty(crate::error::ModuleFault::ImportedRoot));
     }
     Ok(RootRestoreReport {
         fleet: info.fleet.clone(),

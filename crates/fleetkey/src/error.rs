@@ -1,12 +1,15 @@
 //! Errors: one per layer. Key module and store errors name the operation; the manager's
-//! [`Error`] says what was wrong and [`Error::hint`] what to do next. None carries key material.
+//! [`Error`] says what was wrong, one variant per case. What to do next depends on the interface
+//! (a command line, an HTTP request), so the hints live there. None carries key material.
+
+use std::path::PathBuf;
 
 use crate::audit::ChainBreak;
-use crate::lifecycle::IllegalTransition;
+use crate::lifecycle::{IllegalTransition, State};
+use crate::model::{DeviceSerial, Scheme};
 
 /// A key module failed or refused.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum ModuleError {
     /// The generation has no master in this module.
     #[error("no master for generation {0} in the key module")]
@@ -21,7 +24,7 @@ pub enum ModuleError {
     #[error("the key module has no governance root key")]
     NoSigningKey,
     /// The module has a governance root already.
-    #[error("the key module has a governance root key already")]
+    #[error("the key module has a governance root already")]
     SigningKeyExists,
     /// No next governance root is staged (root rotation).
     #[error("the key module has no staged next governance root")]
@@ -69,7 +72,6 @@ pub enum ModuleError {
 
 /// A store failed or refused.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum StoreError {
     /// A record that must be unique exists already.
     #[error("{0} already exists")]
@@ -102,8 +104,13 @@ pub enum StoreError {
 }
 
 /// A fleet operation failed or was refused. Nothing was changed.
+///
+/// One variant per way an operation can fail, so that each interface maps them in one exhaustive
+/// match: the service to an HTTP status and an API hint (`fleetkey-server`'s `problem.rs`), the
+/// command line to an exit code and a CLI hint (`fleetkey-cli`'s `error.rs`). The message is a
+/// plain sentence that names no command of either. Not `#[non_exhaustive]`: a new variant must
+/// fail to compile in both mappings until it is given a status and a hint.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The key module failed.
     #[error(transparent)]
@@ -120,12 +127,6 @@ pub enum Error {
         #[source]
         source: IllegalTransition,
     },
-    /// Something named does not exist.
-    #[error("{0} not found")]
-    NotFound(String),
-    /// Something to create exists already.
-    #[error("{0} already exists")]
-    Duplicate(String),
     /// An input was malformed or out of range.
     #[error("{field}: {problem}")]
     Invalid {
@@ -133,14 +134,6 @@ pub enum Error {
         field: String,
         /// What was wrong with it.
         problem: String,
-    },
-    /// The operation is refused in the fleet's current situation.
-    #[error("{what}")]
-    Refused {
-        /// What was refused and why.
-        what: String,
-        /// What to do instead.
-        hint: String,
     },
     /// The audit chain is broken.
     #[error("audit chain broken: {0}")]
@@ -152,11 +145,184 @@ pub enum Error {
     #[error("{path}: {source}")]
     Io {
         /// The file.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// The cause.
         #[source]
         source: std::io::Error,
     },
+
+    // The fleet home and its store.
+    /// The directory holds no fleet (its configuration file is missing).
+    #[error("no fleet at {} ({} is missing)", .0.display(), crate::home::CONFIG_FILE)]
+    NoFleet(PathBuf),
+    /// The directory holds a fleet already (init).
+    #[error("{} already holds a fleet", .0.display())]
+    FleetExists(PathBuf),
+    /// The store holds a fleet already (init).
+    #[error("the store already holds a fleet")]
+    StoreHoldsFleet,
+    /// The store holds no fleet: the fleet home is incomplete.
+    #[error("the store holds no fleet")]
+    StoreHoldsNoFleet,
+    /// The store the configuration names does not exist (the store's description of it).
+    #[error("no fleet store: {0} does not exist")]
+    NoFleetStore(String),
+    /// The configuration names a PostgreSQL store and no URL for it.
+    #[error("the fleet's PostgreSQL store has no URL")]
+    NoStoreUrl,
+    /// An operation needs a key and the fleet handle was opened without a key module or a way to
+    /// open one.
+    #[error("this fleet handle has no key module")]
+    NoKeyModule,
+    /// The PKCS#11 token holds objects of a fleet with this id already (init).
+    #[error("token {token_label:?} already holds objects of a fleet {fleet:?}")]
+    TokenHoldsFleet {
+        /// The token's label.
+        token_label: String,
+        /// The fleet id.
+        fleet: String,
+    },
+    /// The key module did not behave as it must after an import; nothing was kept.
+    #[error("{0}")]
+    ModuleFaulty(ModuleFault),
+
+    // What a scheme has.
+    /// A generation operation on a scheme without master generations (stored).
+    #[error("{operation}: the {} scheme has no master generations", .scheme.name())]
+    NoMasterGenerations {
+        /// The operation refused.
+        operation: &'static str,
+        /// The fleet's scheme.
+        scheme: Scheme,
+    },
+    /// Custodian shares asked for on a scheme without a master (init).
+    #[error("the {} scheme has no master to split into shares", .0.name())]
+    SharesWithoutMaster(Scheme),
+    /// A governance operation on a scheme without a governance root.
+    #[error("{operation}: the {} scheme has no governance root", .scheme.name())]
+    NotGoverned {
+        /// The operation refused.
+        operation: &'static str,
+        /// The fleet's scheme.
+        scheme: Scheme,
+    },
+
+    // Devices.
+    /// No device with this serial in the fleet.
+    #[error("no device {0} in this fleet")]
+    NoSuchDevice(DeviceSerial),
+    /// A device with this serial is registered already.
+    #[error("device {0} is already registered")]
+    DeviceExists(DeviceSerial),
+    /// A record the store names was registered by another writer during a bulk import.
+    #[error("{0} was registered by someone else during the import")]
+    RegisteredDuringImport(String),
+    /// Only pre-active and active devices are provisioned.
+    #[error("device {serial} is {state}, not provisionable")]
+    NotProvisionable {
+        /// The device.
+        serial: DeviceSerial,
+        /// Its state.
+        state: State,
+    },
+    /// Only active devices are refreshed.
+    #[error("device {serial} is {state}; only active devices are refreshed")]
+    NotRefreshable {
+        /// The device.
+        serial: DeviceSerial,
+        /// Its state.
+        state: State,
+    },
+    /// A device at the last key revision SHE counters allow.
+    #[error("device {0} is at the last revision (2^28 - 1)")]
+    LastRevision(DeviceSerial),
+    /// Another writer moved a device out of pre-active during bulk provisioning.
+    #[error("device {0} changed state during provisioning")]
+    ChangedDuringProvisioning(DeviceSerial),
+
+    // Generations.
+    /// No such generation in the fleet.
+    #[error("no generation {0} in this fleet")]
+    NoSuchGeneration(u32),
+    /// The current generation cannot be retired.
+    #[error("generation {0} is the current generation")]
+    CurrentGeneration(u32),
+    /// Devices still hold keys of the generation to destroy.
+    #[error("{count} devices still depend on generation {generation}")]
+    DependentDevices {
+        /// The generation.
+        generation: u32,
+        /// How many devices.
+        count: u64,
+    },
+    /// A destroyed generation's master is not restored into the fleet.
+    #[error("generation {generation} is {state}: its master stays destroyed")]
+    MasterDestroyed {
+        /// The generation.
+        generation: u32,
+        /// Its state.
+        state: State,
+    },
+    /// The fleet has no current generation.
+    #[error("the fleet has no current generation")]
+    NoCurrentGeneration,
+    /// The current generation is compromised: no generation record can accept it.
+    #[error("the current generation {0} is compromised: no record can accept it")]
+    CurrentCompromised(u32),
+
+    // The governance root, its records and grants.
+    /// The key module's governance root is not the one the fleet pins.
+    #[error(
+        "the key module's governance root {} is not the root the fleet pins ({})",
+        hex::encode(.found),
+        hex::encode(.pinned)
+    )]
+    RootMismatch {
+        /// The module's root public key.
+        found: [u8; 32],
+        /// The pinned root public key.
+        pinned: [u8; 32],
+    },
+    /// The store does not record the root's public key (restore into the fleet).
+    #[error("this fleet's store does not record its root's public key")]
+    RootNotPinned,
+    /// Custodian shares of another fleet.
+    #[error("share file {origin} is of fleet {shares_fleet}, this is fleet {fleet}")]
+    SharesOfOtherFleet {
+        /// The first share file.
+        origin: String,
+        /// The fleet the shares are of.
+        shares_fleet: String,
+        /// This fleet.
+        fleet: String,
+        /// What the shares hold.
+        secret: crate::backup::Secret,
+    },
+    /// No generation record has been published.
+    #[error("no generation record published yet")]
+    NoGenerationRecord,
+    /// No grant with this id.
+    #[error("grant {0} not found")]
+    NoSuchGrant(u64),
+
+    // Service tokens.
+    /// No service token with this id.
+    #[error("no token {0} in this fleet")]
+    NoSuchToken(String),
+}
+
+/// How a key module misbehaved after an import (checked, never assumed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ModuleFault {
+    /// The module does not derive with the master just imported.
+    #[error("the key module did not derive with the imported master of generation {0}")]
+    ImportedMaster(u32),
+    /// The module's governance root is not the one just imported (restore).
+    #[error("the key module's governance root is not the one imported")]
+    ImportedRoot,
+    /// The module's new governance root is not the one just imported (rotation).
+    #[error("the key module's new governance root is not the one imported")]
+    NewRoot,
 }
 
 impl Error {
@@ -165,57 +331,6 @@ impl Error {
         Error::Invalid {
             field: field.into(),
             problem: problem.to_string(),
-        }
-    }
-
-    /// What the user can do next, when there is something to say.
-    pub fn hint(&self) -> Option<String> {
-        match self {
-            Error::Module(ModuleError::Authentication) => Some(
-                "check FLEETKEY_PASSPHRASE (or the PIN); the key file itself is unchanged".into(),
-            ),
-            Error::Module(ModuleError::NoMaster(g)) => Some(format!(
-                "restore generation {g}'s master from its backup shares (`fleetkey master restore`), or rotate"
-            )),
-            Error::Store(StoreError::Busy(_)) => {
-                Some("another fleetkey process holds the store; retry".into())
-            }
-            Error::Transition { source, .. } => Some(format!(
-                "from {} the allowed next states are: {}",
-                source.from,
-                crate::lifecycle::State::ALL
-                    .into_iter()
-                    .filter(|s| source.from.can_become(*s))
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            Error::Refused { hint, .. } => Some(hint.clone()),
-            Error::Backup(crate::backup::BackupError::Exists { .. }) => Some(
-                "move the old share files away (they may be of an interrupted ceremony), or choose another --shares-dir".into(),
-            ),
-            Error::Backup(crate::backup::BackupError::NotEnough { need, .. }) => Some(format!(
-                "bring at least {need} share files of the same fleet and generation"
-            )),
-            Error::Backup(crate::backup::BackupError::WrongSecret { expected, .. }) => {
-                Some(match expected {
-                    crate::backup::Secret::Master => "these are the governance root's shares: restore them with `fleetkey governance restore-root --shares ...`".into(),
-                    crate::backup::Secret::GovernanceRoot => "these are a master's shares: restore them with `fleetkey master restore --shares ...`".into(),
-                })
-            }
-            Error::Backup(crate::backup::BackupError::RootMismatch { .. }) => Some(
-                "bring the shares of the root in use (`fleetkey governance show` names it; after a rotation the newest root's shares)".into(),
-            ),
-            Error::Module(ModuleError::SigningKeyExists) => Some(
-                "the module has its governance root: nothing to restore".into(),
-            ),
-            Error::Backup(crate::backup::BackupError::MasterKcv { .. }) => Some(
-                "check that every file is of the same ceremony: `fleetkey master verify --shares ...`".into(),
-            ),
-            Error::Chain(_) => {
-                Some("restore the store from a backup and investigate who changed it".into())
-            }
-            _ => None,
         }
     }
 }

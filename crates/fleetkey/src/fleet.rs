@@ -88,8 +88,7 @@ impl std::fmt::Debug for Access {
     }
 }
 
-/// What `init` creates.
-#[derive(Debug)]
+/// What `init` creates. Debug says whether there is a transport key, never the key.
 pub struct InitOptions {
     /// Fleet id.
     pub fleet_id: String,
@@ -103,6 +102,18 @@ pub struct InitOptions {
     /// How generation 1's master is backed up (derived and governed schemes; the stored scheme
     /// has no master and takes only [`MasterBackup::NoBackup`]).
     pub backup: MasterBackup,
+}
+
+impl std::fmt::Debug for InitOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitOptions")
+            .field("fleet_id", &self.fleet_id)
+            .field("scheme", &self.scheme)
+            .field("she_transport_key", &self.she_transport_key.is_some())
+            .field("work_factor", &self.work_factor)
+            .field("backup", &self.backup)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Opens a fleet's key module (the soft key file's scrypt unlock, or the token login) when an
@@ -140,10 +151,7 @@ impl LazyModule {
         if let Some(module) = self.module.get() {
             return Ok(module.as_ref());
         }
-        let opener = self.opener.as_ref().ok_or_else(|| Error::Refused {
-            what: "this fleet handle has no key module".into(),
-            hint: "open the fleet with `Fleet::open`".into(),
-        })?;
+        let opener = self.opener.as_ref().ok_or(Error::NoKeyModule)?;
         let opened = opener()?;
         Ok(self.module.get_or_init(|| opened).as_ref())
     }
@@ -242,10 +250,7 @@ impl Fleet {
         access: Access,
     ) -> Result<Fleet, Error> {
         if home.join(crate::home::CONFIG_FILE).exists() {
-            return Err(Error::Refused {
-                what: format!("{} already holds a fleet", home.display()),
-                hint: "choose another --home, or use the fleet that is there".into(),
-            });
+            return Err(Error::FleetExists(home.to_owned()));
         }
         validate_fleet_id(&options.fleet_id)?;
         if let MasterBackup::Shares {
@@ -259,13 +264,9 @@ impl Fleet {
         if let ModuleConfig::Pkcs11 { token_label, .. } = &module
             && !open_pkcs11(&module, &options.fleet_id)?.is_empty()?
         {
-            return Err(Error::Refused {
-                what: format!(
-                    "token {token_label:?} already holds objects of a fleet {:?}",
-                    options.fleet_id
-                ),
-                hint: "choose another fleet id, or remove that fleet's objects from the token"
-                    .into(),
+            return Err(Error::TokenHoldsFleet {
+                token_label: token_label.clone(),
+                fleet: options.fleet_id.clone(),
             });
         }
         let created_dir = !home.exists();
@@ -329,10 +330,7 @@ impl Fleet {
                 access.clock.now_ms(),
             )?)
         } else if options.backup != MasterBackup::NoBackup {
-            return Err(Error::Refused {
-                what: "the stored scheme has no master to split into shares".into(),
-                hint: "drop the share options; back up the key file, whose KEK protects the device roots".into(),
-            });
+            return Err(Error::SharesWithoutMaster(options.scheme));
         } else {
             None
         };
@@ -410,10 +408,7 @@ impl Fleet {
                 root::record_first_root(tx, &new_root.public)?;
             }
             if tx.fleet()?.is_some() {
-                return Err(Error::Refused {
-                    what: "the store already holds a fleet".into(),
-                    hint: "remove the stale fleet.db or choose another --home".into(),
-                });
+                return Err(Error::StoreHoldsFleet);
             }
             tx.put_fleet(&info)?;
             if derived {
@@ -659,13 +654,7 @@ fn open_store(home: &Path, config: &StoreConfig, create: bool) -> Result<Box<dyn
                 crate::store::postgres::PostgresStore::connect_existing(&url, &options)
             };
             Box::new(store.map_err(|e| match e {
-                StoreError::NotFound(what) => Error::Refused {
-                    what: format!("no fleet store: {what} does not exist"),
-                    hint: format!(
-                        "check the URL ({}) and the schema in fleet.json, or create the fleet with `fleetkey init --store postgres://...`",
-                        crate::home::STORE_URL_ENV
-                    ),
-                },
+                StoreError::NotFound(what) => Error::NoFleetStore(what),
                 other => Error::Store(other),
             })?)
         }
@@ -712,9 +701,5 @@ fn validate_fleet_id(id: &str) -> Result<(), Error> {
 }
 
 pub(crate) fn fleet_info(tx: &mut dyn Tx) -> Result<FleetInfo, Error> {
-    tx.fleet()?.ok_or_else(|| Error::Refused {
-        what: "the store holds no fleet".into(),
-        hint: "the fleet home is incomplete: run `fleetkey init` again in an empty directory"
-            .into(),
-    })
+    tx.fleet()?.ok_or(Error::StoreHoldsNoFleet)
 }

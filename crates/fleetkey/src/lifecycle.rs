@@ -78,6 +78,11 @@ impl State {
         )
     }
 
+    /// The states this one may become, in the order of [`State::ALL`].
+    pub fn next_states(self) -> impl Iterator<Item = State> {
+        State::ALL.into_iter().filter(move |s| self.can_become(*s))
+    }
+
     /// Checks `self -> to`.
     pub fn transition(self, to: State) -> Result<State, IllegalTransition> {
         if self.can_become(to) {

@@ -198,7 +198,10 @@ fn rotation_runs_the_ceremony_and_a_lost_master_is_restored_into_the_fleet() {
     std::fs::write(home.join("keys.age"), before).unwrap();
     let mut fleet = Fleet::open(&home, access()).unwrap();
     let err = fleet.provision(&serial("ECU-0002")).unwrap_err();
-    assert!(err.hint().unwrap().contains("master restore"), "{err}");
+    assert!(
+        matches!(err, Error::Module(fleetkey::ModuleError::NoMaster(2))),
+        "{err}"
+    );
 
     // Shares of generation 1 mixed with generation 2 are refused, naming the file.
     let g1 = files(&g1_dir);
@@ -272,7 +275,6 @@ fn a_failed_ceremony_leaves_no_shares_and_no_fleet() {
         matches!(err, Error::Backup(BackupError::Exists { .. })),
         "{err}"
     );
-    assert!(err.hint().unwrap().contains("--shares-dir"));
     assert!(!home.exists());
     assert_eq!(files(&shares_dir).len(), 1);
 
@@ -298,7 +300,7 @@ fn a_failed_ceremony_leaves_no_shares_and_no_fleet() {
     };
     assert!(matches!(
         Fleet::init(&home, options, access()),
-        Err(Error::Refused { .. })
+        Err(Error::SharesWithoutMaster(Scheme::Stored))
     ));
 }
 

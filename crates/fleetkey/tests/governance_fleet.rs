@@ -146,7 +146,10 @@ fn grants_denied_then_expired_and_exported() {
         vec![(1, true), (2, false)]
     );
     assert_eq!(grants[0].record, hex::encode(&bytes));
-    assert!(matches!(fleet.deny_grant(7, "x"), Err(Error::NotFound(_))));
+    assert!(matches!(
+        fleet.deny_grant(7, "x"),
+        Err(Error::NoSuchGrant(7))
+    ));
 
     // Once the denied grant's window has ended, later records leave it out.
     now.fetch_add(2 * 24 * 3600 * 1000, Ordering::Relaxed);
@@ -171,10 +174,13 @@ fn other_schemes_have_no_records() {
     let (mut fleet, _) = init(dir.path(), Scheme::Derived);
     assert!(matches!(
         fleet.publish_generation_record("x", DAY),
-        Err(Error::Refused { .. })
+        Err(Error::NotGoverned {
+            operation: "publish",
+            scheme: Scheme::Derived
+        })
     ));
     fleet.rotate("r", &MasterBackup::NoBackup).unwrap();
-    assert!(matches!(fleet.grants(), Err(Error::Refused { .. })));
+    assert!(matches!(fleet.grants(), Err(Error::NotGoverned { .. })));
     let (mut governed, _) = init(&dir.path().join("g"), Scheme::Governed);
     assert!(matches!(
         governed.publish_generation_record("x", Duration::ZERO),

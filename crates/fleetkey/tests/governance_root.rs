@@ -164,7 +164,7 @@ fn init_splits_the_root_into_its_own_labelled_shares_that_restore_the_same_key()
     // The fleet's own module has its root: nothing to restore.
     assert!(matches!(
         fleet.restore_root(&shares[..2], "test"),
-        Err(Error::Refused { .. })
+        Err(Error::Module(fleetkey::ModuleError::SigningKeyExists))
     ));
     fleet.audit_verify().unwrap();
 }
@@ -475,12 +475,12 @@ fn root_operations_are_refused_outside_the_governed_scheme() {
     let mut fleet = Fleet::init(&dir.path().join("home"), options, access()).unwrap();
     assert!(matches!(
         fleet.rotate_root("x", &MasterBackup::NoBackup, DAY),
-        Err(Error::Refused { .. })
+        Err(Error::NotGoverned { .. })
     ));
-    assert!(matches!(fleet.root_info(), Err(Error::Refused { .. })));
+    assert!(matches!(fleet.root_info(), Err(Error::NotGoverned { .. })));
     assert!(matches!(
         fleet.restore_root(&[], "x"),
-        Err(Error::Refused { .. })
+        Err(Error::NotGoverned { .. })
     ));
 }
 

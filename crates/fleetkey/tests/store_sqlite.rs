@@ -417,7 +417,6 @@ fn a_writer_waits_for_the_lock_then_gets_busy() {
             }
             other => panic!("expected Busy, got {other:?}"),
         }
-        assert!(result.as_ref().unwrap_err().hint().is_some());
         assert!(
             waited >= Duration::from_millis(250),
             "waited only {waited:?}"

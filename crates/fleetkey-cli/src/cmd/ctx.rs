@@ -4,7 +4,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fleetkey::error::Error;
 use fleetkey::fleet::{Access, Fleet, SecretString, SystemClock};
 use fleetkey::home::{FleetConfig, ModuleConfig};
 use serde::Serialize;
@@ -54,7 +53,7 @@ impl Global {
             let passphrase = if on_token {
                 SecretString::from(String::new())
             } else {
-                read_passphrase(false).map_err(|problem| Error::invalid("passphrase", problem))?
+                read_passphrase(false).map_err(|problem| fleetkey::Error::invalid("passphrase", problem))?
             };
             let access = Access {
                 passphrase,
@@ -131,7 +130,7 @@ fn passphrase(confirm: bool) -> Result<SecretString, CliError> {
 const NO_PASSPHRASE: &str = "FLEETKEY_PASSPHRASE is not set and there is no terminal to ask";
 
 /// Bad input in the `passphrase` field, with the hint when nothing could ask for it.
-fn passphrase_error(problem: impl std::fmt::Display) -> CliError {
+pub(crate) fn passphrase_error(problem: impl std::fmt::Display) -> CliError {
     let problem = problem.to_string();
     let err = CliError::input("passphrase", &problem);
     if problem == NO_PASSPHRASE {
@@ -161,38 +160,6 @@ fn read_passphrase(confirm: bool) -> Result<SecretString, String> {
         }
     }
     Ok(SecretString::from(first))
-}
-
-impl From<Error> for CliError {
-    fn from(e: Error) -> Self {
-        let hint = e.hint();
-        let err = match &e {
-            // The passphrase asked for when the command first needed a key (see `Global::open`).
-            Error::Invalid { field, problem } if field == "passphrase" => passphrase_error(problem),
-            Error::Invalid { field, problem } => CliError::input(field, problem),
-            // A PIN or KEK file that is not one is bad input, whichever command reads it.
-            Error::Module(fleetkey::ModuleError::SecretFile {
-                what,
-                path,
-                problem,
-            }) => CliError::input(what, format_args!("{}: {problem}", path.display())),
-            Error::Backup(b) if b.is_check_failure() => CliError::rejected(b),
-            Error::Backup(fleetkey::backup::BackupError::Invalid { field, problem }) => {
-                let flag = match *field {
-                    "custodians" | "custodian" => "--custodian",
-                    "threshold" => "--threshold",
-                    other => other,
-                };
-                CliError::input(flag, problem)
-            }
-            Error::Backup(b) => CliError::input("share files", b),
-            _ => CliError::failed(&e),
-        };
-        match hint {
-            Some(h) => err.hint(h),
-            None => err,
-        }
-    }
 }
 
 /// A progress bar on stderr for long operations (hidden when stderr is not a terminal).

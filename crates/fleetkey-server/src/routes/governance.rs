@@ -59,7 +59,7 @@ pub(super) async fn latest(State(s): State<AppState>, ctx: Ctx) -> Result<Reply,
     s.run(&ctx, Action::GovernanceRead, |fleet, _| {
         match fleet.latest_generation_record()? {
             Some(p) => Reply::ok(&RecordOut::from(&p)),
-            None => Err(fleetkey::Error::NotFound("a published generation record".into()).into()),
+            None => Err(fleetkey::Error::NoGenerationRecord.into()),
         }
     })
     .await

@@ -522,10 +522,7 @@ impl Fleet {
         };
         let entry = transact(self.store.as_mut(), |tx| {
             tx.insert_devices(&records).map_err(|e| match e {
-                crate::error::StoreError::Duplicate(what) => Error::Refused {
-                    what: format!("{what} was registered by someone else during the import"),
-                    hint: "run the import again: it skips what is registered".into(),
-                },
+                crate::error::StoreError::Duplicate(what) => Error::RegisteredDuringImport(what),
                 other => other.into(),
             })?;
             tx.append_audit(draft.clone())?;
@@ -615,10 +612,7 @@ impl Fleet {
                 for d in &page {
                     // Re-check under the transaction: another process may have moved it.
                     if device(tx, &d.serial)?.state != State::PreActive {
-                        return Err(Error::Refused {
-                            what: format!("device {} changed state during provisioning", d.serial),
-                            hint: "run the provisioning again: it continues with the devices still pre-active".into(),
-                        });
+                        return Err(Error::ChangedDuringProvisioning(d.serial.clone()));
                     }
                     tx.update_device(d)?;
                 }

@@ -119,30 +119,21 @@ impl Fleet {
             .clone();
         let fleet = transact(self.store.as_mut(), |tx| fleet_info(tx))?;
         if first.fleet != fleet.id {
-            return Err(Error::Refused {
-                what: format!(
-                    "share file {} is of fleet {}, this is fleet {}",
-                    shares.first().map_or("", |s| s.origin()),
-                    first.fleet,
-                    fleet.id
-                ),
-                hint: "restore into the fleet the shares were made for, or into a new key file with --key-file".into(),
+            return Err(Error::SharesOfOtherFleet {
+                origin: shares.first().map_or("", |s| s.origin()).to_owned(),
+                shares_fleet: first.fleet.clone(),
+                fleet: fleet.id,
+                secret: backup::Secret::Master,
             });
         }
         let record = transact(self.store.as_mut(), |tx| {
             Ok(tx.generation(first.generation)?)
         })?
-        .ok_or_else(|| Error::Refused {
-            what: format!("this fleet has no generation {}", first.generation),
-            hint: "`fleetkey generation list` shows the fleet's generations".into(),
-        })?;
+        .ok_or(Error::NoSuchGeneration(first.generation))?;
         if matches!(record.state, State::Destroyed | State::DestroyedCompromised) {
-            return Err(Error::Refused {
-                what: format!(
-                    "generation {} is {}: its master stays destroyed",
-                    first.generation, record.state
-                ),
-                hint: "restore into a new key file (--key-file) only for forensics".into(),
+            return Err(Error::MasterDestroyed {
+                generation: first.generation,
+                state: record.state,
             });
         }
         let report = backup::restore_into(self.module.get()?, shares, generation)?;
@@ -167,16 +158,13 @@ impl Fleet {
         Ok(report)
     }
 
-    fn require_master_scheme(&self, what: &str) -> Result<(), Error> {
+    fn require_master_scheme(&self, what: &'static str) -> Result<(), Error> {
         if self.config.scheme.derives_from_master() {
             Ok(())
         } else {
-            Err(Error::Refused {
-                what: format!(
-                    "{what}: the {} scheme has no master generations",
-                    self.config.scheme.name()
-                ),
-                hint: "back up the key file (its KEK protects the stored device roots)".into(),
+            Err(Error::NoMasterGenerations {
+                operation: what,
+                scheme: self.config.scheme,
             })
         }
     }

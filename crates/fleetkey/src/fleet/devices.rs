@@ -21,8 +21,8 @@ pub struct NewDevice {
 }
 
 /// What a provisioning station receives for one device. Carries key material: the station
-/// writes it into the ECU and forgets it.
-#[derive(Debug, Serialize)]
+/// writes it into the ECU and forgets it. Debug shows the device, not the keys.
+#[derive(Serialize)]
 pub struct Provisioning {
     /// The device.
     pub device: DeviceRecord,
@@ -31,6 +31,15 @@ pub struct Provisioning {
     /// The SHE updates of the initial load (under the fleet's transport key), or `None` when the
     /// fleet has no transport key.
     pub she: Option<Vec<SheUpdate>>,
+}
+
+impl std::fmt::Debug for Provisioning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisioning")
+            .field("device", &self.device)
+            .field("she_updates", &self.she.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A refresh or migration: the SHE updates that carry the new keys, authorised by the device's
@@ -117,9 +126,9 @@ impl Fleet {
                 record.state = transition(&record, State::Active)?;
                 record.changed = change.clone();
             } else if record.state != State::Active {
-                return Err(Error::Refused {
-                    what: format!("device {serial} is {}, not provisionable", record.state),
-                    hint: "only pre-active and active devices can be provisioned; see `fleetkey device show`".into(),
+                return Err(Error::NotProvisionable {
+                    serial: serial.clone(),
+                    state: record.state,
                 });
             }
             let keys = DeviceKeys::derive(module, &record, record.generation, record.revision)?;
@@ -164,12 +173,9 @@ impl Fleet {
             let fleet = fleet_info(tx)?;
             let old = device(tx, serial)?;
             if old.state != State::Active {
-                return Err(Error::Refused {
-                    what: format!(
-                        "device {serial} is {}; only active devices are refreshed",
-                        old.state
-                    ),
-                    hint: "resume a suspended device first (`fleetkey device resume`)".into(),
+                return Err(Error::NotRefreshable {
+                    serial: serial.clone(),
+                    state: old.state,
                 });
             }
             let (update, event) =
@@ -291,10 +297,7 @@ pub(super) fn refresh_one(
     let serial = old.serial.clone();
     let revision = fleetkey_core::Revision::new(old.revision)
         .and_then(|r| r.next())
-        .map_err(|_| Error::Refused {
-            what: format!("device {serial} is at the last revision (2^28 - 1)"),
-            hint: "revoke and replace the device: SHE counters cannot go further".into(),
-        })?
+        .map_err(|_| Error::LastRevision(serial.clone()))?
         .get();
     let mut new = old.clone();
     new.revision = revision;
@@ -341,10 +344,8 @@ pub(super) fn key_update(
 }
 
 pub(super) fn device(tx: &mut dyn Tx, serial: &DeviceSerial) -> Result<DeviceRecord, Error> {
-    tx.device(serial)?.ok_or_else(|| Error::Refused {
-        what: format!("no device {serial} in this fleet"),
-        hint: "check the serial with `fleetkey device list`, or register it with `fleetkey device add`".into(),
-    })
+    tx.device(serial)?
+        .ok_or_else(|| Error::NoSuchDevice(serial.clone()))
 }
 
 pub(super) fn transition(record: &DeviceRecord, to: State) -> Result<State, Error> {
@@ -359,11 +360,7 @@ pub(super) fn transition(record: &DeviceRecord, to: State) -> Result<State, Erro
 
 pub(super) fn duplicate_serial(e: StoreError, serial: &DeviceSerial) -> Error {
     match e {
-        StoreError::Duplicate(_) => Error::Refused {
-            what: format!("device {serial} is already registered"),
-            hint: "serials are unique in a fleet; `fleetkey device show` shows the existing one"
-                .into(),
-        },
+        StoreError::Duplicate(_) => Error::DeviceExists(serial.clone()),
         other => other.into(),
     }
 }

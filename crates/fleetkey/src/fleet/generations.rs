@@ -35,13 +35,13 @@ pub struct RotationStatus {
 }
 
 impl Fleet {
-    fn require_derived(&self, what: &str) -> Result<(), Error> {
+    fn require_derived(&self, what: &'static str) -> Result<(), Error> {
         if self.config.scheme.derives_from_master() {
             Ok(())
         } else {
-            Err(Error::Refused {
-                what: format!("{what}: the {} scheme has no master generations", self.config.scheme.name()),
-                hint: "in the stored scheme every device has its own random root: refresh devices instead".into(),
+            Err(Error::NoMasterGenerations {
+                operation: what,
+                scheme: self.config.scheme,
             })
         }
     }
@@ -260,18 +260,13 @@ impl Fleet {
             let fleet = fleet_info(tx)?;
             let mut record = generation_record(tx, generation)?;
             if fleet.current_generation == Some(generation) && to != State::Compromised {
-                return Err(Error::Refused {
-                    what: format!("generation {generation} is the current generation"),
-                    hint: "rotate first (`fleetkey generation rotate`), migrate the devices, then retire it".into(),
-                });
+                return Err(Error::CurrentGeneration(generation));
             }
             let dependants = holding_devices(tx, generation)?;
             if dependants > 0 && !force {
-                return Err(Error::Refused {
-                    what: format!("{dependants} devices still depend on generation {generation}"),
-                    hint: format!(
-                        "migrate them (`fleetkey device refresh --generation {generation} --all`) or pass --force --confirm {generation} to cut them off"
-                    ),
+                return Err(Error::DependentDevices {
+                    generation,
+                    count: dependants,
                 });
             }
             let from = record.state;
@@ -308,10 +303,8 @@ fn holding_devices(tx: &mut dyn Tx, generation: u32) -> Result<u64, Error> {
 }
 
 fn generation_record(tx: &mut dyn Tx, generation: u32) -> Result<GenerationRecord, Error> {
-    tx.generation(generation)?.ok_or_else(|| Error::Refused {
-        what: format!("no generation {generation} in this fleet"),
-        hint: "`fleetkey generation list` shows the fleet's generations".into(),
-    })
+    tx.generation(generation)?
+        .ok_or(Error::NoSuchGeneration(generation))
 }
 
 fn gen_transition(record: &GenerationRecord, to: State) -> Result<State, Error> {

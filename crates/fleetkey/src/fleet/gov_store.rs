@@ -59,18 +59,13 @@ pub(super) fn handover_sequences(tx: &mut dyn Tx) -> Result<Vec<u64>, Error> {
 }
 
 impl Fleet {
-    pub(super) fn require_governed(&self, what: &str) -> Result<(), Error> {
+    pub(super) fn require_governed(&self, what: &'static str) -> Result<(), Error> {
         if self.config.scheme == Scheme::Governed {
             Ok(())
         } else {
-            Err(Error::Refused {
-                what: format!(
-                    "{what}: the {} scheme has no governance root",
-                    self.config.scheme.name()
-                ),
-                hint:
-                    "governance records need a fleet created with `fleetkey init --scheme governed`"
-                        .into(),
+            Err(Error::NotGoverned {
+                operation: what,
+                scheme: self.config.scheme,
             })
         }
     }
@@ -124,18 +119,8 @@ impl Fleet {
             return Ok(module.promote_signing_key()?);
         }
         Err(match current {
-            None => Error::Refused {
-                what: "the key module has no governance root".into(),
-                hint: "restore it from its custodian shares: `fleetkey governance restore-root --shares F...`".into(),
-            },
-            Some(found) => Error::Refused {
-                what: format!(
-                    "the key module's governance root {} is not the root the fleet pins ({})",
-                    hex::encode(found),
-                    hex::encode(pinned)
-                ),
-                hint: "the module belongs to another fleet or was changed outside fleetkey".into(),
-            },
+            None => Error::Module(ModuleError::NoSigningKey),
+            Some(found) => Error::RootMismatch { found, pinned },
         })
     }
 }

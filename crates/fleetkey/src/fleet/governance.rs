@@ -185,10 +185,7 @@ impl Fleet {
         let fleet_id = self.config.fleet_id.clone();
         let spec = transact(self.store.as_mut(), |tx| {
             let fleet = fleet_info(tx)?;
-            let current = fleet.current_generation.ok_or_else(|| Error::Refused {
-                what: "the fleet has no current generation".into(),
-                hint: "activate a generation first".into(),
-            })?;
+            let current = fleet.current_generation.ok_or(Error::NoCurrentGeneration)?;
             let mut accepted = Vec::new();
             let mut revoked = Vec::new();
             for g in tx.generations()? {
@@ -203,10 +200,7 @@ impl Fleet {
                 }
             }
             if revoked.contains(&current) {
-                return Err(Error::Refused {
-                    what: format!("the current generation {current} is compromised: no record can accept it"),
-                    hint: "rotate to a new generation (`fleetkey generation rotate`); its record revokes this one".into(),
-                });
+                return Err(Error::CurrentCompromised(current));
             }
             let mut denied = Vec::new();
             for id in denied_ids(tx)? {
@@ -485,7 +479,7 @@ impl Fleet {
         );
         transact(self.store.as_mut(), |tx| {
             let Some(mut info) = grant_info(tx, id)? else {
-                return Err(Error::NotFound(format!("grant {id}")));
+                return Err(Error::NoSuchGrant(id));
             };
             let mut denied = denied_ids(tx)?;
             if !denied.contains(&id) {
@@ -521,8 +515,7 @@ impl Fleet {
     /// One grant.
     pub fn grant(&mut self, id: u64) -> Result<GrantInfo, Error> {
         self.require_governed("grant show")?;
-        transact(self.store.as_mut(), |tx| grant_info(tx, id))?
-            .ok_or_else(|| Error::NotFound(format!("grant {id}")))
+        transact(self.store.as_mut(), |tx| grant_info(tx, id))?.ok_or(Error::NoSuchGrant(id))
     }
 
     /// Writes every root handover (`root-handover-<seq>.cose`, oldest first: a device pinned

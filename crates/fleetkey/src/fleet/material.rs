@@ -14,7 +14,6 @@ use crate::model::{DeviceRecord, DeviceSerial};
 use crate::module::KeyModule;
 
 /// The three keys of one device at one generation and revision. Zeroized on drop; no Debug bytes.
-#[derive(Debug)]
 pub struct DeviceKeys {
     /// Frame and MAC key.
     pub auth: Key128,
@@ -22,6 +21,12 @@ pub struct DeviceKeys {
     pub key_update: Key128,
     /// Base of the device's rolling session keys.
     pub roll_seed: RollSeed,
+}
+
+impl std::fmt::Debug for DeviceKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceKeys").finish_non_exhaustive()
+    }
 }
 
 impl DeviceKeys {
@@ -155,13 +160,23 @@ pub fn she_uid(device: &DeviceRecord) -> Uid {
     device.she_uid.map(Uid::from_bytes).unwrap_or(Uid::WILDCARD)
 }
 
-/// Which key authorises a device's SHE updates.
-#[derive(Clone, Copy, Debug)]
+/// Which key authorises a device's SHE updates. Debug names which, never the key.
+#[derive(Clone, Copy)]
 pub enum Authoriser<'a> {
     /// The initial load: MASTER_ECU_KEY still holds the factory transport key.
     Transport(&'a Key128),
     /// A refresh or migration: MASTER_ECU_KEY holds the device's current KEY_UPDATE key.
     Current(&'a Key128),
+}
+
+impl std::fmt::Debug for Authoriser<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Authoriser::Transport(_) => "Transport",
+            Authoriser::Current(_) => "Current",
+        };
+        f.debug_tuple(name).finish_non_exhaustive()
+    }
 }
 
 /// The SHE updates that load `new` at `revision`. At the initial load MASTER_ECU_KEY is written

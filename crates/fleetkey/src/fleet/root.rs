@@ -113,10 +113,7 @@ fn make_root(
                 Slot::Next => module.stage_signing_key(Some(&seed))?,
             };
             if public != seed.public_key() {
-                return Err(Error::Refused {
-                    what: "the key module's new governance root is not the one imported".into(),
-                    hint: "the module is faulty: nothing was recorded; try another module".into(),
-                });
+                return Err(Error::ModuleFaulty(crate::error::ModuleFault::NewRoot));
             }
             Ok(NewRoot {
                 public,
@@ -388,25 +385,16 @@ impl Fleet {
             .clone();
         let fleet = transact(self.store.as_mut(), |tx| fleet_info(tx))?;
         if first.fleet != fleet.id {
-            return Err(Error::Refused {
-                what: format!(
-                    "share file {} is of fleet {}, this is fleet {}",
-                    shares.first().map_or("", |s| s.origin()),
-                    first.fleet,
-                    fleet.id
-                ),
-                hint: "restore into the fleet the shares were made for".into(),
+            return Err(Error::SharesOfOtherFleet {
+                origin: shares.first().map_or("", |s| s.origin()).to_owned(),
+                shares_fleet: first.fleet.clone(),
+                fleet: fleet.id,
+                secret: backup::Secret::GovernanceRoot,
             });
         }
-        let pinned = self.pinned_root()?.ok_or_else(|| Error::Refused {
-            what: "this fleet's store does not record its root's public key".into(),
-            hint: "restore into a new key file with --key-file and --root-public-key".into(),
-        })?;
+        let pinned = self.pinned_root()?.ok_or(Error::RootNotPinned)?;
         if self.module.get()?.signing_public_key()?.is_some() {
-            return Err(Error::Refused {
-                what: "the key module has a governance root already".into(),
-                hint: "nothing to restore: `fleetkey governance show` names the root in use".into(),
-            });
+            return Err(Error::Module(crate::error::ModuleError::SigningKeyExists));
         }
         let report = backup::restore_root_into(self.module.get()?, shares, Some(&pinned))?;
         let draft = self.draft(

@@ -12,8 +12,8 @@ use crate::store::transact;
 
 use super::Fleet;
 
-/// What the store says of an idempotency key when a request claims it.
-#[derive(Debug)]
+/// What the store says of an idempotency key when a request claims it. Debug shows a replay's
+/// status and length, never its body.
 pub enum Claim {
     /// The key is new: it is now claimed by this request, which must [`Fleet::finish_idempotent`]
     /// or [`Fleet::release_idempotent`] it.
@@ -25,6 +25,21 @@ pub enum Claim {
     InProgress,
     /// The key was used with another request.
     Mismatch,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Claim::New => f.write_str("New"),
+            Claim::Replay(status, body) => f
+                .debug_struct("Replay")
+                .field("status", status)
+                .field("body_len", &body.len())
+                .finish_non_exhaustive(),
+            Claim::InProgress => f.write_str("InProgress"),
+            Claim::Mismatch => f.write_str("Mismatch"),
+        }
+    }
 }
 
 impl Fleet {
@@ -99,10 +114,9 @@ impl Fleet {
             serde_json::json!({"token": id, "reason": reason}),
         );
         transact(self.store.as_mut(), |tx| {
-            let mut token = tx.token(id)?.ok_or_else(|| Error::Refused {
-                what: format!("no token {id} in this fleet"),
-                hint: "`fleetkey token list` shows the tokens and their ids".into(),
-            })?;
+            let mut token = tx
+                .token(id)?
+                .ok_or_else(|| Error::NoSuchToken(id.to_owned()))?;
             if token.revoked_at.is_none() {
                 token.revoked_at = Some(now);
                 tx.update_token(&token)?;

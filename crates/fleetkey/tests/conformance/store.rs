@@ -1236,7 +1236,7 @@ pub(crate) fn concurrent_read_modify_write_serializes(f: &dyn StoreFactory) {
                     tx(&mut *store, |tx| {
                         let mut d = tx
                             .device(&target)?
-                            .ok_or_else(|| Error::NotFound(target.to_string()))?;
+                            .ok_or_else(|| Error::NoSuchDevice(target.clone()))?;
                         d.revision += 1;
                         d.changed = Change {
                             at: i64::from(i),
