@@ -47,6 +47,7 @@ use crate::store::{AUDIT_INDEXED_SUBJECTS, AuditIndex, PendingDelivery, Store, T
 
 mod access;
 mod delivery;
+mod retention;
 
 /// The schema version this fleetkey reads and writes.
 pub const SCHEMA_VERSION: i64 = 3;
@@ -1023,6 +1024,9 @@ impl Tx for PgTx<'_, '_> {
     }
     fn delete_idempotency(&mut self, principal: &str, key: &str) -> Result<(), StoreError> {
         self.delete_idempotency_row(principal, key)
+    }
+    fn purge_idempotency(&mut self, created_before: UnixMillis) -> Result<u64, StoreError> {
+        self.purge_idempotency_rows(created_before)
     }
     fn insert_delivery(
         &mut self,

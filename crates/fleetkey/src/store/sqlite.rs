@@ -36,6 +36,7 @@ use crate::store::{AUDIT_INDEXED_SUBJECTS, AuditIndex, PendingDelivery, Store, T
 
 mod access;
 mod delivery;
+mod retention;
 mod schema;
 
 /// The schema version this fleetkey reads and writes.
@@ -850,6 +851,9 @@ impl Tx for SqliteTx<'_> {
     }
     fn delete_idempotency(&mut self, principal: &str, key: &str) -> Result<(), StoreError> {
         access::delete_idempotency(self.conn, principal, key)
+    }
+    fn purge_idempotency(&mut self, created_before: UnixMillis) -> Result<u64, StoreError> {
+        retention::purge_idempotency(self.conn, created_before)
     }
     fn insert_delivery(
         &mut self,
