@@ -189,6 +189,10 @@ pub(crate) fn hint(e: &Error) -> Option<String> {
         Error::NoStoreUrl => Some(format!(
             "set {STORE_URL_ENV}=postgres://user@host/db, or add \"url\" to fleet.json"
         )),
+        Error::LeaseLost { .. } => {
+            s("the holder finishes the work; a rerun resumes where this one stopped")
+        }
+        Error::LifecycleRunaway => s("run it again; if it keeps saying so, report it"),
         Error::NoKeyModule => s("open the fleet with its key module (`Fleet::open`), not without"),
         Error::TokenHoldsFleet { .. } => {
             s("choose another fleet id, or remove that fleet's objects from the token")

@@ -36,9 +36,15 @@ enum Command {
     /// Master key backup: restore and verify custodian shares.
     #[command(subcommand)]
     Master(cmd::master::Command),
-    /// Where a rotation stands.
+    /// Where a rotation stands, and what the lifecycle policy requires next.
     #[command(subcommand)]
     Rotation(cmd::generation::RotationCommand),
+    /// The lifecycle policy: cryptoperiods and lifetimes; what is due.
+    #[command(subcommand)]
+    Policy(cmd::policy::Command),
+    /// Carry out the lifecycle policy (from cron, or `fleetkey serve` does it).
+    #[command(subcommand)]
+    Lifecycle(cmd::lifecycle::Command),
     /// Governance records (governed scheme): publish, show, verify, export.
     #[command(subcommand)]
     Governance(cmd::governance::Command),
@@ -82,6 +88,8 @@ fn main() -> std::process::ExitCode {
         Command::Device(command) => cmd::device::run(global, command),
         Command::Generation(command) => cmd::generation::run(global, command),
         Command::Rotation(command) => cmd::generation::rotation(global, command),
+        Command::Policy(command) => cmd::policy::run(global, command),
+        Command::Lifecycle(command) => cmd::lifecycle::run(global, command),
         Command::Master(command) => cmd::master::run(global, command),
         Command::Governance(command) => cmd::governance::run(global, command),
         Command::Grant(command) => cmd::governance::grant(global, command),

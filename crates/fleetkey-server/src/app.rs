@@ -60,6 +60,7 @@ struct Inner {
     pool: Arc<FleetPool>,
     limiter: RateLimiter,
     config: ServiceConfig,
+    scheduler: Arc<std::sync::Mutex<crate::scheduler::LocalStatus>>,
 }
 
 impl AppState {
@@ -70,8 +71,37 @@ impl AppState {
                 pool: Arc::new(pool),
                 limiter: RateLimiter::new(config.rate_per_second, config.rate_burst),
                 config,
+                scheduler: crate::scheduler::disabled(),
             }),
         }
+    }
+
+    /// The same state, reporting a running lifecycle scheduler's status (`GET /v1/scheduler`).
+    pub fn with_scheduler(
+        self,
+        status: Arc<std::sync::Mutex<crate::scheduler::LocalStatus>>,
+    ) -> Self {
+        let inner = Inner {
+            pool: Arc::clone(&self.inner.pool),
+            limiter: RateLimiter::new(
+                self.inner.config.rate_per_second,
+                self.inner.config.rate_burst,
+            ),
+            config: self.inner.config.clone(),
+            scheduler: status,
+        };
+        AppState {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// This instance's scheduler status.
+    pub(crate) fn scheduler(&self) -> crate::scheduler::LocalStatus {
+        self.inner
+            .scheduler
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The configuration.

@@ -34,6 +34,7 @@ pub mod pool;
 pub mod problem;
 pub mod ratelimit;
 pub mod routes;
+pub mod scheduler;
 pub mod server;
 pub mod tls;
 

@@ -321,6 +321,7 @@ fn fleet_problem(e: &Error) -> Problem {
         Error::NoMasterGenerations { .. } => refused("in the stored scheme every device has its own random root: refresh devices instead"),
         Error::SharesWithoutMaster(_) => refused("the stored scheme has no master to back up: back up the key file"),
         Error::NotGoverned { .. } => refused("governance records and grants need a fleet of the governed scheme"),
+        Error::LeaseLost { .. } => refused("another instance holds the lifecycle lease and finishes the work"),
         Error::Module(ModuleError::NoSigningKey) => refused("the operator restores the governance root from its custodian shares"),
         Error::Module(ModuleError::SigningKeyExists) => refused("the module has its governance root: nothing to restore"),
         Error::RootMismatch { .. } => refused("the key module belongs to another fleet or was changed outside fleetkey: tell the operator"),
@@ -367,6 +368,7 @@ fn fleet_problem(e: &Error) -> Problem {
         | Error::NoFleetStore(_)
         | Error::NoStoreUrl
         | Error::NoKeyModule
+        | Error::LifecycleRunaway
         | Error::TokenHoldsFleet { .. }
         | Error::ModuleFaulty(_) => failure(),
     }

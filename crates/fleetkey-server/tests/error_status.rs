@@ -106,6 +106,13 @@ fn cases() -> Vec<(Error, u16, &'static str)> {
         ),
         (Error::SharesWithoutMaster(Scheme::Stored), 409, "refused"),
         (
+            Error::LeaseLost {
+                holder: "serve:host:1".into(),
+            },
+            409,
+            "refused",
+        ),
+        (
             Error::NotGoverned {
                 operation: "publish",
                 scheme: Scheme::Derived,
@@ -211,6 +218,8 @@ fn cases() -> Vec<(Error, u16, &'static str)> {
         (Error::StoreHoldsNoFleet, 500, "fleet-failure"),
         (Error::NoFleetStore(text()), 500, "fleet-failure"),
         (Error::NoStoreUrl, 500, "fleet-failure"),
+        (Error::NoKeyModule, 500, "fleet-failure"),
+        (Error::LifecycleRunaway, 500, "fleet-failure"),
         (
             Error::TokenHoldsFleet {
                 token_label: text(),

@@ -170,6 +170,17 @@ pub enum Error {
     /// The configuration names a PostgreSQL store and no URL for it.
     #[error("the fleet's PostgreSQL store has no URL")]
     NoStoreUrl,
+    /// The lifecycle lease passed to another holder while this run worked (it stalled longer than
+    /// the lease): the holder finishes the work.
+    #[error("the lifecycle lease passed to {holder} (this run stalled longer than the lease)")]
+    LeaseLost {
+        /// Who holds it now.
+        holder: String,
+    },
+    /// A lifecycle run found more than 256 actions due in one run (a fault: due items that never
+    /// clear).
+    #[error("lifecycle run: more than 256 actions in one run")]
+    LifecycleRunaway,
     /// An operation needs a key and the fleet handle was opened without a key module or a way to
     /// open one.
     #[error("this fleet handle has no key module")]

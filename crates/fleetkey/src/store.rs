@@ -124,6 +124,9 @@ pub trait Tx {
     fn update_idempotency(&mut self, record: &IdempotencyRecord) -> Result<(), StoreError>;
     /// Forgets a principal's key (a claim whose request failed in a way worth retrying).
     fn delete_idempotency(&mut self, principal: &str, key: &str) -> Result<(), StoreError>;
+    /// Removes every idempotency record (claims and answers, of every principal) created before
+    /// `created_before`; returns how many (the lifecycle policy's `idempotency_retention`).
+    fn purge_idempotency(&mut self, created_before: UnixMillis) -> Result<u64, StoreError>;
 
     /// Adds a batch to the delivery journal (lines a bulk command owes its caller) and returns
     /// its id; ids grow with every insert.

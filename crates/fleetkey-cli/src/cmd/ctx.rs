@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fleetkey::fleet::{Access, Fleet, SecretString, SystemClock};
+use fleetkey::fleet::{Access, Fleet, SecretString};
 use fleetkey::home::{FleetConfig, ModuleConfig};
 use serde::Serialize;
 
@@ -37,8 +37,23 @@ impl Global {
                 .clone()
                 .or_else(|| std::env::var("USER").ok())
                 .unwrap_or_else(|| "unknown".into()),
-            clock: Arc::new(SystemClock),
+            clock: fleetkey::fleet::lifecycle::clock_from_env()?,
         })
+    }
+
+    /// Now, by the clock every command uses (shifted by `FLEETKEY_CLOCK_OFFSET_MS` in tests).
+    pub(crate) fn now_ms(&self) -> Result<i64, CliError> {
+        Ok(fleetkey::fleet::lifecycle::clock_from_env()?.now_ms())
+    }
+
+    /// Who holds the scheduler lease when this process acts: `<what>:<host>:<pid>`.
+    pub(crate) fn lease_holder(what: &str) -> String {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{what}:{host}:{}", std::process::id())
     }
 
     /// Opens the fleet at `--home`. The key module is opened only when the command first needs
@@ -53,12 +68,13 @@ impl Global {
             let passphrase = if on_token {
                 SecretString::from(String::new())
             } else {
-                read_passphrase(false).map_err(|problem| fleetkey::Error::invalid("passphrase", problem))?
+                read_passphrase(false)
+                    .map_err(|problem| fleetkey::Error::invalid("passphrase", problem))?
             };
             let access = Access {
                 passphrase,
                 actor: String::new(),
-                clock: Arc::new(SystemClock),
+                clock: Arc::new(fleetkey::fleet::SystemClock),
             };
             fleetkey::fleet::open_module(&home, &access)
         });
@@ -84,6 +100,30 @@ impl Global {
             Fleet::open_with_module(
                 &home,
                 Arc::clone(&module),
+                Access {
+                    passphrase: template.passphrase.clone(),
+                    actor: template.actor.clone(),
+                    clock: Arc::clone(&template.clock),
+                },
+            )
+        }))
+    }
+
+    /// Opens a fresh handle (its own key module, read anew) each time it is called: the service's
+    /// lifecycle scheduler, which must see generations another instance created.
+    pub(crate) fn fresh_opener(&self) -> Result<fleetkey_server::scheduler::FreshOpener, CliError> {
+        let on_token = FleetConfig::load(&self.home)
+            .is_ok_and(|c| matches!(c.module, ModuleConfig::Pkcs11 { .. }));
+        let passphrase = if on_token {
+            SecretString::from(String::new())
+        } else {
+            passphrase(false)?
+        };
+        let template = self.access_with(passphrase)?;
+        let home = self.home.clone();
+        Ok(Box::new(move || {
+            Fleet::open(
+                &home,
                 Access {
                     passphrase: template.passphrase.clone(),
                     actor: template.actor.clone(),

@@ -185,6 +185,17 @@ pub(crate) fn rotation(global: &Global, command: RotationCommand) -> Result<(), 
     let RotationCommand::Status = command;
     let mut fleet = global.open()?;
     let status = fleet.rotation_status()?;
+    let due = fleet.lifecycle_due(None)?;
+    let mut value = serde_json::to_value(&status).map_err(|e| CliError::input("output", e))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert(
+            "due".into(),
+            serde_json::to_value(&due).map_err(|e| CliError::input("output", e))?,
+        );
+    }
+    if global.json {
+        return global.print(&value, |_| String::new());
+    }
     global.print(&status, |s| {
         let mut out = String::new();
         for g in &s.generations {
@@ -197,6 +208,13 @@ pub(crate) fn rotation(global: &Global, command: RotationCommand) -> Result<(), 
             ));
         }
         out.push_str(&format!("{} devices still to migrate", s.pending));
+        for i in due
+            .iter()
+            .filter(|i| i.action != fleetkey::fleet::lifecycle::DueAction::PurgeIdempotency)
+        {
+            out.push('\n');
+            out.push_str(&crate::cmd::policy::item_text(i));
+        }
         out
     })
 }

@@ -204,9 +204,9 @@ pub(crate) struct IssueArgs {
     /// Serial prefixes covered (repeat or list; at most 16).
     #[arg(long, num_args = 1.., required = true)]
     scope: Vec<String>,
-    /// Days the grant is valid from now.
+    /// Days the grant is valid from now [default: the policy's grant_lifetime].
     #[arg(long)]
-    valid_days: u64,
+    valid_days: Option<u64>,
     /// The subject's Ed25519 public key (hex, or 32 raw bytes).
     #[arg(long)]
     public_key_file: PathBuf,
@@ -522,7 +522,10 @@ pub(crate) fn grant(global: &Global, command: GrantCommand) -> Result<(), CliErr
     let mut fleet = global.open()?;
     match command {
         GrantCommand::Issue(a) => {
-            let validity = days(a.valid_days, "--valid-days")?;
+            let validity = match a.valid_days {
+                Some(n) => days(n, "--valid-days")?,
+                None => fleet.grant_validity(None)?,
+            };
             let key = public_key(&a.public_key_file)?;
             let role = match a.role {
                 RoleArg::Technician => Role::Technician,

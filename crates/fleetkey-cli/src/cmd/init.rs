@@ -355,6 +355,17 @@ pub(crate) struct StatusArgs {}
 pub(crate) fn status(global: &Global, _: StatusArgs) -> Result<(), CliError> {
     let mut fleet = global.open()?;
     let status = fleet.status()?;
+    let scheduler = fleet.scheduler_state()?;
+    if global.json {
+        let mut value = serde_json::to_value(&status).map_err(|e| CliError::input("output", e))?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert(
+                "scheduler".into(),
+                serde_json::to_value(&scheduler).map_err(|e| CliError::input("output", e))?,
+            );
+        }
+        return global.print(&value, |_| String::new());
+    }
     global.print(&status, |s| {
         let mut out = format!(
             "fleet {} ({} scheme), store {}, key module {}, current generation {}\n",
@@ -373,6 +384,25 @@ pub(crate) fn status(global: &Global, _: StatusArgs) -> Result<(), CliError> {
             out.push_str(&format!("  devices {:<22} {n}\n", state.name()));
         }
         out.push_str(&format!("  audit events {}", s.audit_events));
+        out.push_str(&format!(
+            "\n  scheduler: lease {}",
+            match (&scheduler.lease, scheduler.held) {
+                (Some(l), true) => format!("held by {} until {}", l.holder, l.until),
+                (Some(l), false) => format!("free (last holder {})", l.holder),
+                (None, _) => "never taken".into(),
+            }
+        ));
+        if let Some(r) = &scheduler.last_run {
+            out.push_str(&format!(
+                "; last run by {} at {}: {} actions{}",
+                r.holder,
+                r.finished_at,
+                r.actions.len(),
+                r.error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(", error: {e}"))
+            ));
+        }
         out
     })
 }

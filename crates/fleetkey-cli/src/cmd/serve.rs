@@ -19,8 +19,13 @@ for every command. Every request but /healthz and /openapi.json needs a bearer t
 `fleetkey token issue`. Logs go to stderr (no token, no key material). docs/service.md has the
 endpoints, roles and errors.
 
+The lifecycle scheduler runs `fleetkey lifecycle run` every --lifecycle-interval on its own
+thread (off with --no-lifecycle); with several instances on one store exactly one acts (a lease in
+the store), the others keep serving. GET /v1/scheduler and `fleetkey status` show it.
+
 Examples:
   fleetkey serve                                   (http://127.0.0.1:8443, loopback only)
+  fleetkey serve --lifecycle-interval 10m --lifecycle-out /srv/updates.jsonl --lifecycle-rate 2000
   fleetkey serve --listen 0.0.0.0:8443 --tls-cert server.pem --tls-key server.key --client-ca stations-ca.pem
   TOKEN=$(fleetkey token issue --principal station-1 --role station --expires 90d | head -n1)
   curl -s -X POST -H \"Authorization: Bearer $TOKEN\" -H 'Idempotency-Key: ECU-0001-1' \\
@@ -57,6 +62,25 @@ pub(crate) struct ServeArgs {
     /// Seconds a client has to send its request headers (slowloris).
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
+    /// Do not run the lifecycle scheduler in this instance.
+    #[arg(long)]
+    no_lifecycle: bool,
+    /// Time between lifecycle scheduler runs (the first is one interval after start).
+    #[arg(long, default_value = "60s")]
+    lifecycle_interval: String,
+    /// Where the scheduler's migrations append their SHE key updates [default: <home>/lifecycle-updates.jsonl].
+    #[arg(long)]
+    lifecycle_out: Option<PathBuf>,
+    /// Migration rate limit of the scheduler, devices per second.
+    #[arg(long)]
+    lifecycle_rate: Option<f64>,
+    /// Devices per transaction in the scheduler's migrations.
+    #[arg(long, default_value_t = 10_000)]
+    lifecycle_batch: usize,
+    /// The scheduler lease's lifetime without renewal: how soon another instance takes over
+    /// from one that died.
+    #[arg(long, default_value = "2m")]
+    lifecycle_lease_ttl: String,
 }
 
 pub(crate) fn run(global: &Global, args: ServeArgs) -> Result<(), CliError> {
@@ -83,8 +107,46 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> Result<(), CliError> {
             "a number of requests per second, 0 for none",
         ));
     }
+    let interval =
+        fleetkey::fleet::policy::Span::parse("--lifecycle-interval", &args.lifecycle_interval)?;
+    let lease_ttl =
+        fleetkey::fleet::policy::Span::parse("--lifecycle-lease-ttl", &args.lifecycle_lease_ttl)?;
+    if args
+        .lifecycle_rate
+        .is_some_and(|r| !(r.is_finite() && r > 0.0))
+    {
+        return Err(CliError::input(
+            "--lifecycle-rate",
+            "a positive number of devices per second",
+        ));
+    }
+    if args.lifecycle_batch == 0 || args.lifecycle_batch > 100_000 {
+        return Err(CliError::input("--lifecycle-batch", "1 to 100000"));
+    }
     let opener = global.opener()?;
     let pool = FleetPool::open(args.workers, opener)?;
+    let scheduler = if args.no_lifecycle {
+        None
+    } else {
+        let config = fleetkey_server::scheduler::SchedulerConfig {
+            interval: interval.as_duration(),
+            lease_ttl,
+            rate: args.lifecycle_rate,
+            batch: args.lifecycle_batch,
+            out: args
+                .lifecycle_out
+                .clone()
+                .unwrap_or_else(|| global.home.join("lifecycle-updates.jsonl")),
+            holder: Global::lease_holder("serve"),
+        };
+        let clock = fleetkey::fleet::lifecycle::clock_from_env()?;
+        let now: std::sync::Arc<dyn Fn() -> i64 + Send + Sync> =
+            std::sync::Arc::new(move || clock.now_ms());
+        Some(
+            fleetkey_server::scheduler::start(config, global.fresh_opener()?, now)
+                .map_err(|e| CliError::failed(format_args!("lifecycle scheduler: {e}")))?,
+        )
+    };
     let fleet_id = pool.fleet_id().to_owned();
     let service = ServiceConfig {
         body_limit: args.body_limit,
@@ -108,7 +170,10 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::failed(format_args!("tokio runtime: {e}")))?;
     runtime.block_on(async move {
-        let state = AppState::new(pool, service);
+        let mut state = AppState::new(pool, service);
+        if let Some(s) = &scheduler {
+            state = state.with_scheduler(s.status());
+        }
         let (addr, server) = Server::bind(config, state).await.map_err(|e| {
             CliError::failed(format_args!("listen on {}: {e}", args.listen))
                 .hint("is another process on that port? choose another with --listen")
@@ -120,11 +185,15 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> Result<(), CliError> {
             tls = tls.is_some(),
             client_certificates = args.client_ca.is_some(),
             workers = args.workers,
+            lifecycle = scheduler.is_some(),
             "fleetkey serving{}",
             if tls.is_none() { " plain HTTP on loopback only (no --tls-cert)" } else { "" }
         );
         wait_for_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
+        if let Some(s) = &scheduler {
+            s.stop();
+        }
         server.shutdown().await;
         Ok(())
     })

@@ -27,7 +27,8 @@ Examples:
         /// A technician's grant subject.
         #[arg(long)]
         subject: Option<String>,
-        /// When it stops working: a duration (30m, 12h, 90d) or a time (RFC 3339). Default: never.
+        /// When it stops working: a duration (30m, 12h, 90d) or a time (RFC 3339). Default: the
+        /// lifecycle policy's token_lifetime (`fleetkey policy show`); at most its maximum.
         #[arg(long)]
         expires: Option<String>,
     },

@@ -29,6 +29,20 @@ pub(super) async fn status(State(s): State<AppState>, ctx: Ctx) -> Result<Reply,
     .await
 }
 
+pub(super) async fn scheduler(State(s): State<AppState>, ctx: Ctx) -> Result<Reply, ApiError> {
+    let local = s.scheduler();
+    s.run(&ctx, Action::Status, move |fleet, _| {
+        let state = fleet.scheduler_state()?;
+        Reply::ok(&serde_json::json!({
+            "instance": local,
+            "lease": state.lease,
+            "held": state.held,
+            "last_run": state.last_run,
+        }))
+    })
+    .await
+}
+
 fn new_device(field: &str, d: &api::NewDevice) -> Result<NewDevice, ApiError> {
     let she_uid = d
         .she_uid

@@ -643,6 +643,20 @@ impl Fleet {
         out: &mut dyn Output,
         progress: &dyn Progress,
     ) -> Result<BulkReport, Error> {
+        self.refresh_all_with(filter, reason, out, progress, &mut |_, _| Ok(()))
+    }
+
+    /// [`Fleet::refresh_all`], calling `between` after each batch with the devices refreshed so
+    /// far (the lifecycle scheduler renews its lease and keeps its rate there; an error stops the
+    /// refresh after that batch, whose lines were delivered).
+    pub(crate) fn refresh_all_with(
+        &mut self,
+        filter: &DeviceFilter,
+        reason: &str,
+        out: &mut dyn Output,
+        progress: &dyn Progress,
+        between: &mut dyn FnMut(&mut Fleet, u64) -> Result<(), Error>,
+    ) -> Result<BulkReport, Error> {
         let mut delivery = Delivery::new(DeliveryKind::KeyUpdate, out);
         delivery.resend_pending(self, progress)?;
         let mut filter = filter.clone();
@@ -693,6 +707,7 @@ impl Fleet {
             delivery.send(self, id, &lines)?;
             done += updates.len() as u64;
             progress.advance(page.len() as u64);
+            between(self, done)?;
         }
         progress.finish();
         Ok(BulkReport {

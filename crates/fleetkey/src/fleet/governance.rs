@@ -417,6 +417,8 @@ impl Fleet {
         subject_key: [u8; 32],
     ) -> Result<(u64, Vec<u8>), Error> {
         self.require_governed("grant issue")?;
+        // The lifecycle policy's maximum grant lifetime.
+        let validity = self.grant_validity(Some(validity))?;
         let (not_before, not_after) = self.window(validity)?;
         let id = transact(self.store.as_mut(), |tx| {
             Ok(meta_u64(tx, META_GRANT_NEXT)?.saturating_add(1))

@@ -76,6 +76,8 @@ impl Fleet {
         if expires_at.is_some_and(|e| e <= now) {
             return Err(Error::invalid("expires", "must be in the future"));
         }
+        // The lifecycle policy's default and maximum token lifetimes.
+        let expires_at = Some(self.token_expiry(expires_at, now)?);
         let (id, secret) = new_token()?;
         let token = ApiToken {
             id,

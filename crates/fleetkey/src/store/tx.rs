@@ -564,6 +564,19 @@ impl<B: Backend> Tx for B {
         execute(self, "delete idempotency key", &sql, &params).map(drop)
     }
 
+    fn purge_idempotency(&mut self, created_before: UnixMillis) -> Result<u64, StoreError> {
+        let sql = format!(
+            "DELETE FROM idempotency WHERE created_at < {p}1",
+            p = <B::Dialect as Dialect>::PARAM
+        );
+        execute(
+            self,
+            "purge idempotency records",
+            &sql,
+            &[Value::int(created_before)],
+        )
+    }
+
     fn insert_delivery(
         &mut self,
         kind: &str,

@@ -65,6 +65,7 @@ macro_rules! store_conformance {
             concurrent_read_modify_write_serializes,
             tokens_insert_lookup_update,
             idempotency_claim_finish_delete,
+            idempotency_purge_by_age,
             delivery_journal_insert_list_delete,
         );
     };
@@ -1444,6 +1445,49 @@ pub(crate) fn idempotency_claim_finish_delete(f: &dyn StoreFactory) {
         1,
         "{results:?}"
     );
+}
+
+pub(crate) fn idempotency_purge_by_age(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let record = |principal: &str, key: &str, at: i64, done: bool| IdempotencyRecord {
+        principal: principal.into(),
+        key: key.into(),
+        fingerprint: [7; 32],
+        created_at: at,
+        response: done.then(|| (200, WrappedKey(vec![1, 2, 3]))),
+    };
+    let all = [
+        record("station-1", "old-done", 100, true),
+        record("station-1", "old-claim", 199, false),
+        record("station-2", "boundary", 200, true),
+        record("station-2", "new", 300, false),
+    ];
+    tx(store, |tx| {
+        for r in &all {
+            tx.insert_idempotency(r)?;
+        }
+        Ok(())
+    });
+    // Strictly before the cut, claims and answers of every principal; nothing else.
+    assert_eq!(tx(store, |tx| Ok(tx.purge_idempotency(200)?)), 2);
+    assert_eq!(tx(store, |tx| Ok(tx.purge_idempotency(200)?)), 0);
+    for r in &all {
+        let found = tx(store, |tx| Ok(tx.idempotency(&r.principal, &r.key)?));
+        assert_eq!(found.is_some(), r.created_at >= 200, "{}", r.key);
+    }
+    // A purge rolled back by its closure removes nothing.
+    let failed = store.transaction(&mut |tx| {
+        tx.purge_idempotency(i64::MAX)?;
+        Err(Error::invalid("test", "roll back"))
+    });
+    assert!(failed.is_err());
+    let mut other = f.reopen();
+    assert!(
+        tx(&mut *other, |tx| Ok(tx.idempotency("station-2", "new")?)).is_some(),
+        "the rolled-back purge removed a record"
+    );
+    assert_eq!(tx(&mut *other, |tx| Ok(tx.purge_idempotency(i64::MAX)?)), 2);
 }
 
 pub(crate) fn delivery_journal_insert_list_delete(f: &dyn StoreFactory) {
