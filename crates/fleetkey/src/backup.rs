@@ -959,7 +959,7 @@ pub fn module_holds(
         revision: Revision::ZERO,
         serial,
     };
-    let in_module = module.derive(generation, &inputs)?;
+    let in_module = module.derive(&inputs)?;
     let here = fleetkey_core::derive::derive(master, &inputs);
     Ok(in_module.expose_secret().ct_eq(here.expose_secret()).into())
 }

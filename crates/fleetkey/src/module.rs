@@ -82,12 +82,8 @@ pub trait KeyModule: Send + Sync {
     /// The generations that have a master, ascending.
     fn masters(&self) -> Result<Vec<Generation>, ModuleError>;
 
-    /// Derives one device key from the generation's master (derivation v1).
-    fn derive(
-        &self,
-        generation: Generation,
-        inputs: &DeviceKeyInputs<'_>,
-    ) -> Result<DeviceKey, ModuleError>;
+    /// Derives one device key from the master of `inputs.generation` (derivation v1).
+    fn derive(&self, inputs: &DeviceKeyInputs<'_>) -> Result<DeviceKey, ModuleError>;
 
     /// A deriver for many keys of one generation.
     fn bulk_deriver(

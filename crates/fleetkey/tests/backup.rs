@@ -83,12 +83,7 @@ fn derive(module: &dyn KeyModule, generation: u32, s: &str) -> (String, String, 
             revision: Revision::ZERO,
             serial: fleetkey_core::Serial::new(bytes).unwrap(),
         };
-        hex::encode(
-            module
-                .derive(Generation(generation), &inputs)
-                .unwrap()
-                .expose_secret(),
-        )
+        hex::encode(module.derive(&inputs).unwrap().expose_secret())
     };
     (
         key(Usage::Auth),

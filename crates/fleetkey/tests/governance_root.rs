@@ -531,10 +531,9 @@ impl KeyModule for Interrupting {
     }
     fn derive(
         &self,
-        g: Generation,
         i: &DeviceKeyInputs<'_>,
     ) -> Result<fleetkey_core::derive::DeviceKey, ModuleError> {
-        self.inner.derive(g, i)
+        self.inner.derive(i)
     }
     fn bulk_deriver(&self, g: Generation) -> Result<Box<dyn BulkDeriver + '_>, ModuleError> {
         self.inner.bulk_deriver(g)

@@ -53,7 +53,8 @@ impl Global {
             let passphrase = if on_token {
                 SecretString::from(String::new())
             } else {
-                read_passphrase(false).map_err(|problem| fleetkey::Error::invalid("passphrase", problem))?
+                read_passphrase(false)
+                    .map_err(|problem| fleetkey::Error::invalid("passphrase", problem))?
             };
             let access = Access {
                 passphrase,

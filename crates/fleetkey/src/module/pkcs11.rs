@@ -207,12 +207,8 @@ impl KeyModule for Pkcs11Module {
         masters::list(self)
     }
 
-    fn derive(
-        &self,
-        generation: Generation,
-        inputs: &DeviceKeyInputs<'_>,
-    ) -> Result<DeviceKey, ModuleError> {
-        masters::derive(self, generation, inputs)
+    fn derive(&self, inputs: &DeviceKeyInputs<'_>) -> Result<DeviceKey, ModuleError> {
+        masters::derive(self, inputs)
     }
 
     fn bulk_deriver(

@@ -98,8 +98,8 @@ impl Drop for Pkcs11BulkDeriver<'_> {
     }
 }
 
-/// `derive` takes the generation twice (argument and inputs): they must agree.
-pub(super) fn check_generation(
+/// A bulk deriver is of one generation: the inputs must be of it.
+fn check_generation(
     generation: Generation,
     inputs: &DeviceKeyInputs<'_>,
 ) -> Result<(), ModuleError> {

@@ -14,7 +14,6 @@ use fleetkey_core::MasterKey;
 use fleetkey_core::derive::{DeviceKey, DeviceKeyInputs, Generation, MAX_INFO_LEN};
 use zeroize::{Zeroize as _, Zeroizing};
 
-use super::bulk::check_generation;
 use super::session::create_retrying;
 use super::token::{backend, rv};
 use super::{Pkcs11Module, lock};
@@ -180,10 +179,9 @@ pub(super) fn list(module: &Pkcs11Module) -> Result<Vec<Generation>, ModuleError
 /// [`KeyModule::derive`](crate::module::KeyModule::derive).
 pub(super) fn derive(
     module: &Pkcs11Module,
-    generation: Generation,
     inputs: &DeviceKeyInputs<'_>,
 ) -> Result<DeviceKey, ModuleError> {
-    check_generation(generation, inputs)?;
+    let generation = inputs.generation;
     let master = module.master(generation)?;
     let session = module.session()?;
     derive_key(session.get(), master.handle, inputs).map_err(|e| {
