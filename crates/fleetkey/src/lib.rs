@@ -6,7 +6,8 @@
 //!   the audit chain (SQLite by default).
 //! - [`model`]: the records both traits speak in; [`lifecycle`]: NIST SP 800-57 / KMIP states;
 //!   [`audit`]: the SHA-256 hash chain.
-//! - [`backup`]: the master key ceremony's M-of-N custodian shares (Shamir over GF(256)).
+//! - [`backup`]: the master key ceremony's M-of-N custodian shares (Shamir over GF(256));
+//!   [`restore`]: shares back into a key module.
 //! - [`canlog`]: the candump log format.
 //! - [`access`]: the HTTP service's tokens and idempotency records, as the store keeps them.
 
@@ -23,6 +24,7 @@ pub mod home;
 pub mod lifecycle;
 pub mod model;
 pub mod module;
+pub mod restore;
 pub mod store;
 
 pub use error::{Error, ModuleError, StoreError};
