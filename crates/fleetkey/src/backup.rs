@@ -44,8 +44,8 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
+use crate::governance::SigningSeed;
 use crate::model::UnixMillis;
-use crate::module::SigningSeed;
 
 mod file;
 
