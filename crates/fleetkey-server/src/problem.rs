@@ -368,6 +368,7 @@ fn fleet_problem(e: &Error) -> Problem {
         | Error::NoStoreUrl
         | Error::NoKeyModule
         | Error::TokenHoldsFleet { .. }
+        | Error::NotBuilt { .. }
         | Error::ModuleFaulty(_) => failure(),
     }
 }

@@ -212,6 +212,14 @@ fn cases() -> Vec<(Error, u16, &'static str)> {
         (Error::NoFleetStore(text()), 500, "fleet-failure"),
         (Error::NoStoreUrl, 500, "fleet-failure"),
         (
+            Error::NotBuilt {
+                backend: "PKCS#11 key module",
+                feature: "pkcs11",
+            },
+            500,
+            "fleet-failure",
+        ),
+        (
             Error::TokenHoldsFleet {
                 token_label: text(),
                 fleet: "tractors".into(),

@@ -10,6 +10,11 @@
 //!   [`restore`]: shares back into a key module.
 //! - [`canlog`]: the candump log format.
 //! - [`access`]: the HTTP service's tokens and idempotency records, as the store keeps them.
+//!
+//! Cargo features (both off by default; the `fleetkey` command and the server enable both):
+//! `pkcs11` builds `module::pkcs11` (the `cryptoki` binding), `postgres` builds `store::postgres`
+//! (the `postgres` client). A fleet configured for a backend left out fails to open with
+//! [`Error::NotBuilt`].
 
 pub use fleetkey_core as core;
 

@@ -1,8 +1,8 @@
 //! The key module: where the masters, the stored scheme's key-encryption key (KEK) and the
 //! governance root live. A master never leaves a module through this trait.
 //!
-//! Implementations: [`soft`] (a passphrase-encrypted file, the embedded default) and, later,
-//! PKCS#11. Both pass the same conformance suite (`crates/fleetkey/tests/conformance/module.rs`).
+//! Implementations: [`soft`] (a passphrase-encrypted file, the embedded default) and `pkcs11`
+//! (any PKCS#11 token; cargo feature `pkcs11`). Both pass the same conformance suite (`crates/fleetkey/tests/conformance/module.rs`).
 
 use fleetkey_core::MasterKey;
 use fleetkey_core::derive::{DeviceKey, DeviceKeyInputs, Generation};
@@ -28,6 +28,7 @@ impl SigningSeed {
     }
 }
 
+#[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 pub mod soft;
 
