@@ -197,6 +197,9 @@ pub(crate) fn hint(e: &Error) -> Option<String> {
         Error::TokenHoldsFleet { .. } => {
             s("choose another fleet id, or remove that fleet's objects from the token")
         }
+        Error::NotBuilt { feature, .. } => Some(format!(
+            "use a fleetkey built with the cargo feature `{feature}` (the released command has it)"
+        )),
         Error::ModuleFaulty(fault) => match fault {
             ModuleFault::ImportedMaster(_) => {
                 s("the module is faulty: nothing was kept; try another module")

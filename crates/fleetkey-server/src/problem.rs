@@ -370,6 +370,7 @@ fn fleet_problem(e: &Error) -> Problem {
         | Error::NoKeyModule
         | Error::LifecycleRunaway
         | Error::TokenHoldsFleet { .. }
+        | Error::NotBuilt { .. }
         | Error::ModuleFaulty(_) => failure(),
     }
 }

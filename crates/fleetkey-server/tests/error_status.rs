@@ -221,6 +221,14 @@ fn cases() -> Vec<(Error, u16, &'static str)> {
         (Error::NoKeyModule, 500, "fleet-failure"),
         (Error::LifecycleRunaway, 500, "fleet-failure"),
         (
+            Error::NotBuilt {
+                backend: "PKCS#11 key module",
+                feature: "pkcs11",
+            },
+            500,
+            "fleet-failure",
+        ),
+        (
             Error::TokenHoldsFleet {
                 token_label: text(),
                 fleet: "tractors".into(),

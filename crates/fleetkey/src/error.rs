@@ -196,6 +196,15 @@ pub enum Error {
     /// The key module did not behave as it must after an import; nothing was kept.
     #[error("{0}")]
     ModuleFaulty(ModuleFault),
+    /// The fleet is configured for a key module or a store that this build of the library leaves
+    /// out (a cargo feature of the `fleetkey` crate).
+    #[error("this fleet's {backend} is not built into this fleetkey (cargo feature `{feature}`)")]
+    NotBuilt {
+        /// `PKCS#11 key module`, `PostgreSQL store`.
+        backend: &'static str,
+        /// The cargo feature that builds it: `pkcs11`, `postgres`.
+        feature: &'static str,
+    },
 
     // What a scheme has.
     /// A generation operation on a scheme without master generations (stored).

@@ -255,6 +255,7 @@ impl Fleet {
             return Err(Error::FleetExists(home.to_owned()));
         }
         validate_fleet_id(&options.fleet_id)?;
+        check_built(&module, &store)?;
         if let MasterBackup::Shares {
             threshold,
             custodians,
@@ -263,6 +264,7 @@ impl Fleet {
         {
             crate::backup::check_split(*threshold, custodians)?;
         }
+        #[cfg(feature = "pkcs11")]
         if let ModuleConfig::Pkcs11 { token_label, .. } = &module
             && !open_pkcs11(&module, &options.fleet_id)?.is_empty()?
         {
@@ -279,9 +281,10 @@ impl Fleet {
         let mut config = FleetConfig::embedded(&options.fleet_id, options.scheme);
         config.module = module;
         config.store = store;
-        let fleet_id = options.fleet_id.clone();
-        let module_config = config.module.clone();
+        #[cfg(feature = "pkcs11")]
+        let (fleet_id, module_config) = (options.fleet_id.clone(), config.module.clone());
         let result = Self::create_in(home, config, options, access);
+        #[cfg(feature = "pkcs11")]
         if let (Err(_), ModuleConfig::Pkcs11 { .. }) = (&result, &module_config) {
             // Checked empty before anything was created: all there is of the fleet is ours.
             if let Ok(module) = open_pkcs11(&module_config, &fleet_id) {
@@ -317,9 +320,7 @@ impl Fleet {
                 access.passphrase.expose_secret(),
                 options.work_factor,
             )?),
-            ModuleConfig::Pkcs11 { .. } => {
-                Arc::new(open_pkcs11(&config.module, &options.fleet_id)?)
-            }
+            ModuleConfig::Pkcs11 { .. } => pkcs11_module(&config.module, &options.fleet_id)?,
         };
         module.ensure_kek()?;
         let derived = options.scheme.derives_from_master();
@@ -618,7 +619,6 @@ impl Fleet {
     }
 }
 
-/// The PKCS#11 module of a configuration, in the fleet's namespace.
 /// Opens the key module of the fleet at `home` (the soft file under the access's passphrase, or
 /// the PKCS#11 token), to share between [`Fleet::open_with_module`] handles.
 pub fn open_module(home: &Path, access: &Access) -> Result<Arc<dyn KeyModule>, Error> {
@@ -635,7 +635,7 @@ fn open_module_with(
             home.join(file),
             passphrase.expose_secret(),
         )?),
-        ModuleConfig::Pkcs11 { .. } => Arc::new(open_pkcs11(&config.module, &config.fleet_id)?),
+        ModuleConfig::Pkcs11 { .. } => pkcs11_module(&config.module, &config.fleet_id)?,
     })
 }
 
@@ -644,6 +644,9 @@ fn open_store(home: &Path, config: &StoreConfig, create: bool) -> Result<Box<dyn
     Ok(match config {
         StoreConfig::Sqlite { file } if create => Box::new(SqliteStore::open(home.join(file))?),
         StoreConfig::Sqlite { file } => Box::new(SqliteStore::open_existing(home.join(file))?),
+        #[cfg(not(feature = "postgres"))]
+        StoreConfig::Postgres { .. } => return Err(NOT_BUILT_POSTGRES),
+        #[cfg(feature = "postgres")]
         StoreConfig::Postgres { schema, .. } => {
             let url = config.postgres_url(home)?.unwrap_or_default();
             let options = crate::store::postgres::PostgresOptions {
@@ -663,6 +666,43 @@ fn open_store(home: &Path, config: &StoreConfig, create: bool) -> Result<Box<dyn
     })
 }
 
+/// Refuses a configuration that needs a backend this build leaves out ([`Error::NotBuilt`]).
+fn check_built(module: &ModuleConfig, store: &StoreConfig) -> Result<(), Error> {
+    if cfg!(not(feature = "pkcs11")) && matches!(module, ModuleConfig::Pkcs11 { .. }) {
+        return Err(NOT_BUILT_PKCS11);
+    }
+    if cfg!(not(feature = "postgres")) && matches!(store, StoreConfig::Postgres { .. }) {
+        return Err(NOT_BUILT_POSTGRES);
+    }
+    Ok(())
+}
+
+/// A fleet on a PKCS#11 token, in a build without the `pkcs11` feature.
+const NOT_BUILT_PKCS11: Error = Error::NotBuilt {
+    backend: "PKCS#11 key module",
+    feature: "pkcs11",
+};
+
+/// A fleet on a PostgreSQL store, in a build without the `postgres` feature.
+const NOT_BUILT_POSTGRES: Error = Error::NotBuilt {
+    backend: "PostgreSQL store",
+    feature: "postgres",
+};
+
+/// The PKCS#11 module of a configuration, to share.
+#[cfg(feature = "pkcs11")]
+fn pkcs11_module(config: &ModuleConfig, fleet_id: &str) -> Result<Arc<dyn KeyModule>, Error> {
+    Ok(Arc::new(open_pkcs11(config, fleet_id)?))
+}
+
+/// Without the `pkcs11` feature a fleet on a token does not open.
+#[cfg(not(feature = "pkcs11"))]
+fn pkcs11_module(_config: &ModuleConfig, _fleet_id: &str) -> Result<Arc<dyn KeyModule>, Error> {
+    Err(NOT_BUILT_PKCS11)
+}
+
+/// The PKCS#11 module of a configuration, in the fleet's namespace.
+#[cfg(feature = "pkcs11")]
 fn open_pkcs11(
     config: &ModuleConfig,
     fleet_id: &str,

@@ -5,6 +5,9 @@
 //!
 //! Every record built here is decoded again by the device's parser before it is returned, so a
 //! spec outside the device's bounds fails here, not on the device.
+//!
+//! The root's secret seed, while it is on the host (a ceremony with custodian shares, a restore
+//! from them), is a [`SigningSeed`].
 
 use coset::cbor::value::Value;
 use coset::{CborSerializable, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable, iana};
@@ -16,6 +19,38 @@ use sha2::{Digest, Sha256};
 
 #[cfg(test)]
 mod tests;
+
+/// The secret seed of an Ed25519 governance root (RFC 8032 section 5.1.5), in zeroizing memory.
+/// It exists on the host only during a root ceremony (drawn, split into custodian shares,
+/// imported) or a restore from shares; it appears in no `Debug` output and no error. Drawn by
+/// [`SigningSeed::random`] (in [`crate::module`]).
+pub struct SigningSeed(zeroize::Zeroizing<[u8; 32]>);
+
+impl SigningSeed {
+    /// A seed from its 32 bytes.
+    pub fn from_bytes(bytes: zeroize::Zeroizing<[u8; 32]>) -> Self {
+        Self(bytes)
+    }
+
+    /// The seed's bytes.
+    pub fn expose_secret(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The Ed25519 public key of this seed.
+    pub fn public_key(&self) -> [u8; 32] {
+        // `SigningKey` zeroizes its copy of the seed on drop.
+        ed25519_dalek::SigningKey::from_bytes(&self.0)
+            .verifying_key()
+            .to_bytes()
+    }
+}
+
+impl std::fmt::Debug for SigningSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningSeed(..)")
+    }
+}
 
 /// Why a record could not be issued.
 #[derive(Debug, thiserror::Error)]

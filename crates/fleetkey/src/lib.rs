@@ -6,9 +6,15 @@
 //!   the audit chain (SQLite by default).
 //! - [`model`]: the records both traits speak in; [`lifecycle`]: NIST SP 800-57 / KMIP states;
 //!   [`audit`]: the SHA-256 hash chain.
-//! - [`backup`]: the master key ceremony's M-of-N custodian shares (Shamir over GF(256)).
+//! - [`backup`]: the master key ceremony's M-of-N custodian shares (Shamir over GF(256));
+//!   [`restore`]: shares back into a key module.
 //! - [`canlog`]: the candump log format.
 //! - [`access`]: the HTTP service's tokens and idempotency records, as the store keeps them.
+//!
+//! Cargo features (both off by default; the `fleetkey` command and the server enable both):
+//! `pkcs11` builds `module::pkcs11` (the `cryptoki` binding), `postgres` builds `store::postgres`
+//! (the `postgres` client). A fleet configured for a backend left out fails to open with
+//! [`Error::NotBuilt`].
 
 pub use fleetkey_core as core;
 
@@ -23,6 +29,7 @@ pub mod home;
 pub mod lifecycle;
 pub mod model;
 pub mod module;
+pub mod restore;
 pub mod store;
 
 pub use error::{Error, ModuleError, StoreError};

@@ -1,8 +1,8 @@
 //! The key module: where the masters, the stored scheme's key-encryption key (KEK) and the
 //! governance root live. A master never leaves a module through this trait.
 //!
-//! Implementations: [`soft`] (a passphrase-encrypted file, the embedded default) and, later,
-//! PKCS#11. Both pass the same conformance suite (`crates/fleetkey/tests/conformance/module.rs`).
+//! Implementations: [`soft`] (a passphrase-encrypted file, the embedded default) and `pkcs11`
+//! (any PKCS#11 token; cargo feature `pkcs11`). Both pass the same conformance suite (`crates/fleetkey/tests/conformance/module.rs`).
 
 use fleetkey_core::MasterKey;
 use fleetkey_core::derive::{DeviceKey, DeviceKeyInputs, Generation};
@@ -10,17 +10,13 @@ use fleetkey_core::derive::{DeviceKey, DeviceKeyInputs, Generation};
 use crate::error::ModuleError;
 use crate::model::WrappedKey;
 
-/// The secret seed of an Ed25519 governance root (RFC 8032 section 5.1.5), in zeroizing memory.
-/// It exists on the host only during a root ceremony (drawn, split into custodian shares,
-/// imported) or a restore from shares; it appears in no `Debug` output and no error.
-pub struct SigningSeed(zeroize::Zeroizing<[u8; 32]>);
+/// The governance root's seed is defined with the governance records
+/// ([`crate::governance::SigningSeed`]), below both this trait and the backup that splits it;
+/// drawing one is here, where a failure of the OS random number generator is a
+/// [`ModuleError`] as for the module's own draws.
+pub use crate::governance::SigningSeed;
 
 impl SigningSeed {
-    /// A seed from its 32 bytes.
-    pub fn from_bytes(bytes: zeroize::Zeroizing<[u8; 32]>) -> Self {
-        Self(bytes)
-    }
-
     /// A fresh seed from the OS random number generator.
     pub fn random() -> Result<Self, ModuleError> {
         let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
@@ -28,29 +24,11 @@ impl SigningSeed {
             operation: "OS random number generator",
             detail: e.to_string(),
         })?;
-        Ok(Self(bytes))
-    }
-
-    /// The seed's bytes.
-    pub fn expose_secret(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// The Ed25519 public key of this seed.
-    pub fn public_key(&self) -> [u8; 32] {
-        // `SigningKey` zeroizes its copy of the seed on drop.
-        ed25519_dalek::SigningKey::from_bytes(&self.0)
-            .verifying_key()
-            .to_bytes()
+        Ok(Self::from_bytes(bytes))
     }
 }
 
-impl std::fmt::Debug for SigningSeed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SigningSeed(..)")
-    }
-}
-
+#[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 pub mod soft;
 
@@ -82,12 +60,8 @@ pub trait KeyModule: Send + Sync {
     /// The generations that have a master, ascending.
     fn masters(&self) -> Result<Vec<Generation>, ModuleError>;
 
-    /// Derives one device key from the generation's master (derivation v1).
-    fn derive(
-        &self,
-        generation: Generation,
-        inputs: &DeviceKeyInputs<'_>,
-    ) -> Result<DeviceKey, ModuleError>;
+    /// Derives one device key from the master of `inputs.generation` (derivation v1).
+    fn derive(&self, inputs: &DeviceKeyInputs<'_>) -> Result<DeviceKey, ModuleError>;
 
     /// A deriver for many keys of one generation.
     fn bulk_deriver(

@@ -5,8 +5,9 @@
 //! `SERIALIZABLE`, retried on conflict). A store may run the closure more than once when it retries
 //! a conflict, so the closure must have no effect outside the transaction it is given.
 //!
-//! Implementations: [`sqlite`] (the embedded default) and [`postgres`] (service instances sharing
-//! one server). Both pass the same conformance suite (`crates/fleetkey/tests/conformance/store.rs`).
+//! Implementations: [`sqlite`] (the embedded default) and `postgres` (service instances sharing
+//! one server; cargo feature `postgres`). Both pass the same conformance suite
+//! (`crates/fleetkey/tests/conformance/store.rs`).
 
 use std::path::PathBuf;
 
@@ -19,6 +20,7 @@ use crate::model::{
 
 mod codec;
 mod migrations;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 mod sql;
 pub mod sqlite;

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use fleetkey::backup::{self, BackupError, Share};
+use fleetkey::backup::{BackupError, Share};
 use fleetkey::error::Error;
 use fleetkey::fleet::{Access, Clock, Fleet, InitOptions, MasterBackup, NewDevice, SecretString};
 use fleetkey::model::{DeviceSerial, Scheme};
 use fleetkey::module::KeyModule;
 use fleetkey::module::soft::{SoftModule, WorkFactor};
+use fleetkey::restore;
 use fleetkey_core::derive::{DeviceKeyInputs, Generation, Revision, Usage};
 
 struct TestClock(AtomicI64);
@@ -83,12 +84,7 @@ fn derive(module: &dyn KeyModule, generation: u32, s: &str) -> (String, String, 
             revision: Revision::ZERO,
             serial: fleetkey_core::Serial::new(bytes).unwrap(),
         };
-        hex::encode(
-            module
-                .derive(Generation(generation), &inputs)
-                .unwrap()
-                .expose_secret(),
-        )
+        hex::encode(module.derive(&inputs).unwrap().expose_secret())
     };
     (
         key(Usage::Auth),
@@ -151,7 +147,7 @@ fn a_3_of_5_ceremony_and_a_restore_into_a_new_key_file_give_the_same_device_keys
         let key_file = dir.path().join(format!("restored-{n}.age"));
         let module = SoftModule::create_with(&key_file, PASSPHRASE, WorkFactor::Log2(4)).unwrap();
         let chosen = read(&pick.iter().map(|&i| &written[i]).collect::<Vec<_>>());
-        let report = backup::restore_into(&module, &chosen, None).unwrap();
+        let report = restore::restore_into(&module, &chosen, None).unwrap();
         assert_eq!((report.generation, report.threshold), (1, 3));
         drop(module);
         let reopened = SoftModule::open(&key_file, PASSPHRASE).unwrap();
@@ -171,7 +167,7 @@ fn a_3_of_5_ceremony_and_a_restore_into_a_new_key_file_give_the_same_device_keys
     let module =
         SoftModule::create_with(dir.path().join("two.age"), PASSPHRASE, WorkFactor::Log2(4))
             .unwrap();
-    let err = backup::restore_into(&module, &read(&[&written[0], &written[1]]), None).unwrap_err();
+    let err = restore::restore_into(&module, &read(&[&written[0], &written[1]]), None).unwrap_err();
     assert!(matches!(
         err,
         Error::Backup(BackupError::NotEnough { have: 2, need: 3 })

@@ -12,6 +12,7 @@ use fleetkey::core::MasterKey;
 use fleetkey::core::derive::{self, DeviceKeyInputs, Generation, Revision, Serial, Usage};
 use fleetkey::module::KeyModule;
 use fleetkey::module::pkcs11::{Pin, Pkcs11Module};
+use fleetkey::restore;
 
 #[path = "support/softhsm.rs"]
 mod softhsm;
@@ -47,7 +48,7 @@ fn three_of_five_shares_restore_into_a_fresh_token_with_the_same_device_keys() {
     );
 
     // Any three custodians are enough: here the last three.
-    backup::restore_into(&token, &shares[2..], Some(3)).unwrap();
+    restore::restore_into(&token, &shares[2..], Some(3)).unwrap();
     assert_eq!(token.masters().unwrap(), vec![Generation(3)]);
 
     for serial in [
@@ -63,7 +64,7 @@ fn three_of_five_shares_restore_into_a_fresh_token_with_the_same_device_keys() {
                     revision: Revision::new(revision).unwrap(),
                     serial: Serial::new(serial).unwrap(),
                 };
-                let in_token = token.derive(Generation(3), &inputs).unwrap();
+                let in_token = token.derive(&inputs).unwrap();
                 let from_original = derive::derive(&original, &inputs);
                 assert_eq!(
                     in_token.expose_secret(),
@@ -74,6 +75,6 @@ fn three_of_five_shares_restore_into_a_fresh_token_with_the_same_device_keys() {
         }
     }
     // Two shares are not enough, and the token is not touched by a refused restore.
-    assert!(backup::restore_into(&token, &shares[..2], Some(4)).is_err());
+    assert!(restore::restore_into(&token, &shares[..2], Some(4)).is_err());
     assert_eq!(token.masters().unwrap(), vec![Generation(3)]);
 }

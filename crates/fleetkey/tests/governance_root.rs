@@ -19,6 +19,7 @@ use fleetkey::governance::{GenerationRecordSpec, key_id};
 use fleetkey::model::{Scheme, WrappedKey};
 use fleetkey::module::soft::{SoftModule, WorkFactor};
 use fleetkey::module::{BulkDeriver, KeyModule, SigningSeed};
+use fleetkey::restore;
 use fleetkey_core::derive::{DeviceKeyInputs, Generation};
 use fleetkey_core::governance::{
     Acceptance, Challenge, GovernanceError, GovernanceState, Record, Role, RootKey,
@@ -132,7 +133,7 @@ fn init_splits_the_root_into_its_own_labelled_shares_that_restore_the_same_key()
     }
     let key_file = dir.path().join("restored.age");
     let module = SoftModule::create_with(&key_file, PASSPHRASE, WorkFactor::Log2(4)).unwrap();
-    let report = backup::restore_root_into(&module, &shares[1..], Some(&public)).unwrap();
+    let report = restore::restore_root_into(&module, &shares[1..], Some(&public)).unwrap();
     assert_eq!(report.public_key, hex::encode(public));
     assert_eq!(report.kid, hex::encode(kid));
     assert_eq!(report.root, 1);
@@ -158,7 +159,7 @@ fn init_splits_the_root_into_its_own_labelled_shares_that_restore_the_same_key()
     );
     // A module that has a root refuses a second one.
     assert!(matches!(
-        backup::restore_root_into(&module, &shares[..2], Some(&public)),
+        restore::restore_root_into(&module, &shares[..2], Some(&public)),
         Err(Error::Module(fleetkey::ModuleError::SigningKeyExists))
     ));
     // The fleet's own module has its root: nothing to restore.
@@ -245,7 +246,7 @@ fn wrong_or_too_few_root_shares_are_refused_with_typed_errors() {
         SoftModule::create_with(dir.path().join("new.age"), PASSPHRASE, WorkFactor::Log2(4))
             .unwrap();
     assert!(matches!(
-        backup::restore_root_into(&module, &other[..2], Some(&public)),
+        restore::restore_root_into(&module, &other[..2], Some(&public)),
         Err(Error::Backup(BackupError::RootMismatch { .. }))
     ));
     assert_eq!(module.signing_public_key().unwrap(), None);
@@ -531,10 +532,9 @@ impl KeyModule for Interrupting {
     }
     fn derive(
         &self,
-        g: Generation,
         i: &DeviceKeyInputs<'_>,
     ) -> Result<fleetkey_core::derive::DeviceKey, ModuleError> {
-        self.inner.derive(g, i)
+        self.inner.derive(i)
     }
     fn bulk_deriver(&self, g: Generation) -> Result<Box<dyn BulkDeriver + '_>, ModuleError> {
         self.inner.bulk_deriver(g)

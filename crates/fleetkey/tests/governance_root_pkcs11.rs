@@ -16,6 +16,7 @@ use fleetkey::error::Error;
 use fleetkey::module::pkcs11::cryptoki::object::{Attribute, AttributeType, KeyType};
 use fleetkey::module::pkcs11::{Pin, Pkcs11Module};
 use fleetkey::module::{KeyModule, SigningSeed};
+use fleetkey::restore;
 
 #[path = "support/softhsm.rs"]
 mod softhsm;
@@ -51,15 +52,15 @@ fn root_shares_restore_into_a_token_and_a_rotation_destroys_the_old_root() {
     drop(seed);
 
     // Too few shares, or another root's, leave the token untouched.
-    assert!(backup::restore_root_into(&token, &shares[..1], Some(&public)).is_err());
+    assert!(restore::restore_root_into(&token, &shares[..1], Some(&public)).is_err());
     assert!(matches!(
-        backup::restore_root_into(&token, &shares[1..], Some(&[9; 32])),
+        restore::restore_root_into(&token, &shares[1..], Some(&[9; 32])),
         Err(Error::Backup(backup::BackupError::RootMismatch { .. }))
     ));
     assert_eq!(token.signing_public_key().unwrap(), None);
     assert_eq!(token.root_object_count(false).unwrap(), 0);
 
-    let report = backup::restore_root_into(&token, &shares[1..], Some(&public)).unwrap();
+    let report = restore::restore_root_into(&token, &shares[1..], Some(&public)).unwrap();
     assert_eq!(report.module, "pkcs11");
     assert_eq!(token.signing_public_key().unwrap(), Some(public));
     let signature = token.sign(b"generation record").unwrap();
@@ -104,7 +105,7 @@ fn root_shares_restore_into_a_token_and_a_rotation_destroys_the_old_root() {
     assert_eq!(attributes.len(), 10);
     // A second root cannot be imported over it.
     assert!(matches!(
-        backup::restore_root_into(&token, &shares[..2], Some(&public)),
+        restore::restore_root_into(&token, &shares[..2], Some(&public)),
         Err(Error::Module(ModuleError::SigningKeyExists))
     ));
 

@@ -333,7 +333,7 @@ fn object_removed_behind_the_modules_back_is_no_master() {
     let module = module(&unique("removed"));
     module.import_master(Generation(4), &master(4)).unwrap();
     let case = inputs(Usage::Auth, 4, 0, b"ECU-4");
-    module.derive(Generation(4), &case).unwrap();
+    module.derive(&case).unwrap();
     let session = raw_session(&module);
     for handle in session
         .find_objects(&[Attribute::Label(
@@ -344,7 +344,7 @@ fn object_removed_behind_the_modules_back_is_no_master() {
         session.destroy_object(handle).unwrap();
     }
     assert!(matches!(
-        module.derive(Generation(4), &case),
+        module.derive(&case),
         Err(ModuleError::NoMaster(4))
     ));
     assert_eq!(module.masters().unwrap(), vec![]);
@@ -368,12 +368,12 @@ fn two_fleets_share_a_token() {
     assert_eq!(b.masters().unwrap(), vec![Generation(1), Generation(2)]);
     let case = inputs(Usage::RollSeed, 1, 3, b"ECU");
     assert_eq!(
-        a.derive(Generation(1), &case).unwrap().expose_secret(),
+        a.derive(&case).unwrap().expose_secret(),
         derive::derive(&master(0xa0), &case).expose_secret()
     );
     a.destroy_master(Generation(1)).unwrap();
     assert_eq!(
-        b.derive(Generation(1), &case).unwrap().expose_secret(),
+        b.derive(&case).unwrap().expose_secret(),
         derive::derive(&master(0xb0), &case).expose_secret()
     );
 }

@@ -137,10 +137,7 @@ fn inputs(usage: Usage, generation: u32, serial: &[u8]) -> DeviceKeyInputs<'_> {
 
 fn key_of(module: &SoftModule, generation: u32) -> Vec<u8> {
     module
-        .derive(
-            Generation(generation),
-            &inputs(Usage::RollSeed, generation, b"ECU"),
-        )
+        .derive(&inputs(Usage::RollSeed, generation, b"ECU"))
         .unwrap()
         .expose_secret()
         .to_vec()
@@ -436,9 +433,7 @@ fn key_file_from_another_age_writer_opens() {
          085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"
     );
     // derive-v1.json, first case.
-    let key = module
-        .derive(Generation(1), &inputs(Usage::Auth, 1, b"ECU-0001"))
-        .unwrap();
+    let key = module.derive(&inputs(Usage::Auth, 1, b"ECU-0001")).unwrap();
     assert_eq!(
         hex::encode(key.expose_secret()),
         "b74f33e48ea41214a767aabd363c25bd"
@@ -533,9 +528,7 @@ fn destroyed_master_is_in_no_file() {
     assert_eq!(doc["masters"], serde_json::json!({"4": "44".repeat(32)}));
     assert!(!doc.to_string().contains(&hex_lower));
     assert!(matches!(
-        home.open()
-            .unwrap()
-            .derive(Generation(3), &inputs(Usage::Auth, 3, b"E")),
+        home.open().unwrap().derive(&inputs(Usage::Auth, 3, b"E")),
         Err(ModuleError::NoMaster(3))
     ));
 }

@@ -349,7 +349,7 @@ fn restore_root(global: &Global, a: &RestoreRootArgs) -> Result<(), CliError> {
                 .transpose()?;
             let passphrase = global.access_for_init()?.passphrase;
             let work_factor = a.kdf_log_n.map_or(WorkFactor::AgeDefault, WorkFactor::Log2);
-            let report = fleetkey::backup::restore_root_into_key_file(
+            let report = fleetkey::restore::restore_root_into_key_file(
                 path,
                 &passphrase,
                 work_factor,

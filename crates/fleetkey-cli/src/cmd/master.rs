@@ -4,9 +4,10 @@
 
 use std::path::PathBuf;
 
-use fleetkey::backup::{self, RestoreReport, Share, VerifyReport};
+use fleetkey::backup::{self, Share, VerifyReport};
 use fleetkey::fleet::MasterBackup;
 use fleetkey::module::soft::WorkFactor;
+use fleetkey::restore::{self, RestoreReport};
 
 use crate::cmd::ctx::Global;
 use crate::error::CliError;
@@ -238,7 +239,7 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
                     let work_factor = args
                         .kdf_log_n
                         .map_or(WorkFactor::AgeDefault, WorkFactor::Log2);
-                    let report = backup::restore_into_new_key_file(
+                    let report = restore::restore_into_new_key_file(
                         path,
                         &passphrase,
                         work_factor,

@@ -7,11 +7,12 @@ use fleetkey_core::Generation;
 
 use super::{Fleet, fleet_info};
 use crate::audit::AuditFilter;
-use crate::backup::{self, MasterBackup, RestoreReport, Share, WrittenShares};
+use crate::backup::{self, MasterBackup, Share, WrittenShares};
 use crate::error::Error;
 use crate::lifecycle::State;
 use crate::model::UnixMillis;
 use crate::module::KeyModule;
+use crate::restore::{self, RestoreReport};
 use crate::store::transact;
 
 /// The audit action recording how a generation's master was backed up.
@@ -136,7 +137,7 @@ impl Fleet {
                 state: record.state,
             });
         }
-        let report = backup::restore_into(self.module.get()?, shares, generation)?;
+        let report = restore::restore_into(self.module.get()?, shares, generation)?;
         let draft = self.draft(
             RESTORE_ACTION,
             Some(report.generation),

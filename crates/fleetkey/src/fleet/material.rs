@@ -48,7 +48,7 @@ impl DeviceKeys {
             };
             Ok(match super::scheme::KeySource::of(device, generation) {
                 super::scheme::KeySource::Root(root) => module.derive_with_root(root, &inputs)?,
-                super::scheme::KeySource::Master(g) => module.derive(g, &inputs)?,
+                super::scheme::KeySource::Master(_) => module.derive(&inputs)?,
             })
         };
         let broken =

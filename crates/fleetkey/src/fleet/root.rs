@@ -22,11 +22,12 @@ use super::gov_store::{
     read_handovers,
 };
 use super::{Fleet, fleet_info};
-use crate::backup::{self, MasterBackup, RootRestoreReport, Share, WrittenShares};
+use crate::backup::{self, MasterBackup, Share, WrittenShares};
 use crate::error::{Error, StoreError};
 use crate::governance::{HandoverSpec, key_id};
 use crate::model::UnixMillis;
 use crate::module::{KeyModule, SigningSeed};
+use crate::restore::{self, RootRestoreReport};
 use crate::store::{Tx, transact};
 
 /// The audit action recording how a governance root was backed up.
@@ -396,7 +397,7 @@ impl Fleet {
         if self.module.get()?.signing_public_key()?.is_some() {
             return Err(Error::Module(crate::error::ModuleError::SigningKeyExists));
         }
-        let report = backup::restore_root_into(self.module.get()?, shares, Some(&pinned))?;
+        let report = restore::restore_root_into(self.module.get()?, shares, Some(&pinned))?;
         let draft = self.draft(
             ROOT_RESTORE_ACTION,
             None,

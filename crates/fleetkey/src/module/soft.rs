@@ -304,7 +304,7 @@ fn random_32() -> Result<Zeroizing<[u8; 32]>, ModuleError> {
     Ok(bytes)
 }
 
-/// `derive` takes the generation twice (argument and inputs): they must agree.
+/// A bulk deriver is of one generation: the inputs must be of it.
 fn check_generation(
     generation: Generation,
     inputs: &DeviceKeyInputs<'_>,
@@ -363,12 +363,8 @@ impl KeyModule for SoftModule {
         Ok(self.read().masters.keys().map(|g| Generation(*g)).collect())
     }
 
-    fn derive(
-        &self,
-        generation: Generation,
-        inputs: &DeviceKeyInputs<'_>,
-    ) -> Result<DeviceKey, ModuleError> {
-        check_generation(generation, inputs)?;
+    fn derive(&self, inputs: &DeviceKeyInputs<'_>) -> Result<DeviceKey, ModuleError> {
+        let generation = inputs.generation;
         let state = self.read();
         let slot = state
             .masters

@@ -136,7 +136,7 @@ fn measure(
             serial,
         };
         let single = rate(each, |r| {
-            module.derive(generation, &inputs(r)).map(|k| {
+            module.derive(&inputs(r)).map(|k| {
                 black_box(k);
             })
         })?;

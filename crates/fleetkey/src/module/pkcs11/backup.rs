@@ -27,8 +27,9 @@ use fleetkey_core::MasterKey;
 use fleetkey_core::derive::Generation;
 use zeroize::{Zeroize as _, Zeroizing};
 
+use super::templates::secret_usages;
 use super::token::{backend, rv};
-use super::{Pin, Pkcs11Module, lock, secret_usages};
+use super::{Pin, Pkcs11Module, lock};
 use crate::backup::{self, BackupError, Kcv, Share};
 use crate::error::ModuleError;
 

@@ -1,6 +1,6 @@
 //! Unit tests of the PKCS#11 module that need no token.
 
-use super::ec_point;
+use super::root::ec_point;
 
 #[test]
 fn ec_point_accepts_der_and_raw() {
