@@ -550,7 +550,7 @@ impl Fleet {
     ) -> Result<(), Error> {
         let mut derivers: Vec<(u32, Box<dyn crate::module::BulkDeriver + '_>)> = Vec::new();
         for r in records {
-            let keys = if let KeySource::Root(_) = KeySource::of(r, r.generation) {
+            let keys = if let KeySource::Root(_) = KeySource::of(r) {
                 super::material::DeviceKeys::derive(self.module()?, r, r.generation, r.revision)?
             } else {
                 if !derivers.iter().any(|(g, _)| *g == r.generation) {

@@ -223,7 +223,7 @@ pub struct DeliveryReport {
     pub unconfirmed_batches: u64,
 }
 
-/// How long [`Delivery::finish`] waits for a pipe's reader that takes nothing more.
+/// How long a bulk command waits at its end for a pipe's reader that takes nothing more.
 pub const DRAIN_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The lines of one bulk run on their way to one output.

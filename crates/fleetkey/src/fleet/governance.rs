@@ -525,7 +525,7 @@ impl Fleet {
     /// (`generation-record-<seq>.cose`) and every grant not denied that the pinned root signed
     /// (`grant-<id>.cose`) into `dir`, each through a temporary file and a rename. When a root
     /// rotation left live grants or the newest record signed by an older root (a crash before it
-    /// finished), it is finished first ([`Fleet::finish_rotation`]: this needs the key module);
+    /// finished), it is finished first (`Fleet::finish_rotation`: this needs the key module);
     /// otherwise the module is not used. A grant that expired before its root was rotated keeps
     /// the old root's signature and is not written.
     pub fn export_records(&mut self, dir: &Path) -> Result<Vec<PathBuf>, Error> {

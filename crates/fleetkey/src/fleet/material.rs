@@ -46,9 +46,9 @@ impl DeviceKeys {
                 revision,
                 serial: device.serial.as_core(),
             };
-            Ok(match super::scheme::KeySource::of(device, generation) {
+            Ok(match super::scheme::KeySource::of(device) {
                 super::scheme::KeySource::Root(root) => module.derive_with_root(root, &inputs)?,
-                super::scheme::KeySource::Master(_) => module.derive(&inputs)?,
+                super::scheme::KeySource::Master => module.derive(&inputs)?,
             })
         };
         let broken =

@@ -7,28 +7,26 @@
 //! | derived  | nothing                                  | derivation v1 with the generation's master |
 //! | governed | nothing (plus the fleet's Ed25519 root)  | as derived                           |
 
-use fleetkey_core::derive::Generation;
-
 use super::Fleet;
 use crate::error::Error;
 use crate::model::{DeviceRecord, Scheme, WrappedKey};
 
-/// Where a device's keys at a generation come from.
+/// Where a device's keys come from.
 #[derive(Clone, Copy, Debug)]
 pub enum KeySource<'a> {
     /// The stored scheme: the device's own root (wrapped under the KEK).
     Root(&'a WrappedKey),
-    /// The derived schemes: the generation's master.
-    Master(Generation),
+    /// The derived schemes: the master of the generation the derivation inputs name.
+    Master,
 }
 
 impl KeySource<'_> {
-    /// The source of `device`'s keys at `generation`: its root when it has one (stored scheme),
-    /// the generation's master otherwise.
-    pub fn of(device: &DeviceRecord, generation: u32) -> KeySource<'_> {
+    /// The source of `device`'s keys: its root when it has one (stored scheme), the generation's
+    /// master otherwise.
+    pub fn of(device: &DeviceRecord) -> KeySource<'_> {
         match &device.wrapped_root {
             Some(root) => KeySource::Root(root),
-            None => KeySource::Master(Generation(generation)),
+            None => KeySource::Master,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The policy-driven lifecycle: what is due ([`due`]), carrying it out ([`Fleet::lifecycle_run`]),
+//! The policy-driven lifecycle: what is due ([`due()`]), carrying it out ([`Fleet::lifecycle_run`]),
 //! the lease that lets exactly one scheduler act ([`lease`]), and time as an input
 //! ([`OffsetClock`]).
 //!
@@ -100,7 +100,7 @@ impl Fleet {
         })
     }
 
-    /// What is due now, or by `horizon` (`--until`): see [`due`].
+    /// What is due now, or by `horizon` (`--until`): see [`due()`].
     pub fn lifecycle_due(&mut self, horizon: Option<UnixMillis>) -> Result<Vec<DueItem>, Error> {
         let policy = self.policy()?;
         let facts = self.lifecycle_facts()?;

@@ -76,7 +76,7 @@ pub struct RunReport {
 }
 
 impl Fleet {
-    /// Performs every due action in order ([`super::due`]), or with `dry_run` says what it would
+    /// Performs every due action in order ([`super::due()`]), or with `dry_run` says what it would
     /// do. Migrations' key updates go to `out` (required when one is due: `--out`), at least
     /// once. Another process holding the lease makes it do nothing (`lease_held_by`).
     pub fn lifecycle_run(
