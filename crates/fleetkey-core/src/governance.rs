@@ -30,13 +30,15 @@
 //! # Ok::<(), fleetkey_core::governance::GovernanceError>(())
 //! ```
 
-use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::derive::{Generation, MAX_SERIAL_LEN};
 
 mod cbor;
+mod ed25519;
+#[cfg(test)]
+mod strictness_tests;
 #[cfg(test)]
 mod tests;
 
@@ -306,7 +308,7 @@ impl<T: Copy + Default> BoundedList<T> {
 /// The pinned governance root: an Ed25519 public key and its key id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RootKey {
-    key: VerifyingKey,
+    key: ed25519::PublicKey,
     kid: [u8; MAX_KID_LEN],
     kid_len: usize,
 }
@@ -314,8 +316,8 @@ pub struct RootKey {
 impl RootKey {
     /// A root from its public key (must be a valid Ed25519 point) and key id (1 to 16 bytes).
     pub fn new(public_key: [u8; 32], kid: &[u8]) -> Result<Self, GovernanceError> {
-        let key = VerifyingKey::from_bytes(&public_key)
-            .map_err(|_| GovernanceError::Malformed(Field::PublicKey))?;
+        let key = ed25519::PublicKey::from_bytes(&public_key)
+            .ok_or(GovernanceError::Malformed(Field::PublicKey))?;
         let mut bytes = [0; MAX_KID_LEN];
         if kid.is_empty() {
             return Err(GovernanceError::Malformed(Field::Kid));
@@ -591,9 +593,12 @@ pub fn verify_ed25519(
     message: &[u8],
     signature: &[u8; 64],
 ) -> Result<(), GovernanceError> {
-    let key = VerifyingKey::from_bytes(public_key).map_err(|_| GovernanceError::Signature)?;
-    key.verify_strict(message, &Signature::from_bytes(signature))
-        .map_err(|_| GovernanceError::Signature)
+    let key = ed25519::PublicKey::from_bytes(public_key).ok_or(GovernanceError::Signature)?;
+    if key.verify(message, signature) {
+        Ok(())
+    } else {
+        Err(GovernanceError::Signature)
+    }
 }
 
 /// Checks the envelope's kid and signature against `root`, then decodes the payload.
@@ -606,9 +611,9 @@ fn open<'a>(
         return Err(GovernanceError::UnknownKid);
     }
     let tbs = Tbs::new(envelope.protected, envelope.payload)?;
-    root.key
-        .verify_strict(tbs.as_bytes(), &Signature::from_bytes(&envelope.signature))
-        .map_err(|_| GovernanceError::Signature)?;
+    if !root.key.verify(tbs.as_bytes(), &envelope.signature) {
+        return Err(GovernanceError::Signature);
+    }
     let record = decode_payload(envelope.payload)?;
     Ok((envelope, record))
 }
