@@ -9,6 +9,7 @@
 //! - [`backup`]: the master key ceremony's M-of-N custodian shares (Shamir over GF(256)).
 //! - [`canlog`]: the candump log format.
 //! - [`access`]: the HTTP service's tokens and idempotency records, as the store keeps them.
+//! - [`stats`]: process-wide counters of store retries and key module calls, for `/metrics`.
 
 pub use fleetkey_core as core;
 
@@ -23,6 +24,7 @@ pub mod home;
 pub mod lifecycle;
 pub mod model;
 pub mod module;
+pub mod stats;
 pub mod store;
 
 pub use error::{Error, ModuleError, StoreError};
