@@ -1,6 +1,6 @@
 //! `fleetkey token` and `fleetkey serve` from the command line: a station token provisions a
-//! device over HTTP (as the README's curl does), a revoked token is refused, and plain HTTP off
-//! loopback is refused.
+//! device over HTTP (as the README's curl does), a revoked token is refused, plain HTTP off
+//! loopback is refused, and `--metrics-listen` prints the metrics URL and serves it without a token.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -178,6 +178,87 @@ fn a_station_token_provisions_over_http() {
 }
 
 #[test]
+fn metrics_listen_prints_the_metrics_url_and_serves_it_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("fleet");
+    let out = run(
+        &home,
+        &[
+            "init",
+            "--fleet",
+            "demo",
+            "--scheme",
+            "derived",
+            "--kdf-log-n",
+            "10",
+            "--no-backup",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(run(&home, &["device", "add", "ECU-0001"]).status.success());
+    let mut child = Child(
+        fleetkey(&home)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+                "--no-lifecycle",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut log = BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    log.read_line(&mut line).unwrap();
+    let url = line
+        .split("metrics=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no metrics URL in {line:?}"))
+        .to_owned();
+    let (addr, path) = url
+        .strip_prefix("http://")
+        .and_then(|u| u.split_once('/'))
+        .unwrap_or_else(|| panic!("not an http URL: {url}"));
+    assert_eq!(path, "metrics");
+    assert!(addr.starts_with("127.0.0.1:"), "{url}");
+    let main = line
+        .split("address=http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    assert_ne!(main, addr, "a listener of its own");
+    let (status, body) = http(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("fleetkey_devices{state=\"pre-active\"} 1"),
+        "{body}"
+    );
+    assert!(!body.contains("ECU-0001"));
+    // The main listener wants a token for it.
+    let (status, _) = http(
+        &main,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 401);
+    drop(child);
+}
+
+#[test]
 fn refusals_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("fleet");
@@ -186,6 +267,13 @@ fn refusals_say_what_to_do() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("--listen") && stderr.contains("--tls-cert"),
+        "{stderr}"
+    );
+    let out = run(&home, &["serve", "--metrics-listen", "0.0.0.0:9464"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--metrics-listen") && stderr.contains("loopback"),
         "{stderr}"
     );
     let out = run(

@@ -61,6 +61,7 @@ struct Inner {
     limiter: RateLimiter,
     config: ServiceConfig,
     scheduler: Arc<std::sync::Mutex<crate::scheduler::LocalStatus>>,
+    metrics: crate::metrics::Shared,
 }
 
 impl AppState {
@@ -72,6 +73,7 @@ impl AppState {
                 limiter: RateLimiter::new(config.rate_per_second, config.rate_burst),
                 config,
                 scheduler: crate::scheduler::disabled(),
+                metrics: Arc::default(),
             }),
         }
     }
@@ -89,6 +91,7 @@ impl AppState {
             ),
             config: self.inner.config.clone(),
             scheduler: status,
+            metrics: Arc::clone(&self.inner.metrics),
         };
         AppState {
             inner: Arc::new(inner),
@@ -102,6 +105,11 @@ impl AppState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// This instance's request counters (`/metrics`).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// The configuration.
@@ -371,7 +379,7 @@ fn client_request_id(value: &HeaderValue) -> Option<String> {
 }
 
 /// Request id, timeout, problem rendering and the log line of every request.
-async fn frame(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn frame(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
@@ -380,6 +388,11 @@ async fn frame(State(state): State<AppState>, mut req: Request, next: Next) -> R
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let route = crate::metrics::route_label(
+        req.extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(axum::extract::MatchedPath::as_str),
+    );
     let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path);
     let started = Instant::now();
     let timeout = state.inner.config.request_timeout;
@@ -406,10 +419,14 @@ async fn frame(State(state): State<AppState>, mut req: Request, next: Next) -> R
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
+    let elapsed = started.elapsed();
+    state
+        .metrics()
+        .observe(&method, route, response.status(), elapsed);
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = elapsed.as_millis() as u64,
             "response"
         );
     });

@@ -10,6 +10,8 @@
 //! - [`routes`]: the endpoints, one table for the router and the OpenAPI document ([`openapi`]).
 //! - [`api`]: request bodies and their parser; [`problem`]: RFC 9457 errors, mapped in one place.
 //! - [`idempotency`], [`ratelimit`], [`pool`] (fleet handles on blocking threads).
+//! - [`metrics`]: `GET /metrics` in the Prometheus text format, on the main listener (with a
+//!   token) or a loopback one without ([`Server::bind_metrics`]).
 //!
 //! Used in process (tests, benchmarks):
 //! ```no_run
@@ -29,6 +31,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod idempotency;
+pub mod metrics;
 pub mod openapi;
 pub mod pool;
 pub mod problem;

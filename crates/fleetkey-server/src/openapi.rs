@@ -134,10 +134,15 @@ fn operation(route: &crate::routes::Route) -> Value {
             "schema": {"type": "string", "minLength": 1, "maxLength": 255}}));
     }
     let mut responses = serde_json::Map::new();
+    let media = if route.response == "Metrics" {
+        "text/plain"
+    } else {
+        "application/json"
+    };
     responses.insert(
         route.ok.to_string(),
         json!({"description": "Success.",
-               "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", route.response)}}}}),
+               "content": {media: {"schema": {"$ref": format!("#/components/schemas/{}", route.response)}}}}),
     );
     let mut description = String::new();
     if let Some(action) = route.action {
@@ -260,6 +265,7 @@ fn schemas() -> Value {
         "Problem": out(json!({"type": s, "title": s, "status": int, "detail": s, "field": s, "hint": s, "request_id": s, "instance": s})),
         "Health": out(json!({"status": s})),
         "OpenApi": {"type": "object"},
+        "Metrics": {"type": "string", "description": "Prometheus text exposition format 0.0.4 (text/plain; version=0.0.4)."},
         "Status": out(json!({"fleet": {"type": "object"}, "module": s, "store": s,
             "generations": {"type": "array", "items": generation},
             "devices": {"type": "array", "items": out(json!({"state": s, "count": int}))}, "audit_events": int})),

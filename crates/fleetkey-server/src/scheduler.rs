@@ -57,6 +57,12 @@ pub struct LocalStatus {
     pub last_actions: Vec<String>,
     /// Runs this instance did while holding the lease.
     pub runs: u64,
+    /// Runs of this instance that failed (`/metrics`).
+    #[serde(skip)]
+    pub errors: u64,
+    /// Attempts of this instance that found another holder acting (`/metrics`).
+    #[serde(skip)]
+    pub standby_runs: u64,
 }
 
 /// A running scheduler; dropping it (or [`SchedulerHandle::stop`]) stops it after the run in hand.
@@ -123,7 +129,10 @@ pub fn start(
                 s.last_attempt_at = Some(now);
                 s.next_run_at = Some(now.saturating_add(ms(config.interval)));
                 match outcome {
-                    Ok(None) => s.standby = true,
+                    Ok(None) => {
+                        s.standby = true;
+                        s.standby_runs += 1;
+                    }
                     Ok(Some(actions)) => {
                         s.standby = false;
                         s.last_error = None;
@@ -136,6 +145,7 @@ pub fn start(
                     Err(e) => {
                         tracing::warn!(holder = %config.holder, error = %e, "lifecycle run failed");
                         s.standby = false;
+                        s.errors += 1;
                         s.last_error = Some(e.to_string());
                     }
                 }

@@ -53,10 +53,39 @@ impl Server {
         config: ServerConfig,
         state: AppState,
     ) -> std::io::Result<(SocketAddr, Server)> {
+        Self::serve(config, router(state)).await
+    }
+
+    /// Binds `listen`, which must be a loopback address, and serves `GET /metrics` there without
+    /// a token (plain HTTP: for a Prometheus on the same host). Another address is refused
+    /// ([`std::io::ErrorKind::InvalidInput`]) before anything is bound.
+    pub async fn bind_metrics(
+        listen: SocketAddr,
+        state: AppState,
+    ) -> std::io::Result<(SocketAddr, Server)> {
+        if !listen.ip().is_loopback() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{listen} is not a loopback address: the metrics listener has no authentication"
+                ),
+            ));
+        }
+        let config = ServerConfig {
+            max_connections: 64,
+            ..ServerConfig::plain(listen)
+        };
+        Self::serve(config, crate::metrics::router(state)).await
+    }
+
+    async fn serve(
+        config: ServerConfig,
+        app: axum::Router,
+    ) -> std::io::Result<(SocketAddr, Server)> {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, config, state, rx));
+        let task = tokio::spawn(accept_loop(listener, config, app, rx));
         Ok((addr, Server { shutdown: tx, task }))
     }
 
@@ -71,10 +100,9 @@ impl Server {
 async fn accept_loop(
     listener: TcpListener,
     config: ServerConfig,
-    state: AppState,
+    app: axum::Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let app = router(state);
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     loop {

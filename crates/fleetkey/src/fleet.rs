@@ -135,7 +135,7 @@ impl LazyModule {
         let kind = module.kind();
         LazyModule {
             kind,
-            module: std::sync::OnceLock::from(module),
+            module: std::sync::OnceLock::from(crate::stats::Counted::wrap(module)),
             opener: None,
         }
     }
@@ -154,7 +154,7 @@ impl LazyModule {
             return Ok(module.as_ref());
         }
         let opener = self.opener.as_ref().ok_or(Error::NoKeyModule)?;
-        let opened = opener()?;
+        let opened = crate::stats::Counted::wrap(opener()?);
         Ok(self.module.get_or_init(|| opened).as_ref())
     }
 
@@ -522,17 +522,7 @@ impl Fleet {
         transact(self.store.as_mut(), |tx| {
             let fleet = fleet_info(tx)?;
             let generations = tx.generations()?;
-            let mut devices = Vec::new();
-            for state in State::ALL {
-                let filter = crate::model::DeviceFilter {
-                    state: Some(state),
-                    ..Default::default()
-                };
-                let n = tx.count_devices(&filter)?;
-                if n > 0 {
-                    devices.push((state, n));
-                }
-            }
+            let devices = tx.count_devices_by_state()?;
             let audit_events = tx.audit_head()?.map_or(0, |(seq, _)| seq);
             Ok(FleetStatus {
                 fleet,

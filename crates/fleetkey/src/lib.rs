@@ -10,6 +10,7 @@
 //!   [`restore`]: shares back into a key module.
 //! - [`canlog`]: the candump log format.
 //! - [`access`]: the HTTP service's tokens and idempotency records, as the store keeps them.
+//! - [`stats`]: process-wide counters of store retries and key module calls, for `/metrics`.
 //!
 //! Cargo features (both off by default; the `fleetkey` command and the server enable both):
 //! `pkcs11` builds `module::pkcs11` (the `cryptoki` binding), `postgres` builds `store::postgres`
@@ -30,6 +31,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod module;
 pub mod restore;
+pub mod stats;
 pub mod store;
 
 pub use error::{Error, ModuleError, StoreError};

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use crate::access::{ApiToken, IdempotencyRecord};
 use crate::audit::{AuditDraft, AuditEvent, AuditFilter};
 use crate::error::{Error, StoreError};
+use crate::lifecycle::State;
 use crate::model::{
     DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, UnixMillis,
 };
@@ -80,6 +81,22 @@ pub trait Tx {
     ) -> Result<Vec<DeviceRecord>, StoreError>;
     /// How many devices match a filter.
     fn count_devices(&mut self, filter: &DeviceFilter) -> Result<u64, StoreError>;
+    /// How many devices are in each state that has any, in [`State::ALL`] order: one pass over
+    /// the devices (the status and `/metrics` with a million devices).
+    fn count_devices_by_state(&mut self) -> Result<Vec<(State, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for state in State::ALL {
+            let filter = DeviceFilter {
+                state: Some(state),
+                ..Default::default()
+            };
+            let n = self.count_devices(&filter)?;
+            if n > 0 {
+                out.push((state, n));
+            }
+        }
+        Ok(out)
+    }
 
     /// Appends an event to the audit chain (sealed against the current head) and moves the head.
     fn append_audit(&mut self, draft: AuditDraft) -> Result<AuditEvent, StoreError>;

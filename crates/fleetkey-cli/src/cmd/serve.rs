@@ -23,8 +23,12 @@ The lifecycle scheduler runs `fleetkey lifecycle run` every --lifecycle-interval
 thread (off with --no-lifecycle); with several instances on one store exactly one acts (a lease in
 the store), the others keep serving. GET /v1/scheduler and `fleetkey status` show it.
 
+GET /metrics is in the Prometheus text format, with an admin, operator or auditor token; with
+--metrics-listen it is also served without a token on that loopback address (nothing else there).
+
 Examples:
   fleetkey serve                                   (http://127.0.0.1:8443, loopback only)
+  fleetkey serve --metrics-listen 127.0.0.1:9464          (curl http://127.0.0.1:9464/metrics)
   fleetkey serve --lifecycle-interval 10m --lifecycle-out /srv/updates.jsonl --lifecycle-rate 2000
   fleetkey serve --listen 0.0.0.0:8443 --tls-cert server.pem --tls-key server.key --client-ca stations-ca.pem
   TOKEN=$(fleetkey token issue --principal station-1 --role station --expires 90d | head -n1)
@@ -34,6 +38,10 @@ pub(crate) struct ServeArgs {
     /// Address and port to listen on.
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
+    /// Also serve GET /metrics without a token on this loopback address (for a Prometheus on the
+    /// same host); a non-loopback address is refused.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// TLS certificate chain, PEM (leaf first).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -97,6 +105,15 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> Result<(), CliError> {
             format_args!("{} is not a loopback address, and plain HTTP would send tokens and key material in clear", args.listen),
         )
         .hint("give --tls-cert and --tls-key, or listen on 127.0.0.1"));
+    }
+    if let Some(m) = args.metrics_listen
+        && !m.ip().is_loopback()
+    {
+        return Err(CliError::input(
+            "--metrics-listen",
+            format_args!("{m} is not a loopback address, and the metrics listener asks for no token"),
+        )
+        .hint("listen on 127.0.0.1 (e.g. 127.0.0.1:9464), or scrape /metrics on --listen with an auditor token"));
     }
     if args.workers == 0 || args.workers > 256 {
         return Err(CliError::input("--workers", "1 to 256"));
@@ -174,11 +191,26 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> Result<(), CliError> {
         if let Some(s) = &scheduler {
             state = state.with_scheduler(s.status());
         }
-        let (addr, server) = Server::bind(config, state).await.map_err(|e| {
+        let (addr, server) = Server::bind(config, state.clone()).await.map_err(|e| {
             CliError::failed(format_args!("listen on {}: {e}", args.listen))
                 .hint("is another process on that port? choose another with --listen")
         })?;
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let metrics = match args.metrics_listen {
+            None => None,
+            Some(listen) => match Server::bind_metrics(listen, state).await {
+                Ok(bound) => Some(bound),
+                Err(e) => {
+                    server.shutdown().await;
+                    return Err(CliError::failed(format_args!("listen on {listen}: {e}"))
+                        .hint("is another process on that port? choose another with --metrics-listen"));
+                }
+            },
+        };
+        let metrics_url = match &metrics {
+            Some((maddr, _)) => format!("http://{maddr}/metrics"),
+            None => format!("{scheme}://{addr}/metrics"),
+        };
         tracing::info!(
             fleet = %fleet_id,
             address = %format!("{scheme}://{addr}"),
@@ -186,6 +218,8 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> Result<(), CliError> {
             client_certificates = args.client_ca.is_some(),
             workers = args.workers,
             lifecycle = scheduler.is_some(),
+            metrics = %metrics_url,
+            metrics_token = metrics.is_none(),
             "fleetkey serving{}",
             if tls.is_none() { " plain HTTP on loopback only (no --tls-cert)" } else { "" }
         );
@@ -193,6 +227,9 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> Result<(), CliError> {
         tracing::info!("shutting down: finishing requests in flight");
         if let Some(s) = &scheduler {
             s.stop();
+        }
+        if let Some((_, m)) = metrics {
+            m.shutdown().await;
         }
         server.shutdown().await;
         Ok(())

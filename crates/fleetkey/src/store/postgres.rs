@@ -290,8 +290,10 @@ impl Store for PostgresStore {
         &mut self,
         f: &mut dyn FnMut(&mut dyn Tx) -> Result<(), Error>,
     ) -> Result<(), Error> {
+        use crate::stats::{StoreEvent, store_event};
         for attempt in 1..=self.max_attempts {
             self.ensure_connected()?;
+            store_event("postgres", StoreEvent::Transaction);
             let mut state = RunState::default();
             let mut t = self
                 .client
@@ -337,9 +339,11 @@ impl Store for PostgresStore {
                 }
             }
             if attempt < self.max_attempts {
+                store_event("postgres", StoreEvent::Retry);
                 std::thread::sleep(backoff(attempt));
             }
         }
+        store_event("postgres", StoreEvent::Busy);
         Err(StoreError::Busy(format!(
             "serialization conflicts with concurrent transactions in {} attempts",
             self.max_attempts

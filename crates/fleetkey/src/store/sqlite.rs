@@ -180,18 +180,28 @@ impl SqliteStore {
 
     /// `BEGIN IMMEDIATE`, retried a bounded number of times while within the busy timeout.
     fn begin(&self) -> Result<(), StoreError> {
+        use crate::stats::{StoreEvent, store_event};
         let started = Instant::now();
         let mut attempt = 1;
+        store_event("sqlite", StoreEvent::Transaction);
         loop {
             let result = self
                 .conn
                 .prepare_cached("BEGIN IMMEDIATE")
                 .and_then(|mut s| s.execute([]));
             match result {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    // SQLite's busy handler sleeps 1 ms first: an uncontended begin takes
+                    // microseconds.
+                    if started.elapsed() >= Duration::from_millis(1) {
+                        store_event("sqlite", StoreEvent::LockWait);
+                    }
+                    return Ok(());
+                }
                 Err(e) if is_busy(&e) => {
                     let waited = started.elapsed();
                     if attempt >= BEGIN_ATTEMPTS || waited >= self.busy_timeout {
+                        store_event("sqlite", StoreEvent::Busy);
                         return Err(StoreError::Busy(format!(
                             "another connection holds the write lock of {} (waited {} ms)",
                             self.path.display(),
@@ -199,6 +209,7 @@ impl SqliteStore {
                         )));
                     }
                     attempt += 1;
+                    store_event("sqlite", StoreEvent::Retry);
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(e) => return Err(backend("begin transaction", e)),

@@ -354,6 +354,29 @@ impl<B: Backend> Tx for B {
         codec::to_count("device count", count)
     }
 
+    fn count_devices_by_state(
+        &mut self,
+    ) -> Result<Vec<(crate::lifecycle::State, u64)>, StoreError> {
+        let op = "count devices by state";
+        let rows = all(
+            self,
+            op,
+            "SELECT state, count(*) FROM devices GROUP BY state",
+            &[],
+            |row| {
+                let f = Fields::new(row, op);
+                Ok((codec::parse_state(&f.text(0)?)?, f.int(1)?))
+            },
+        )?;
+        let mut out = Vec::new();
+        for state in crate::lifecycle::State::ALL {
+            if let Some((_, n)) = rows.iter().find(|(s, _)| *s == state) {
+                out.push((state, codec::to_count("device count", *n)?));
+            }
+        }
+        Ok(out)
+    }
+
     fn append_audit(&mut self, draft: AuditDraft) -> Result<AuditEvent, StoreError> {
         B::check_text("audit actor", &draft.actor)?;
         B::check_text("audit action", &draft.action)?;

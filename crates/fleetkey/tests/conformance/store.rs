@@ -624,6 +624,13 @@ pub(crate) fn device_filters_match_reference(f: &dyn StoreFactory) {
     }
     let records: Vec<DeviceRecord> = all.values().cloned().collect();
     tx(store, |tx| Ok(tx.insert_devices(&records)?));
+    // The one-pass count by state agrees with the reference, states without devices left out.
+    let by_state: Vec<(State, u64)> = State::ALL
+        .into_iter()
+        .map(|s| (s, all.values().filter(|d| d.state == s).count() as u64))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(tx(store, |tx| Ok(tx.count_devices_by_state()?)), by_state);
 
     const PREFIX_BYTES: [u8; 4] = [0x00, b'A', 0x7f, 0xff];
     for round in 0..300 {
