@@ -524,3 +524,55 @@ fn bulk_insert_one_million_devices() {
         purged.as_secs_f64(),
     );
 }
+
+#[test]
+fn a_read_does_not_wait_for_a_writer_holding_the_audit_head() {
+    let f = factory!();
+    let mut store = f.open();
+    tx(&mut store, |tx| {
+        tx.insert_device(&device(b"committed"))?;
+        Ok(())
+    });
+    let mut reader = f.open();
+
+    // Another session holds the row lock every audit append takes, with an uncommitted change.
+    let mut writer = f.client();
+    writer
+        .batch_execute(&format!(
+            "SET search_path TO \"{}\"; BEGIN ISOLATION LEVEL SERIALIZABLE; \
+             UPDATE audit_head SET seq = seq WHERE id = 1; \
+             INSERT INTO meta (key, value) VALUES ('app.held', 'x')",
+            f.schema
+        ))
+        .unwrap();
+
+    let started = Instant::now();
+    let (committed, held, head) = fleetkey::store::read_tx(&mut reader, |tx| {
+        Ok((
+            tx.device(&serial(b"committed"))?,
+            tx.meta("held")?,
+            tx.audit_head()?,
+        ))
+    })
+    .expect("a read while another session holds the audit head");
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "the read waited {took:?}"
+    );
+    assert!(committed.is_some(), "the read sees committed data");
+    assert_eq!(held, None, "and not the writer's uncommitted change");
+    assert_eq!(head, None);
+
+    // A write inside the read is refused, and the session is fine afterwards.
+    let result = reader.read(&mut |tx| Ok(tx.put_meta("k", "v")?));
+    assert!(
+        matches!(result, Err(Error::Store(StoreError::ReadOnly(_)))),
+        "{result:?}"
+    );
+
+    writer.batch_execute("COMMIT").unwrap();
+    let held = fleetkey::store::read_tx(&mut reader, |tx| Ok(tx.meta("held")?)).unwrap();
+    assert_eq!(held.as_deref(), Some("x"), "a new read sees the new commit");
+    tx(&mut reader, |tx| Ok(tx.put_meta("k", "v")?));
+}
