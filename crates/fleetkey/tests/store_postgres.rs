@@ -576,3 +576,43 @@ fn a_read_does_not_wait_for_a_writer_holding_the_audit_head() {
     assert_eq!(held.as_deref(), Some("x"), "a new read sees the new commit");
     tx(&mut reader, |tx| Ok(tx.put_meta("k", "v")?));
 }
+
+#[test]
+fn a_read_reconnects_after_the_server_dropped_its_connection() {
+    let f = factory!();
+    let mut store = f.open();
+    tx(
+        &mut store,
+        |tx| Ok(tx.insert_device(&device(b"committed"))?),
+    );
+
+    // The reader's session is named, so that it alone can be terminated (PostgreSQL >= 14 waits
+    // for the backend to end).
+    let name = format!("{}_reader", f.schema);
+    let sep = if f.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}application_name={name}", f.url);
+    let mut reader = PostgresStore::connect_with(&url, &f.options()).expect("open the reader");
+    let seen = fleetkey::store::read_tx(&mut reader, |tx| Ok(tx.device(&serial(b"committed"))?));
+    assert!(seen.expect("read").is_some());
+
+    let killed: i64 = f
+        .client()
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+             WHERE application_name = $1) AS t",
+            &[&name],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "the reader's session was terminated");
+
+    let mut runs = 0;
+    let seen = fleetkey::store::read_tx(&mut reader, |tx| {
+        runs += 1;
+        Ok(tx.device(&serial(b"committed"))?)
+    })
+    .expect("the read reconnects");
+    assert!(seen.is_some());
+    // Terminated and waited for: the new BEGIN fails, the store reconnects, the closure runs once.
+    assert_eq!(runs, 1, "the closure ran {runs} times");
+}
