@@ -132,6 +132,7 @@ pub(crate) fn hint(e: &Error) -> Option<String> {
             | StoreError::NotFound(_)
             | StoreError::Schema { .. }
             | StoreError::Corrupt(_)
+            | StoreError::ReadOnly(_)
             | StoreError::Backend { .. } => None,
         },
         Error::Transition { source, .. } => Some(format!(

@@ -356,7 +356,10 @@ fn fleet_problem(e: &Error) -> Problem {
             | ModuleError::SecretFile { .. },
         )
         | Error::Store(
-            StoreError::Schema { .. } | StoreError::Corrupt(_) | StoreError::Backend { .. },
+            StoreError::Schema { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::ReadOnly(_)
+            | StoreError::Backend { .. },
         )
         | Error::Chain(_)
         | Error::Backup(_)

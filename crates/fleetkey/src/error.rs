@@ -93,6 +93,10 @@ pub enum StoreError {
     /// Stored data does not decode.
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
+    /// A write inside a read-only transaction ([`crate::store::Store::read`]): refused before
+    /// it reached the store; the transaction's other work is unaffected.
+    #[error("store: {0} refused: the transaction is read-only")]
+    ReadOnly(&'static str),
     /// A backend call failed.
     #[error("store: {operation} failed: {detail}")]
     Backend {

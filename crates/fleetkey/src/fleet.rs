@@ -25,7 +25,7 @@ use age::secrecy::ExposeSecret;
 
 use crate::module::soft::{SoftModule, WorkFactor};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Store, Tx, transact};
+use crate::store::{Store, Tx, read_tx, transact};
 
 mod bulk;
 mod ceremony;
@@ -512,14 +512,14 @@ impl Fleet {
 
     /// The fleet record.
     pub fn info(&mut self) -> Result<FleetInfo, Error> {
-        transact(self.store.as_mut(), |tx| fleet_info(tx))
+        read_tx(self.store.as_mut(), |tx| fleet_info(tx))
     }
 
     /// A summary: generations, devices by state, audit length.
     pub fn status(&mut self) -> Result<FleetStatus, Error> {
         let module = self.module.kind();
         let store = self.store.kind();
-        transact(self.store.as_mut(), |tx| {
+        read_tx(self.store.as_mut(), |tx| {
             let fleet = fleet_info(tx)?;
             let generations = tx.generations()?;
             let devices = tx.count_devices_by_state()?;
@@ -593,7 +593,7 @@ impl Fleet {
     /// Checks the whole audit record ([`crate::store::verify_audit`]: the chain, its head, and the
     /// index the audit views filter on); returns the number of events.
     pub fn audit_verify(&mut self) -> Result<u64, Error> {
-        transact(self.store.as_mut(), crate::store::verify_audit)
+        read_tx(self.store.as_mut(), crate::store::verify_audit)
     }
 
     /// Audit events matching a filter, oldest first, after `after_seq`, at most `limit`.
@@ -603,7 +603,7 @@ impl Fleet {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, Error> {
-        transact(self.store.as_mut(), |tx| {
+        read_tx(self.store.as_mut(), |tx| {
             Ok(tx.audit_events(filter, after_seq, limit)?)
         })
     }

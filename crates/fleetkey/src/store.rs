@@ -5,6 +5,11 @@
 //! `SERIALIZABLE`, retried on conflict). A store may run the closure more than once when it retries
 //! a conflict, so the closure must have no effect outside the transaction it is given.
 //!
+//! Reads that change nothing go through [`Store::read`] ([`read_tx`]): a read-only snapshot that
+//! never waits for a writer's lock (SQLite: a deferred `BEGIN` on the WAL with `query_only`;
+//! PostgreSQL: `REPEATABLE READ READ ONLY`). A write inside it fails with
+//! [`StoreError::ReadOnly`] and changes nothing.
+//!
 //! Implementations: [`sqlite`] (the embedded default) and `postgres` (service instances sharing
 //! one server; cargo feature `postgres`). Both pass the same conformance suite
 //! (`crates/fleetkey/tests/conformance/store.rs`).
@@ -23,6 +28,7 @@ mod codec;
 mod migrations;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod read_only;
 mod sql;
 pub mod sqlite;
 mod tx;
@@ -205,6 +211,14 @@ pub trait Store: Send {
         f: &mut dyn FnMut(&mut dyn Tx) -> Result<(), Error>,
     ) -> Result<(), Error>;
 
+    /// Runs `f` in one read-only transaction: one consistent snapshot of committed data, taken
+    /// without waiting for a writer (a transaction of [`Store::transaction`] holding the write
+    /// lock or row locks does not delay it). Every write method of the [`Tx`] it is given fails
+    /// with [`StoreError::ReadOnly`] before reaching the store, changing nothing, and the
+    /// transaction stays usable. Nothing is committed whatever `f` returns. May run `f` again
+    /// after the connection was lost before `f` saw a result (a read has nothing to lose).
+    fn read(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<(), Error>) -> Result<(), Error>;
+
     /// Makes deleted and overwritten data unrecoverable from the store's files (zeroization at
     /// rest, IEC 62443-4-2 CR 4.2): SQLite checkpoints and truncates its WAL with `secure_delete`
     /// on; a server store does what its engine allows.
@@ -228,6 +242,25 @@ pub fn transact<T>(
         StoreError::Backend {
             operation: "transaction",
             detail: "committed without a result".into(),
+        }
+        .into()
+    })
+}
+
+/// Runs `f` in one read-only transaction ([`Store::read`]) and returns its value.
+pub fn read_tx<T>(
+    store: &mut dyn Store,
+    mut f: impl FnMut(&mut dyn Tx) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let mut out = None;
+    store.read(&mut |tx| {
+        out = Some(f(tx)?);
+        Ok(())
+    })?;
+    out.ok_or_else(|| {
+        StoreError::Backend {
+            operation: "read transaction",
+            detail: "finished without a result".into(),
         }
         .into()
     })

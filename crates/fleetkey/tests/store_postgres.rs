@@ -524,3 +524,95 @@ fn bulk_insert_one_million_devices() {
         purged.as_secs_f64(),
     );
 }
+
+#[test]
+fn a_read_does_not_wait_for_a_writer_holding_the_audit_head() {
+    let f = factory!();
+    let mut store = f.open();
+    tx(&mut store, |tx| {
+        tx.insert_device(&device(b"committed"))?;
+        Ok(())
+    });
+    let mut reader = f.open();
+
+    // Another session holds the row lock every audit append takes, with an uncommitted change.
+    let mut writer = f.client();
+    writer
+        .batch_execute(&format!(
+            "SET search_path TO \"{}\"; BEGIN ISOLATION LEVEL SERIALIZABLE; \
+             UPDATE audit_head SET seq = seq WHERE id = 1; \
+             INSERT INTO meta (key, value) VALUES ('app.held', 'x')",
+            f.schema
+        ))
+        .unwrap();
+
+    let started = Instant::now();
+    let (committed, held, head) = fleetkey::store::read_tx(&mut reader, |tx| {
+        Ok((
+            tx.device(&serial(b"committed"))?,
+            tx.meta("held")?,
+            tx.audit_head()?,
+        ))
+    })
+    .expect("a read while another session holds the audit head");
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "the read waited {took:?}"
+    );
+    assert!(committed.is_some(), "the read sees committed data");
+    assert_eq!(held, None, "and not the writer's uncommitted change");
+    assert_eq!(head, None);
+
+    // A write inside the read is refused, and the session is fine afterwards.
+    let result = reader.read(&mut |tx| Ok(tx.put_meta("k", "v")?));
+    assert!(
+        matches!(result, Err(Error::Store(StoreError::ReadOnly(_)))),
+        "{result:?}"
+    );
+
+    writer.batch_execute("COMMIT").unwrap();
+    let held = fleetkey::store::read_tx(&mut reader, |tx| Ok(tx.meta("held")?)).unwrap();
+    assert_eq!(held.as_deref(), Some("x"), "a new read sees the new commit");
+    tx(&mut reader, |tx| Ok(tx.put_meta("k", "v")?));
+}
+
+#[test]
+fn a_read_reconnects_after_the_server_dropped_its_connection() {
+    let f = factory!();
+    let mut store = f.open();
+    tx(
+        &mut store,
+        |tx| Ok(tx.insert_device(&device(b"committed"))?),
+    );
+
+    // The reader's session is named, so that it alone can be terminated (PostgreSQL >= 14 waits
+    // for the backend to end).
+    let name = format!("{}_reader", f.schema);
+    let sep = if f.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}application_name={name}", f.url);
+    let mut reader = PostgresStore::connect_with(&url, &f.options()).expect("open the reader");
+    let seen = fleetkey::store::read_tx(&mut reader, |tx| Ok(tx.device(&serial(b"committed"))?));
+    assert!(seen.expect("read").is_some());
+
+    let killed: i64 = f
+        .client()
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+             WHERE application_name = $1) AS t",
+            &[&name],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "the reader's session was terminated");
+
+    let mut runs = 0;
+    let seen = fleetkey::store::read_tx(&mut reader, |tx| {
+        runs += 1;
+        Ok(tx.device(&serial(b"committed"))?)
+    })
+    .expect("the read reconnects");
+    assert!(seen.is_some());
+    // Terminated and waited for: the new BEGIN fails, the store reconnects, the closure runs once.
+    assert_eq!(runs, 1, "the closure ran {runs} times");
+}

@@ -659,3 +659,47 @@ fn bulk_insert_one_million_devices() {
         }
     }
 }
+
+#[test]
+fn a_reader_does_not_wait_for_a_writer_holding_the_lock() {
+    let factory = SqliteFactory::new();
+    let mut store = factory.fresh();
+    tx(&mut *store, |tx| {
+        Ok(tx.insert_device(&device(b"committed"))?)
+    });
+    let mut reader = SqliteStore::open_existing(factory.path()).unwrap();
+    reader.set_busy_timeout(Duration::from_secs(5)).unwrap();
+
+    // Another connection takes the write lock and holds it with an uncommitted change.
+    let writer = raw(&factory.path());
+    writer
+        .execute_batch("BEGIN IMMEDIATE; INSERT INTO meta (key, value) VALUES ('app.held', 'x')")
+        .unwrap();
+
+    let started = Instant::now();
+    let (committed, held) = fleetkey::store::read_tx(&mut reader, |tx| {
+        Ok((tx.device(&serial(b"committed"))?, tx.meta("held")?))
+    })
+    .expect("a read while another connection holds the write lock");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the read waited {took:?} (busy timeout 5 s)"
+    );
+    assert!(committed.is_some(), "the read sees committed data");
+    assert_eq!(held, None, "and not the writer's uncommitted change");
+
+    // A writer on the reader's connection still waits for the lock: the read took none of its own.
+    reader.set_busy_timeout(Duration::from_millis(100)).unwrap();
+    let result = reader.transaction(&mut |tx| Ok(tx.put_meta("k", "v")?));
+    assert!(
+        matches!(result, Err(Error::Store(StoreError::Busy(_)))),
+        "{result:?}"
+    );
+
+    writer.execute_batch("COMMIT").unwrap();
+    // query_only is off again after the read: this connection writes.
+    tx(&mut reader, |tx| Ok(tx.put_meta("k", "v")?));
+    let held = fleetkey::store::read_tx(&mut reader, |tx| Ok(tx.meta("held")?)).unwrap();
+    assert_eq!(held.as_deref(), Some("x"), "a new read sees the new commit");
+}

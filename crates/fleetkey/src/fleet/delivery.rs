@@ -33,7 +33,7 @@ use super::{Fleet, bulk::Progress};
 use crate::error::{Error, StoreError};
 use crate::lifecycle::State;
 use crate::model::{DeviceRecord, DeviceSerial, WrappedKey};
-use crate::store::transact;
+use crate::store::{read_tx, transact};
 
 /// What kind of lines a journal entry owes. Bulk commands of one kind re-send each other's lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -401,7 +401,7 @@ pub(super) fn push_update_line(buf: &mut Vec<u8>, update: &KeyUpdate) -> Result<
 impl Fleet {
     /// How many batches of `kind` the delivery journal still owes a caller (an interrupted run's).
     pub fn owed_lines(&mut self, kind: DeliveryKind) -> Result<u64, Error> {
-        transact(self.store.as_mut(), |tx| {
+        read_tx(self.store.as_mut(), |tx| {
             Ok(tx.count_deliveries(kind.name())?)
         })
     }

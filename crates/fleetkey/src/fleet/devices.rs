@@ -7,7 +7,7 @@ use super::{Fleet, fleet_info};
 use crate::error::{Error, StoreError};
 use crate::lifecycle::State;
 use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, SheUid};
-use crate::store::{Tx, transact};
+use crate::store::{Tx, read_tx, transact};
 
 /// A device to register.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +91,7 @@ impl Fleet {
 
     /// One device.
     pub fn device(&mut self, serial: &DeviceSerial) -> Result<DeviceRecord, Error> {
-        transact(self.store.as_mut(), |tx| device(tx, serial))
+        read_tx(self.store.as_mut(), |tx| device(tx, serial))
     }
 
     /// Devices matching a filter, in serial order, after `after`, at most `limit`.
@@ -101,7 +101,7 @@ impl Fleet {
         after: Option<&DeviceSerial>,
         limit: usize,
     ) -> Result<Vec<DeviceRecord>, Error> {
-        transact(self.store.as_mut(), |tx| {
+        read_tx(self.store.as_mut(), |tx| {
             Ok(tx.devices(filter, after, limit)?)
         })
     }

@@ -8,7 +8,7 @@ use crate::backup::MasterBackup;
 use crate::error::Error;
 use crate::lifecycle::State;
 use crate::model::{DeviceFilter, GenerationRecord};
-use crate::store::{Tx, transact};
+use crate::store::{Tx, read_tx, transact};
 
 /// Devices on one generation.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -48,7 +48,7 @@ impl Fleet {
 
     /// Generations, ascending.
     pub fn generations(&mut self) -> Result<Vec<GenerationRecord>, Error> {
-        transact(self.store.as_mut(), |tx| Ok(tx.generations()?))
+        read_tx(self.store.as_mut(), |tx| Ok(tx.generations()?))
     }
 
     /// Creates the next generation (pre-active) with a fresh master in the key module, backed up
@@ -160,7 +160,7 @@ impl Fleet {
 
     /// Devices per generation and how many are not yet on the current one.
     pub fn rotation_status(&mut self) -> Result<RotationStatus, Error> {
-        transact(self.store.as_mut(), |tx| {
+        read_tx(self.store.as_mut(), |tx| {
             let fleet = fleet_info(tx)?;
             let mut generations = Vec::new();
             let mut pending = 0;

@@ -10,7 +10,7 @@ use super::Fleet;
 use crate::error::{Error, ModuleError, StoreError};
 use crate::governance::IssueError;
 use crate::model::Scheme;
-use crate::store::{Tx, transact};
+use crate::store::{Tx, read_tx, transact};
 
 /// The last published sequence (generation records and handovers share the series).
 pub(super) const META_SEQUENCE: &str = "governance.sequence";
@@ -86,7 +86,7 @@ impl Fleet {
     /// The root public key the store pins (set at init and by every handover); `None` for a
     /// fleet created before roots were recorded, whose root is the module's.
     pub(super) fn pinned_root(&mut self) -> Result<Option<[u8; 32]>, Error> {
-        transact(self.store.as_mut(), |tx| read_key(tx, META_ROOT))
+        read_tx(self.store.as_mut(), |tx| read_key(tx, META_ROOT))
     }
 
     /// The root devices pin: the store's, read without the key module; only a fleet that

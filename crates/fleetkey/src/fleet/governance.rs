@@ -23,7 +23,7 @@ use crate::error::{Error, StoreError};
 use crate::governance::{GenerationRecordSpec, GrantSpec, key_id};
 use crate::lifecycle::State;
 use crate::model::Scheme;
-use crate::store::{Tx, transact};
+use crate::store::{Tx, read_tx, transact};
 
 const META_RECORD: &str = "governance.record.";
 const META_GRANT_NEXT: &str = "governance.grant_next";
@@ -269,7 +269,7 @@ impl Fleet {
         if self.config.scheme != Scheme::Governed {
             return Ok(false);
         }
-        transact(self.store.as_mut(), |tx| {
+        read_tx(self.store.as_mut(), |tx| {
             let Some(current) = fleet_info(tx)?.current_generation else {
                 return Ok(false);
             };
@@ -386,7 +386,7 @@ impl Fleet {
     /// The newest generation record, if one was published.
     pub fn latest_generation_record(&mut self) -> Result<Option<Published>, Error> {
         self.require_governed("governance show")?;
-        transact(self.store.as_mut(), |tx| {
+        read_tx(self.store.as_mut(), |tx| {
             let last = meta_u64(tx, META_SEQUENCE)?;
             let handovers = handover_sequences(tx)?;
             // The series also numbers the root handovers: the newest generation record is the
@@ -502,7 +502,7 @@ impl Fleet {
     /// Every issued grant, by id.
     pub fn grants(&mut self) -> Result<Vec<GrantInfo>, Error> {
         self.require_governed("grant list")?;
-        transact(self.store.as_mut(), |tx| {
+        read_tx(self.store.as_mut(), |tx| {
             let last = meta_u64(tx, META_GRANT_NEXT)?;
             let mut out = Vec::new();
             for id in 1..=last {
@@ -517,7 +517,7 @@ impl Fleet {
     /// One grant.
     pub fn grant(&mut self, id: u64) -> Result<GrantInfo, Error> {
         self.require_governed("grant show")?;
-        transact(self.store.as_mut(), |tx| grant_info(tx, id))?.ok_or(Error::NoSuchGrant(id))
+        read_tx(self.store.as_mut(), |tx| grant_info(tx, id))?.ok_or(Error::NoSuchGrant(id))
     }
 
     /// Writes every root handover (`root-handover-<seq>.cose`, oldest first: a device pinned
@@ -534,14 +534,14 @@ impl Fleet {
         let kid = key_id(&root);
         let now = self.now_s();
         let stale_grants =
-            !transact(self.store.as_mut(), |tx| stale_grants(tx, &kid, now))?.is_empty();
+            !read_tx(self.store.as_mut(), |tx| stale_grants(tx, &kid, now))?.is_empty();
         let stale_record = self
             .latest_generation_record()?
             .is_some_and(|p| record_kid(&p.bytes).as_deref() != Some(&kid[..]));
         if stale_grants || (stale_record && self.publishable()?) {
             self.live_root()?;
         }
-        let handovers = transact(self.store.as_mut(), read_handovers)?;
+        let handovers = read_tx(self.store.as_mut(), read_handovers)?;
         let latest = self.latest_generation_record()?;
         let grants = self.grants()?;
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {

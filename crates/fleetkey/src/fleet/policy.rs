@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::Fleet;
 use crate::error::Error;
 use crate::model::UnixMillis;
-use crate::store::{Tx, transact};
+use crate::store::{Tx, read_tx, transact};
 
 /// The store meta key of the policy.
 pub const META_POLICY: &str = "lifecycle.policy";
@@ -361,12 +361,12 @@ pub(crate) fn policy_in(tx: &mut dyn Tx) -> Result<Policy, Error> {
 impl Fleet {
     /// The fleet's lifecycle policy (the defaults until one is set).
     pub fn policy(&mut self) -> Result<Policy, Error> {
-        transact(self.store.as_mut(), policy_in)
+        read_tx(self.store.as_mut(), policy_in)
     }
 
     /// Whether the policy was ever set (else [`Fleet::policy`] gives the defaults).
     pub fn policy_is_set(&mut self) -> Result<bool, Error> {
-        transact(self.store.as_mut(), |tx| {
+        read_tx(self.store.as_mut(), |tx| {
             Ok(tx.meta(META_POLICY)?.is_some())
         })
     }

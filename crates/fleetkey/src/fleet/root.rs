@@ -28,7 +28,7 @@ use crate::governance::{HandoverSpec, key_id};
 use crate::model::UnixMillis;
 use crate::module::{KeyModule, SigningSeed};
 use crate::restore::{self, RootRestoreReport};
-use crate::store::{Tx, transact};
+use crate::store::{Tx, read_tx, transact};
 
 /// The audit action recording how a governance root was backed up.
 pub const ROOT_BACKUP_ACTION: &str = "governance.root_backup";
@@ -207,7 +207,7 @@ impl Fleet {
     pub fn root_info(&mut self) -> Result<RootInfo, Error> {
         self.require_governed("governance root")?;
         let public_key = self.pinned_or_module_root()?;
-        let (number, handovers) = transact(self.store.as_mut(), |tx| {
+        let (number, handovers) = read_tx(self.store.as_mut(), |tx| {
             let number = meta_u64(tx, META_ROOT_NUMBER)?.max(1);
             Ok((number, handover_sequences(tx)?))
         })?;
@@ -223,7 +223,7 @@ impl Fleet {
     /// Every published handover, oldest first.
     pub fn handovers(&mut self) -> Result<Vec<Handover>, Error> {
         self.require_governed("governance handovers")?;
-        Ok(transact(self.store.as_mut(), read_handovers)?
+        Ok(read_tx(self.store.as_mut(), read_handovers)?
             .into_iter()
             .map(|(sequence, bytes)| Handover { sequence, bytes })
             .collect())

@@ -8,7 +8,7 @@ use crate::access::{
 };
 use crate::error::{Error, StoreError};
 use crate::model::UnixMillis;
-use crate::store::transact;
+use crate::store::{read_tx, transact};
 
 use super::Fleet;
 
@@ -133,7 +133,7 @@ impl Fleet {
 
     /// Every token (no token text: the store has none).
     pub fn tokens(&mut self) -> Result<Vec<ApiToken>, Error> {
-        transact(self.store.as_mut(), |tx| Ok(tx.tokens()?))
+        read_tx(self.store.as_mut(), |tx| Ok(tx.tokens()?))
     }
 
     /// The token whose text is `text`, if it is of this fleet, not revoked and not expired.
@@ -142,7 +142,7 @@ impl Fleet {
         let hash = token_hash(text);
         let now = self.access.clock.now_ms();
         let fleet = self.config.fleet_id.clone();
-        let found = transact(self.store.as_mut(), |tx| Ok(tx.token_by_hash(&hash)?))?;
+        let found = read_tx(self.store.as_mut(), |tx| Ok(tx.token_by_hash(&hash)?))?;
         Ok(found
             .filter(|t| bool::from(t.hash.ct_eq(&hash)) && t.fleet == fleet && t.usable_at(now)))
     }

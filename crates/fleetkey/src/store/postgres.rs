@@ -10,6 +10,16 @@
 //!   (or its commit) fails with `40001`, and its closure runs again on the new row. Every audit
 //!   append first updates the one-row `audit_head` table, so two appends never seal against the
 //!   same head.
+//! - Every [`Store::read`] is `REPEATABLE READ READ ONLY`: one snapshot, taken at its first
+//!   statement, which no writer's row lock delays (MVCC readers take no row locks) and which
+//!   cannot fail with a serialization conflict, so it is never retried for one. Not
+//!   `SERIALIZABLE READ ONLY DEFERRABLE`: that waits for a snapshot no concurrent serializable
+//!   writer can invalidate, which is exactly a read queuing behind writes, and buys only the
+//!   absence of the read-only anomaly (a snapshot that no serial order of the writers passes
+//!   through) that a GET, which writes nothing from what it read, does not care about. Writes
+//!   are refused by the `Tx` it gets before SQL is sent (a write the server refused would abort
+//!   the transaction), and by `READ ONLY` below that. It ends with `ROLLBACK`. A connection lost
+//!   before the closure had its result is reopened and the closure runs once more.
 //! - A `Tx` method that fails leaves the transaction usable: inserts use `ON CONFLICT DO NOTHING`
 //!   and row counts, bulk inserts run in a savepoint, and text with a NUL character (which
 //!   PostgreSQL cannot store) is refused before it is sent. Any other failed statement aborts the
@@ -40,6 +50,7 @@ use crate::error::{Error, StoreError};
 use crate::model::DeviceRecord;
 use crate::store::codec::{self, ColumnError, Columns};
 use crate::store::migrations::{self, VERSION_KEY};
+use crate::store::read_only::ReadOnlyTx;
 use crate::store::sql::{self, Dialect, Params};
 use crate::store::tx::{self, APP_META_PREFIX, Backend, OnRow, SealedEvent, Stmt};
 use crate::store::{AUDIT_INDEXED_SUBJECTS, Store, Tx};
@@ -201,6 +212,39 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// One run of [`Store::read`].
+    fn read_once(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Tx) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut state = RunState::default();
+        let mut t = self
+            .client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(|e| backend("begin read transaction", e))?;
+        let result = f(&mut ReadOnlyTx(&mut PgTx {
+            t: &mut t,
+            statements: &mut self.statements,
+            state: &mut state,
+        }));
+        // Nothing to commit; a rollback over a lost connection changes nothing either.
+        drop(t.rollback());
+        result?;
+        match state.aborted {
+            None => Ok(()),
+            Some(what) => Err(StoreError::Backend {
+                operation: "read transaction",
+                detail: format!("a statement failed in this transaction ({what})"),
+            }
+            .into()),
+        }
+    }
+}
+
 fn open_client(config: &Config, schema: &str) -> Result<Client, StoreError> {
     let mut client = config.connect(NoTls).map_err(|e| StoreError::Backend {
         operation: "connect to PostgreSQL",
@@ -348,6 +392,23 @@ impl Store for PostgresStore {
             "serialization conflicts with concurrent transactions in {} attempts",
             self.max_attempts
         ))
+        .into())
+    }
+
+    fn read(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<(), Error>) -> Result<(), Error> {
+        /// Runs: the second after a lost connection only.
+        const READ_ATTEMPTS: u32 = 2;
+        for attempt in 1..=READ_ATTEMPTS {
+            self.ensure_connected()?;
+            match self.read_once(f) {
+                Err(_) if attempt < READ_ATTEMPTS && self.client.is_closed() => {}
+                done => return done,
+            }
+        }
+        Err(StoreError::Backend {
+            operation: "read transaction",
+            detail: "the connection was lost twice".into(),
+        }
         .into())
     }
 

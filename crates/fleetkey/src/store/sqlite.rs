@@ -4,9 +4,13 @@
 //!   counter the registry forgot would be reused), `secure_delete = ON`, `foreign_keys = ON`,
 //!   `trusted_schema = OFF`, 8 KiB pages.
 //! - Every [`Store::transaction`] starts with `BEGIN IMMEDIATE`: two processes cannot interleave
-//!   a read-modify-write. The trait has no read-only transaction, so a listing waits for a writer
-//!   too. A transaction waits up to the busy timeout (5 s by default) for the lock, then fails
-//!   with [`StoreError::Busy`]; the closure runs once.
+//!   a read-modify-write. A transaction waits up to the busy timeout (5 s by default) for the
+//!   lock, then fails with [`StoreError::Busy`]; the closure runs once.
+//! - Every [`Store::read`] is a WAL reader: `PRAGMA query_only = ON`, then a deferred `BEGIN`,
+//!   which takes no write lock; its first read fixes the snapshot (the last commit at that
+//!   moment), and a writer holding `BEGIN IMMEDIATE` does not delay it. Writes are refused
+//!   before SQL by the `Tx` it gets, and by `query_only` below that; it ends with `ROLLBACK`
+//!   and `query_only` is turned off again.
 //! - Schema: `sqlite/0001_initial.sql`, then `0002_access.sql` (service tokens, idempotency); its version is in `meta`. A newer version than this
 //!   fleetkey knows is refused ([`StoreError::Schema`]).
 //! - Zeroization at rest ([`Store::purge`]): `secure_delete` zeroes freed cells and pages, but
@@ -27,6 +31,7 @@ use rusqlite::{
 use crate::error::{Error, StoreError};
 use crate::model::DeviceRecord;
 use crate::store::codec::{self, ColumnError, Columns};
+use crate::store::read_only::ReadOnlyTx;
 use crate::store::sql::{self, Dialect, Params};
 use crate::store::tx::{self, APP_META_PREFIX, Backend, OnRow, SealedEvent, Stmt};
 use crate::store::{AUDIT_INDEXED_SUBJECTS, Store, Tx};
@@ -217,6 +222,39 @@ impl SqliteStore {
         }
     }
 
+    /// `PRAGMA query_only = ON` and a deferred `BEGIN`: no lock until the first read, and that
+    /// one is a WAL read lock, which a writer does not hold against it.
+    fn begin_read(&self) -> Result<(), StoreError> {
+        self.set_query_only(true)?;
+        let begun = self
+            .conn
+            .prepare_cached("BEGIN DEFERRED")
+            .and_then(|mut s| s.execute([]));
+        if let Err(e) = begun {
+            let _ = self.set_query_only(false);
+            return Err(backend("begin read transaction", e));
+        }
+        Ok(())
+    }
+
+    fn set_query_only(&self, on: bool) -> Result<(), StoreError> {
+        self.conn
+            .pragma_update(None, "query_only", on)
+            .map_err(|e| backend("set query_only", e))
+    }
+
+    /// Ends a read transaction (nothing to commit) and lets the connection write again.
+    fn end_read(&self) -> Result<(), StoreError> {
+        self.rollback();
+        if !self.conn.is_autocommit() {
+            return Err(StoreError::Backend {
+                operation: "end read transaction",
+                detail: "the transaction did not end".into(),
+            });
+        }
+        self.set_query_only(false)
+    }
+
     /// Commits on `Ok`, rolls back otherwise.
     fn finish<E: From<StoreError>>(
         &self,
@@ -278,6 +316,15 @@ impl Drop for RollbackGuard<'_> {
     }
 }
 
+/// Ends a read transaction the closure left by panicking.
+struct EndReadGuard<'s>(&'s SqliteStore);
+
+impl Drop for EndReadGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.end_read();
+    }
+}
+
 impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
@@ -292,6 +339,16 @@ impl Store for SqliteStore {
         let result = f(&mut SqliteTx { conn: &self.conn });
         std::mem::forget(guard);
         self.finish("commit", result)
+    }
+
+    fn read(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<(), Error>) -> Result<(), Error> {
+        self.begin_read()?;
+        let guard = EndReadGuard(self);
+        let result = f(&mut ReadOnlyTx(&mut SqliteTx { conn: &self.conn }));
+        std::mem::forget(guard);
+        let ended = self.end_read();
+        result?;
+        Ok(ended?)
     }
 
     fn purge(&mut self) -> Result<(), StoreError> {

@@ -29,7 +29,7 @@ use fleetkey::model::{
     Change, DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, Scheme,
     WrappedKey,
 };
-use fleetkey::store::{Store, Tx, transact};
+use fleetkey::store::{Store, Tx, read_tx, transact};
 use serde_json::json;
 
 /// Makes the stores a check runs against. One factory per test: its database starts empty.
@@ -67,6 +67,7 @@ macro_rules! store_conformance {
             idempotency_claim_finish_delete,
             idempotency_purge_by_age,
             delivery_journal_insert_list_delete,
+            read_refuses_writes_and_sees_committed_data,
         );
     };
     (@checks $factory:expr; $($check:ident),* $(,)?) => {
@@ -1738,4 +1739,141 @@ pub(crate) fn audit_verify_names_each_tampered_table(
             other => panic!("after {change:?}: expected a corrupt store, got {other:?}"),
         }
     }
+}
+
+/// `Store::read`: every write method is refused with `ReadOnly` and changes nothing, the
+/// transaction stays usable after a refusal, nothing of the read's work is lost, a read sees what
+/// another handle committed, and the handle writes again afterwards.
+pub(crate) fn read_refuses_writes_and_sees_committed_data(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let kept = device(b"kept");
+    let token = api_token("tok-1", 1, Role::Operator, 10);
+    let claim = IdempotencyRecord {
+        principal: "station-1".into(),
+        key: "k1".into(),
+        fingerprint: [4; 32],
+        created_at: 5,
+        response: None,
+    };
+    let delivery = tx(store, |tx| {
+        tx.put_fleet(&fleet())?;
+        tx.insert_generation(&generation(1, State::Active))?;
+        tx.insert_device(&kept)?;
+        tx.append_audit(draft("fleet.init", 1, &[]))?;
+        tx.put_meta("idempotency.a", "before")?;
+        tx.insert_token(&token)?;
+        tx.insert_idempotency(&claim)?;
+        Ok(tx.insert_delivery("provisioning", b"owed", 7)?)
+    });
+    let before = snapshot(store);
+
+    fn refused<T: std::fmt::Debug>(what: &str, result: Result<T, StoreError>) {
+        match result {
+            Err(StoreError::ReadOnly(_)) => {}
+            other => panic!("{what} inside a read: expected ReadOnly, got {other:?}"),
+        }
+    }
+    let seen = read_tx(store, |tx| {
+        let seen = tx.device(&kept.serial)?;
+        refused(
+            "put_fleet",
+            tx.put_fleet(&FleetInfo {
+                id: "changed".into(),
+                ..fleet()
+            }),
+        );
+        refused(
+            "insert_generation",
+            tx.insert_generation(&generation(2, State::PreActive)),
+        );
+        refused(
+            "update_generation",
+            tx.update_generation(&generation(1, State::Deactivated)),
+        );
+        refused("insert_device", tx.insert_device(&device(b"new")));
+        refused(
+            "insert_devices",
+            tx.insert_devices(&[device(b"b1"), device(b"b2")]),
+        );
+        refused(
+            "update_device",
+            tx.update_device(&DeviceRecord {
+                revision: 99,
+                ..kept.clone()
+            }),
+        );
+        refused(
+            "append_audit",
+            tx.append_audit(draft("device.add", 2, &[serial(b"new")])),
+        );
+        refused("put_meta", tx.put_meta("idempotency.a", "after"));
+        refused(
+            "insert_token",
+            tx.insert_token(&api_token("tok-2", 2, Role::Operator, 11)),
+        );
+        refused(
+            "update_token",
+            tx.update_token(&ApiToken {
+                revoked_at: Some(12),
+                ..token.clone()
+            }),
+        );
+        refused(
+            "insert_idempotency",
+            tx.insert_idempotency(&IdempotencyRecord {
+                key: "k2".into(),
+                ..claim.clone()
+            }),
+        );
+        refused(
+            "update_idempotency",
+            tx.update_idempotency(&IdempotencyRecord {
+                response: Some((200, WrappedKey(vec![1]))),
+                ..claim.clone()
+            }),
+        );
+        refused(
+            "delete_idempotency",
+            tx.delete_idempotency("station-1", "k1"),
+        );
+        refused("purge_idempotency", tx.purge_idempotency(i64::MAX));
+        refused(
+            "insert_delivery",
+            tx.insert_delivery("provisioning", b"more", 8),
+        );
+        refused("delete_delivery", tx.delete_delivery(delivery));
+        // The refusals left the transaction usable and changed nothing in it.
+        assert_eq!(tx.count_devices(&DeviceFilter::default())?, 1);
+        assert_eq!(tx.device(&kept.serial)?, seen);
+        assert_eq!(tx.meta("idempotency.a")?.as_deref(), Some("before"));
+        assert_eq!(tx.token("tok-1")?, Some(token.clone()));
+        assert_eq!(tx.idempotency("station-1", "k1")?, Some(claim.clone()));
+        assert_eq!(tx.count_deliveries("provisioning")?, 1);
+        assert_eq!(tx.audit_head()?.map(|(seq, _)| seq), Some(1));
+        Ok(seen)
+    })
+    .expect("a read with refused writes still returns its value");
+    assert_eq!(seen, Some(kept.clone()));
+    assert_eq!(snapshot(store), before, "a read changes nothing");
+
+    // A refused write the closure propagates is its error; still nothing changed.
+    let result = store.read(&mut |tx| {
+        tx.put_meta("idempotency.a", "after")?;
+        Ok(())
+    });
+    assert!(
+        matches!(result, Err(Error::Store(StoreError::ReadOnly(_)))),
+        "{result:?}"
+    );
+    assert_eq!(snapshot(store), before);
+
+    // A read sees what another handle committed, and this handle writes again afterwards.
+    let mut other = f.reopen();
+    tx(&mut *other, |tx| Ok(tx.insert_device(&device(b"other"))?));
+    let seen = read_tx(store, |tx| Ok(tx.device(&serial(b"other"))?)).expect("read");
+    assert_eq!(seen, Some(device(b"other")));
+    tx(store, |tx| Ok(tx.put_meta("idempotency.a", "after")?));
+    let seen = read_tx(&mut *other, |tx| Ok(tx.meta("idempotency.a")?)).expect("read");
+    assert_eq!(seen.as_deref(), Some("after"));
 }

@@ -16,7 +16,7 @@ use crate::audit::AuditFilter;
 use crate::error::Error;
 use crate::lifecycle::State;
 use crate::model::{DeviceFilter, DeviceSerial, Scheme, UnixMillis};
-use crate::store::{Tx, transact};
+use crate::store::{Tx, read_tx};
 
 pub mod due;
 pub mod lease;
@@ -90,7 +90,7 @@ impl Fleet {
     /// The lease and the last run of the scheduler.
     pub fn scheduler_state(&mut self) -> Result<SchedulerState, Error> {
         let now = self.access.clock.now_ms();
-        transact(self.store.as_mut(), |tx| {
+        read_tx(self.store.as_mut(), |tx| {
             let lease = lease::read(tx)?;
             Ok(SchedulerState {
                 held: lease.as_ref().is_some_and(|l| l.until > now),
@@ -150,7 +150,7 @@ impl Fleet {
         };
         let activations = self.last_events("generation.activate")?;
         let backups = self.last_events(super::ceremony::BACKUP_ACTION)?;
-        let mut facts = transact(self.store.as_mut(), |tx| {
+        let mut facts = read_tx(self.store.as_mut(), |tx| {
             let fleet = fleet_info(tx)?;
             let mut generations = Vec::new();
             for g in tx.generations()? {
@@ -264,7 +264,7 @@ impl Fleet {
             };
             let mut after: Option<DeviceSerial> = None;
             loop {
-                let page = transact(self.store.as_mut(), |tx| {
+                let page = read_tx(self.store.as_mut(), |tx| {
                     Ok(tx.devices(&filter, after.as_ref(), 10_000)?)
                 })?;
                 let Some(last) = page.last() else { break };
