@@ -23,7 +23,7 @@ use super::{Fleet, fleet_info};
 use crate::error::Error;
 use crate::lifecycle::State;
 use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, SheUid};
-use crate::store::transact;
+use crate::store::{read_tx, transact};
 
 /// A 128-bit digest of a serial (truncated SHA-256): duplicates in a file are found by digest,
 /// without keeping a million serials in memory. Distinct serials collide with probability about
@@ -169,9 +169,9 @@ pub fn parse_csv<R: std::io::Read>(reader: R) -> impl Iterator<Item = Result<Imp
     let mut csv = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(bounded);
-    let too_long = move |e: &csv::Error| -> Option<Error> {
+    // A read error of the bounded reader: the line that grew too long.
+    let too_long = move || -> Option<Error> {
         overlong.get().map(|line| {
-            let _ = e;
             Error::invalid(
                 format!("csv line {line}"),
                 format_args!("longer than {MAX_CSV_LINE} bytes"),
@@ -179,9 +179,7 @@ pub fn parse_csv<R: std::io::Read>(reader: R) -> impl Iterator<Item = Result<Imp
         })
     };
     let columns = match csv.byte_headers() {
-        Err(e) => {
-            Err(too_long(&e).unwrap_or_else(|| Error::invalid("csv line 1", csv_problem(&e))))
-        }
+        Err(e) => Err(too_long().unwrap_or_else(|| Error::invalid("csv line 1", csv_problem(&e)))),
         Ok(h) => {
             let mut columns = [None; 3];
             let mut problem = None;
@@ -233,7 +231,7 @@ pub fn parse_csv<R: std::io::Read>(reader: R) -> impl Iterator<Item = Result<Imp
         }
         let record = records.next()?;
         let result = match record {
-            Err(e) => Err(too_long(&e).unwrap_or_else(|| {
+            Err(e) => Err(too_long().unwrap_or_else(|| {
                 let line = e.position().map_or(0, csv::Position::line);
                 Error::invalid(format!("csv line {line}"), csv_problem(&e))
             })),
@@ -371,7 +369,7 @@ impl Fleet {
                 source,
             })
         };
-        let registered = transact(self.store.as_mut(), |tx| {
+        let registered = read_tx(self.store.as_mut(), |tx| {
             Ok(tx.count_devices(&DeviceFilter::default())?)
         })?;
         let batch_size = self.batch;
@@ -459,14 +457,14 @@ impl Fleet {
             vec![],
             serde_json::json!({}),
         );
-        let current = transact(self.store.as_mut(), |tx| {
+        let current = read_tx(self.store.as_mut(), |tx| {
             Ok(fleet_info(tx)?.current_generation)
         })?;
         // Which rows are new (only a resumed import finds registered ones).
         let mut fresh: Vec<&ImportRow> = Vec::with_capacity(batch.len());
         let mut present = 0u64;
         if check_existing {
-            transact(self.store.as_mut(), |tx| {
+            read_tx(self.store.as_mut(), |tx| {
                 fresh.clear();
                 present = 0;
                 for row in batch {
@@ -556,7 +554,7 @@ impl Fleet {
                 if !derivers.iter().any(|(g, _)| *g == r.generation) {
                     derivers.push((
                         r.generation,
-                        self.module.get()?.bulk_deriver(Generation(r.generation))?,
+                        self.module()?.bulk_deriver(Generation(r.generation))?,
                     ));
                 }
                 let deriver = derivers
@@ -584,13 +582,13 @@ impl Fleet {
         delivery.resend_pending(self, progress)?;
         let mut filter = filter.clone();
         filter.state = Some(State::PreActive);
-        let total = transact(self.store.as_mut(), |tx| Ok(tx.count_devices(&filter)?))?;
+        let total = read_tx(self.store.as_mut(), |tx| Ok(tx.count_devices(&filter)?))?;
         progress.start("provisioning", total);
         let mut done = 0;
         let mut after: Option<DeviceSerial> = None;
         loop {
             let batch = self.batch;
-            let mut page = transact(self.store.as_mut(), |tx| {
+            let mut page = read_tx(self.store.as_mut(), |tx| {
                 Ok(tx.devices(&filter, after.as_ref(), batch)?)
             })?;
             let Some(last) = page.last() else { break };
@@ -661,13 +659,13 @@ impl Fleet {
         delivery.resend_pending(self, progress)?;
         let mut filter = filter.clone();
         filter.state = Some(State::Active);
-        let total = transact(self.store.as_mut(), |tx| Ok(tx.count_devices(&filter)?))?;
+        let total = read_tx(self.store.as_mut(), |tx| Ok(tx.count_devices(&filter)?))?;
         progress.start("refreshing", total);
         let mut after: Option<DeviceSerial> = None;
         let mut done = 0;
         loop {
             let batch = self.batch;
-            let page = transact(self.store.as_mut(), |tx| {
+            let page = read_tx(self.store.as_mut(), |tx| {
                 Ok(tx.devices(&filter, after.as_ref(), batch)?)
             })?;
             let Some(last) = page.last() else { break };

@@ -13,7 +13,8 @@
 //!    disk; a pipe or FIFO, when the reader has read them out of the pipe's buffer.
 //! 3. Every run of a bulk command first re-sends the lines of the entries of its kind that are
 //!    still in the journal (an earlier run crashed, was killed, or its reader stopped reading),
-//!    rebuilt from the journal, byte for byte the lines first sent.
+//!    rebuilt from the journal: a key update byte for byte the line first sent, a provisioning
+//!    line with the device's current keys (the same line unless the device was refreshed since).
 //!
 //! So a caller may see a line twice, never zero times. A line names its device and the
 //! generation and revision it brings; a station de-duplicates by keeping, per serial, the line
@@ -247,20 +248,23 @@ impl<'o> Delivery<'o> {
 
     /// Writes a committed batch's lines and forgets the journal entries whose lines were taken.
     pub(super) fn send(&mut self, fleet: &mut Fleet, id: u64, lines: &[u8]) -> Result<(), Error> {
-        let what = self.out.describe();
-        self.out.write_lines(lines).map_err(|source| Error::Io {
-            path: what.into(),
-            source,
-        })?;
+        self.out
+            .write_lines(lines)
+            .map_err(|source| self.io_error(source))?;
         self.pending.push_back((id, self.out.written()));
-        self.confirm(fleet)
+        self.confirm(fleet).map(drop)
     }
 
-    fn confirm(&mut self, fleet: &mut Fleet) -> Result<(), Error> {
-        let taken = self.out.taken().map_err(|source| Error::Io {
+    fn io_error(&self, source: io::Error) -> Error {
+        Error::Io {
             path: self.out.describe().into(),
             source,
-        })?;
+        }
+    }
+
+    /// Forgets the journal entries whose lines the reader has taken; returns how many bytes it has.
+    fn confirm(&mut self, fleet: &mut Fleet) -> Result<u64, Error> {
+        let taken = self.out.taken().map_err(|source| self.io_error(source))?;
         let mut done = Vec::new();
         while let Some(&(id, end)) = self.pending.front() {
             if end > taken {
@@ -277,7 +281,7 @@ impl<'o> Delivery<'o> {
                 Ok(())
             })?;
         }
-        Ok(())
+        Ok(taken)
     }
 
     /// Waits until the reader has taken every line (a pipe), giving up after
@@ -286,11 +290,7 @@ impl<'o> Delivery<'o> {
         let mut last = None;
         let mut since = Instant::now();
         while !self.pending.is_empty() {
-            self.confirm(fleet)?;
-            let taken = self.out.taken().map_err(|source| Error::Io {
-                path: self.out.describe().into(),
-                source,
-            })?;
+            let taken = self.confirm(fleet)?;
             if last != Some(taken) {
                 last = Some(taken);
                 since = Instant::now();
@@ -312,14 +312,14 @@ impl<'o> Delivery<'o> {
         progress: &dyn Progress,
     ) -> Result<(), Error> {
         let kind = self.kind.name();
-        let total = transact(fleet.store.as_mut(), |tx| Ok(tx.count_deliveries(kind)?))?;
+        let total = read_tx(fleet.store.as_mut(), |tx| Ok(tx.count_deliveries(kind)?))?;
         if total == 0 {
             return Ok(());
         }
         progress.start("re-sending an interrupted run's lines", total);
         let mut after = 0;
         loop {
-            let entries = transact(
+            let entries = read_tx(
                 fleet.store.as_mut(),
                 |tx| Ok(tx.deliveries(kind, after, 1)?),
             )?;
@@ -417,7 +417,7 @@ impl Fleet {
                 Owed::Update { device, .. } => device.serial.clone(),
             })
             .collect();
-        let current = transact(self.store.as_mut(), |tx| {
+        let current = read_tx(self.store.as_mut(), |tx| {
             serials
                 .iter()
                 .map(|s| Ok(tx.device(s)?))
