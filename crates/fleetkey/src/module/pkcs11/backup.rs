@@ -28,7 +28,7 @@ use fleetkey_core::derive::Generation;
 use zeroize::{Zeroize as _, Zeroizing};
 
 use super::templates::secret_usages;
-use super::token::{backend, rv};
+use super::token::{backend, rv, unwrap_failure};
 use super::{Pin, Pkcs11Module, lock};
 use crate::backup::{self, BackupError, Kcv, Share};
 use crate::error::ModuleError;
@@ -282,20 +282,7 @@ impl Pkcs11Module {
         self.add_master(
             generation,
             |session| session.unwrap_key(&Mechanism::AesKeyWrap, kek, blob, &template),
-            |e| match rv(&e) {
-                Some(
-                    RvError::WrappedKeyInvalid
-                    | RvError::WrappedKeyLenRange
-                    | RvError::EncryptedDataInvalid
-                    | RvError::EncryptedDataLenRange
-                    | RvError::DataInvalid
-                    | RvError::DataLenRange
-                    // SoftHSM 2.6.1 answers a failed integrity check so; the creation was
-                    // retried three times first, which a passing store fault would not survive.
-                    | RvError::GeneralError,
-                ) => ModuleError::Unwrap,
-                _ => backend("C_UnwrapKey")(e),
-            },
+            unwrap_failure,
         )
     }
 }

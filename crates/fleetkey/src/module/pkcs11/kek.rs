@@ -4,7 +4,6 @@
 //! generated, wrapped and, to derive, unwrapped into a sensitive session object without ever
 //! being in host memory.
 
-use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::Session;
@@ -14,7 +13,7 @@ use zeroize::{Zeroize as _, Zeroizing};
 use super::masters::derive_key;
 use super::session::create_retrying;
 use super::templates;
-use super::token::{backend, rv};
+use super::token::{backend, unwrap_failure};
 use super::{Pkcs11Module, lock};
 use crate::error::ModuleError;
 use crate::model::WrappedKey;
@@ -40,18 +39,7 @@ impl Pkcs11Module {
         }
         session
             .unwrap_key(&Mechanism::AesKeyWrapPad, kek, data, template)
-            .map_err(|e| match rv(&e) {
-                Some(
-                    RvError::WrappedKeyInvalid
-                    | RvError::WrappedKeyLenRange
-                    | RvError::EncryptedDataInvalid
-                    | RvError::EncryptedDataLenRange
-                    | RvError::DataInvalid
-                    | RvError::DataLenRange
-                    | RvError::GeneralError,
-                ) => ModuleError::Unwrap,
-                _ => backend("C_UnwrapKey")(e),
-            })
+            .map_err(unwrap_failure)
     }
 
     /// A root unwrapped from a 40-byte blob is 25 to 32 bytes: it is a device root only when it

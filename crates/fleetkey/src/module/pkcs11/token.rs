@@ -135,6 +135,24 @@ pub(crate) fn backend(operation: &'static str) -> impl Fn(CkError) -> ModuleErro
     }
 }
 
+/// A failed `C_UnwrapKey`: [`ModuleError::Unwrap`] when the token says the wrapped blob is bad
+/// (SoftHSM 2.6.1 answers a failed integrity check with `CKR_GENERAL_ERROR`; creations are
+/// retried first, which a passing store fault would not survive), a backend error otherwise.
+pub(crate) fn unwrap_failure(e: CkError) -> ModuleError {
+    match rv(&e) {
+        Some(
+            RvError::WrappedKeyInvalid
+            | RvError::WrappedKeyLenRange
+            | RvError::EncryptedDataInvalid
+            | RvError::EncryptedDataLenRange
+            | RvError::DataInvalid
+            | RvError::DataLenRange
+            | RvError::GeneralError,
+        ) => ModuleError::Unwrap,
+        _ => backend("C_UnwrapKey")(e),
+    }
+}
+
 /// The return value of a failed call, when the token gave one.
 pub(crate) fn rv(e: &CkError) -> Option<RvError> {
     match e {
