@@ -56,13 +56,26 @@ impl Global {
         format!("{what}:{host}:{}", std::process::id())
     }
 
+    /// Whether the fleet's keys are on a PKCS#11 token: it has no key file, its PIN is read at
+    /// open, and there is no passphrase to ask for.
+    fn on_token(&self) -> bool {
+        FleetConfig::load(&self.home).is_ok_and(|c| matches!(c.module, ModuleConfig::Pkcs11 { .. }))
+    }
+
+    /// The passphrase of the fleet's key file, asked for now; empty for a fleet on a token.
+    fn module_passphrase(&self) -> Result<SecretString, CliError> {
+        if self.on_token() {
+            Ok(SecretString::from(String::new()))
+        } else {
+            passphrase(false)
+        }
+    }
+
     /// Opens the fleet at `--home`. The key module is opened only when the command first needs
     /// a key: only then is the passphrase read (or the token's PIN), so a command that reads the
     /// fleet asks for nothing and costs no scrypt unlock.
     pub(crate) fn open(&self) -> Result<Fleet, CliError> {
-        // A fleet on a PKCS#11 token has no key file: its PIN is read at open, no passphrase.
-        let on_token = FleetConfig::load(&self.home)
-            .is_ok_and(|c| matches!(c.module, ModuleConfig::Pkcs11 { .. }));
+        let on_token = self.on_token();
         let home = self.home.clone();
         let opener: fleetkey::fleet::ModuleOpener = Box::new(move || {
             let passphrase = if on_token {
@@ -86,13 +99,7 @@ impl Global {
     /// once (the soft module's scrypt unlock, or the token login) and shared; each handle has its
     /// own store connection.
     pub(crate) fn opener(&self) -> Result<fleetkey_server::pool::Opener, CliError> {
-        let on_token = FleetConfig::load(&self.home)
-            .is_ok_and(|c| matches!(c.module, ModuleConfig::Pkcs11 { .. }));
-        let passphrase = if on_token {
-            SecretString::from(String::new())
-        } else {
-            passphrase(false)?
-        };
+        let passphrase = self.module_passphrase()?;
         let template = self.access_with(passphrase)?;
         let module = fleetkey::fleet::open_module(&self.home, &template)?;
         let home = self.home.clone();
@@ -112,13 +119,7 @@ impl Global {
     /// Opens a fresh handle (its own key module, read anew) each time it is called: the service's
     /// lifecycle scheduler, which must see generations another instance created.
     pub(crate) fn fresh_opener(&self) -> Result<fleetkey_server::scheduler::FreshOpener, CliError> {
-        let on_token = FleetConfig::load(&self.home)
-            .is_ok_and(|c| matches!(c.module, ModuleConfig::Pkcs11 { .. }));
-        let passphrase = if on_token {
-            SecretString::from(String::new())
-        } else {
-            passphrase(false)?
-        };
+        let passphrase = self.module_passphrase()?;
         let template = self.access_with(passphrase)?;
         let home = self.home.clone();
         Ok(Box::new(move || {
