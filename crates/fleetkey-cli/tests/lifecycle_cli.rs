@@ -163,12 +163,7 @@ fn refreshed_serials(home: &Path) -> Vec<Vec<u8>> {
 fn lifecycle_run_killed_mid_migration_resumes_without_bumping_twice() {
     let dir = tempfile::tempdir().unwrap();
     let home = init(dir.path());
-    let csv = dir.path().join("devices.csv");
-    let mut text = String::from("serial\n");
-    for i in 0..DEVICES {
-        text.push_str(&format!("L-{i:05}\n"));
-    }
-    std::fs::write(&csv, text).unwrap();
+    let csv = cli::write_devices_csv(dir.path(), "L", DEVICES);
     let keys = dir.path().join("keys.jsonl");
     ok(
         &home,

@@ -9,7 +9,6 @@
 //! Needs `FLEETKEY_TEST_DATABASE_URL` (CI: `postgres://postgres@127.0.0.1:5432/test`).
 
 use std::collections::HashSet;
-use std::net::TcpListener;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,14 +35,6 @@ impl Drop for Cleanup {
             let _ = s.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn agent() -> ureq::Agent {
@@ -109,12 +100,7 @@ fn two_instances_rotate_once_and_the_survivor_finishes_the_migration() {
             &name,
         ],
     );
-    let csv = dir.path().join("devices.csv");
-    let mut text = String::from("serial\n");
-    for i in 0..DEVICES {
-        text.push_str(&format!("S-{i:05}\n"));
-    }
-    std::fs::write(&csv, text).unwrap();
+    let csv = cli::write_devices_csv(dir.path(), "S", DEVICES);
     let keys = dir.path().join("keys.jsonl");
     ok(
         &home,
@@ -156,7 +142,7 @@ fn two_instances_rotate_once_and_the_survivor_finishes_the_migration() {
     let mut bases = vec![];
     let mut outs = vec![];
     for i in 0..2 {
-        let port = free_port();
+        let port = cli::free_port();
         let out = dir.path().join(format!("updates-{i}.jsonl"));
         let child = fleetkey(&home)
             .args([

@@ -8,7 +8,6 @@
 //! the test says it was skipped; set, a server that cannot be reached fails it.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -38,14 +37,6 @@ impl Drop for Cleanup {
             let _ = s.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn agent() -> ureq::Agent {
@@ -126,7 +117,7 @@ fn two_instances_on_one_postgres_never_lose_or_repeat_a_revision() {
 
     let mut bases = vec![];
     for _ in 0..2 {
-        let port = free_port();
+        let port = cli::free_port();
         let child = fleetkey(&home)
             .args([
                 "serve",

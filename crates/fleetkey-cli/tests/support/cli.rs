@@ -63,3 +63,23 @@ pub(crate) fn fails(home: &Path, args: &[&str], code: i32, message: &str) -> Str
     );
     stderr
 }
+
+/// A free TCP port on loopback (bound and released: a server started next can take it).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A device CSV of `count` serials `<prefix>-00000`, `<prefix>-00001`, ... in `dir`.
+pub(crate) fn write_devices_csv(dir: &Path, prefix: &str, count: usize) -> std::path::PathBuf {
+    let path = dir.join("devices.csv");
+    let mut text = String::from("serial\n");
+    for i in 0..count {
+        text.push_str(&format!("{prefix}-{i:05}\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
