@@ -46,8 +46,8 @@ mod types;
 
 pub use crypto::{KEY_UPDATE_ENC_C, KEY_UPDATE_MAC_C, cmac, kdf};
 pub use messages::{
-    Confirmation, M1, M2, M3, M4, M5, MessageKind, UpdateMessages, UpdateRequest, VerifyError,
-    build, verify,
+    Authorisation, Confirmation, M1, M2, M3, M4, M5, MessageKind, UpdateMessages, UpdateRequest,
+    VerifyError, build, verify,
 };
 pub use soft::{LoadError, MIN_MAC_PREFIX, MacError, SoftShe};
 pub use types::{Counter, KeyFlags, SheError, SlotId, Uid};

@@ -397,19 +397,46 @@ pub(super) fn open_m2(k1: &Key128, m2: &M2) -> M2Plain {
 /// Builds M1-M3 for `request`, authorised by `auth_key` (the key in `request.auth_id()`), and the
 /// M4, M5 the SHE must answer once `new_key` is stored (SHE spec v1.1, memory update protocol).
 pub fn build(auth_key: &Key128, new_key: &Key128, request: &UpdateRequest) -> UpdateMessages {
-    let k1 = kdf(auth_key, &KEY_UPDATE_ENC_C);
-    let k2 = kdf(auth_key, &KEY_UPDATE_MAC_C);
-    let m1 = request.m1();
-    let first = m2_first_block(request.counter, request.flags);
-    let (c1, c2) = cbc_encrypt_2(&k1, &first, new_key.expose_secret());
-    let mut m2 = [0u8; 32];
-    let (a, b) = m2.split_at_mut(16);
-    a.copy_from_slice(&c1);
-    b.copy_from_slice(&c2);
-    let m2 = M2(m2);
-    let m3 = expected_m3(&k2, &m1, &m2);
-    let (m4, m5) = proof(&m1, new_key, request.counter);
-    UpdateMessages { m1, m2, m3, m4, m5 }
+    Authorisation::new(auth_key).build(new_key, request)
+}
+
+/// The two keys an authorising key gives the memory update protocol (K1 encrypts M2, K2 MACs M3),
+/// derived once for several updates under the same key: [`Authorisation::build`] is [`build`]
+/// without the two key derivations. Zeroized on drop; Debug shows no key.
+pub struct Authorisation {
+    k1: Key128,
+    k2: Key128,
+}
+
+impl core::fmt::Debug for Authorisation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Authorisation").finish_non_exhaustive()
+    }
+}
+
+impl Authorisation {
+    /// K1 and K2 of `auth_key`.
+    pub fn new(auth_key: &Key128) -> Self {
+        Authorisation {
+            k1: kdf(auth_key, &KEY_UPDATE_ENC_C),
+            k2: kdf(auth_key, &KEY_UPDATE_MAC_C),
+        }
+    }
+
+    /// [`build`] under the key this was made from.
+    pub fn build(&self, new_key: &Key128, request: &UpdateRequest) -> UpdateMessages {
+        let m1 = request.m1();
+        let first = m2_first_block(request.counter, request.flags);
+        let (c1, c2) = cbc_encrypt_2(&self.k1, &first, new_key.expose_secret());
+        let mut m2 = [0u8; 32];
+        let (a, b) = m2.split_at_mut(16);
+        a.copy_from_slice(&c1);
+        b.copy_from_slice(&c2);
+        let m2 = M2(m2);
+        let m3 = expected_m3(&self.k2, &m1, &m2);
+        let (m4, m5) = proof(&m1, new_key, request.counter);
+        UpdateMessages { m1, m2, m3, m4, m5 }
+    }
 }
 
 /// Why M4 and M5 were refused.

@@ -891,3 +891,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_authorisation_builds_what_build_builds() {
+    let auth = key(7);
+    let authorisation = super::Authorisation::new(&auth);
+    for (i, slot) in [SlotId::Key1, SlotId::Key2, SlotId::MasterEcuKey]
+        .into_iter()
+        .enumerate()
+    {
+        let new = key(20 + i as u8);
+        let r = request(slot, SlotId::MasterEcuKey, 3 + i as u32, 0);
+        assert_eq!(
+            authorisation.build(&new, &r),
+            build(&auth, &new, &r),
+            "{slot:?}"
+        );
+    }
+}
