@@ -34,6 +34,7 @@ mod devices;
 mod generations;
 mod gov_store;
 pub mod governance;
+pub mod group;
 pub mod lifecycle;
 pub mod material;
 pub mod network;
@@ -564,14 +565,8 @@ impl Fleet {
 
     /// The SHE transport key, unwrapped, if the fleet has one.
     pub(crate) fn transport_key(&mut self) -> Result<Option<Key128>, Error> {
-        let wrapped = transact(self.store.as_mut(), |tx| Ok(tx.meta(META_TRANSPORT_KEY)?))?;
-        let Some(hex_text) = wrapped else {
-            return Ok(None);
-        };
-        let bytes = hex::decode(hex_text)
-            .map_err(|e| StoreError::Corrupt(format!("{META_TRANSPORT_KEY}: {e}")))?;
-        let key = self.module.get()?.unwrap(&WrappedKey(bytes))?;
-        Ok(Key128::from_slice(&key))
+        let module = self.module.get()?;
+        read_tx(self.store.as_mut(), |tx| transport_key_in(tx, module))
     }
 
     /// Sets (or replaces) the SHE transport key.
@@ -730,6 +725,20 @@ fn validate_fleet_id(id: &str) -> Result<(), Error> {
             "1 to 64 characters of A-Z a-z 0-9 - _ .",
         ))
     }
+}
+
+/// The SHE transport key, unwrapped, if the fleet has one, read in `tx`.
+pub(crate) fn transport_key_in(
+    tx: &mut dyn Tx,
+    module: &dyn KeyModule,
+) -> Result<Option<Key128>, Error> {
+    let Some(hex_text) = tx.meta(META_TRANSPORT_KEY)? else {
+        return Ok(None);
+    };
+    let bytes = hex::decode(hex_text)
+        .map_err(|e| StoreError::Corrupt(format!("{META_TRANSPORT_KEY}: {e}")))?;
+    let key = module.unwrap(&WrappedKey(bytes))?;
+    Ok(Key128::from_slice(&key))
 }
 
 pub(crate) fn fleet_info(tx: &mut dyn Tx) -> Result<FleetInfo, Error> {

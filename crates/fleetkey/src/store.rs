@@ -21,7 +21,7 @@ use crate::audit::{AuditDraft, AuditEvent, AuditFilter};
 use crate::error::{Error, StoreError};
 use crate::lifecycle::State;
 use crate::model::{
-    DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, UnixMillis,
+    Change, DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, UnixMillis,
 };
 
 mod codec;
@@ -51,6 +51,41 @@ pub struct AuditIndex {
     pub subjects: Vec<(i64, i64, Vec<u8>)>,
 }
 
+/// What [`Tx::update_devices`] does to every device of a range, alike: no per-device value and
+/// no key material, so a store can run it as one set-based statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceUpdate {
+    /// The state every device moves to (`None`: unchanged). The caller has checked that the
+    /// transition is legal ([`State::transition`]) from the state its filter names.
+    pub state: Option<State>,
+    /// Adds one to every device's revision (the caller has checked it stays in range).
+    pub bump_revision: bool,
+    /// The generation every device moves to (`None`: unchanged).
+    pub generation: Option<u32>,
+    /// The change stamp every device gets.
+    pub changed: Change,
+}
+
+impl DeviceUpdate {
+    /// `record` after the update.
+    pub fn apply(&self, record: &DeviceRecord) -> Result<DeviceRecord, StoreError> {
+        let mut out = record.clone();
+        if let Some(state) = self.state {
+            out.state = state;
+        }
+        if self.bump_revision {
+            out.revision = record.revision.checked_add(1).ok_or_else(|| {
+                StoreError::Corrupt(format!("device {}: revision overflows", record.serial))
+            })?;
+        }
+        if let Some(generation) = self.generation {
+            out.generation = generation;
+        }
+        out.changed = self.changed.clone();
+        Ok(out)
+    }
+}
+
 /// The operations available inside one transaction.
 pub trait Tx {
     /// The fleet, if the store has been initialised.
@@ -76,6 +111,39 @@ pub trait Tx {
     /// Replaces a device; [`StoreError::NotFound`] if absent. A replaced `wrapped_root` must not
     /// stay readable in the store's files once [`Store::purge`] has run.
     fn update_device(&mut self, record: &DeviceRecord) -> Result<(), StoreError>;
+    /// A conditional bulk update: applies `update` to every device that matches `filter` (its
+    /// state too: the condition that makes a transition legal) with a serial after `after` and up
+    /// to `through` (inclusive), and returns how many changed. Devices outside the filter, a wrong
+    /// state among them, are left as they are. Bulk work reads a page with [`Tx::devices`]`(filter,
+    /// after, n)` and then updates it with `through` = the page's last serial, in one transaction:
+    /// the rows changed are exactly the page. The stores run one statement; this default is the
+    /// same, row by row.
+    fn update_devices(
+        &mut self,
+        filter: &DeviceFilter,
+        after: Option<&DeviceSerial>,
+        through: &DeviceSerial,
+        update: &DeviceUpdate,
+    ) -> Result<u64, StoreError> {
+        const PAGE: usize = 1024;
+        let mut after = after.cloned();
+        let mut changed = 0;
+        loop {
+            let page = self.devices(filter, after.as_ref(), PAGE)?;
+            let full = page.len() == PAGE;
+            for record in &page {
+                if record.serial.as_bytes() > through.as_bytes() {
+                    return Ok(changed);
+                }
+                self.update_device(&update.apply(record)?)?;
+                changed += 1;
+            }
+            match page.last() {
+                Some(last) if full => after = Some(last.serial.clone()),
+                _ => return Ok(changed),
+            }
+        }
+    }
     /// One device.
     fn device(&mut self, serial: &DeviceSerial) -> Result<Option<DeviceRecord>, StoreError>;
     /// Devices matching a filter, ordered by serial bytes, starting after `after`, at most `limit`.
@@ -172,6 +240,17 @@ pub trait Tx {
     fn count_deliveries(&mut self, kind: &str) -> Result<u64, StoreError>;
     /// Removes an entry (its lines reached the caller); `false` if it was gone already.
     fn delete_delivery(&mut self, id: u64) -> Result<bool, StoreError>;
+
+    /// Opens a savepoint: what is written after it can be undone alone
+    /// ([`Tx::rollback_to_savepoint`]) while the transaction's earlier writes stay. One level,
+    /// closed by a release or a rollback before the next is opened: group commit
+    /// ([`crate::fleet::group`]) runs each operation of a batch in one.
+    fn savepoint(&mut self) -> Result<(), StoreError>;
+    /// Closes the savepoint and keeps what was written since it, as part of the transaction.
+    fn release_savepoint(&mut self) -> Result<(), StoreError>;
+    /// Undoes what was written since the savepoint and closes it; the transaction goes on, as
+    /// usable as before the savepoint (on PostgreSQL, after a failed statement too).
+    fn rollback_to_savepoint(&mut self) -> Result<(), StoreError>;
 }
 
 /// One entry of the delivery journal: a committed batch whose lines the caller may not have

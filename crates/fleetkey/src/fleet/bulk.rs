@@ -17,13 +17,13 @@ use fleetkey_core::derive::{DeviceKeyInputs, Generation, Revision, Usage};
 use serde::Serialize;
 
 use super::delivery::{self, Delivery, DeliveryKind, DeliveryReport, Output};
-use super::devices::{device, refresh_one, validate_labels};
+use super::devices::{key_update, transition, validate_labels};
 use super::scheme::KeySource;
 use super::{Fleet, fleet_info};
-use crate::error::Error;
+use crate::error::{Error, StoreError};
 use crate::lifecycle::State;
-use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, SheUid};
-use crate::store::{read_tx, transact};
+use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, Scheme, SheUid};
+use crate::store::{DeviceUpdate, read_tx, transact};
 
 /// A 128-bit digest of a serial (truncated SHA-256): duplicates in a file are found by digest,
 /// without keeping a million serials in memory. Distinct serials collide with probability about
@@ -518,7 +518,9 @@ impl Fleet {
         } else {
             None
         };
+        let taken = delivery.as_ref().map(|d| d.taken()).unwrap_or_default();
         let entry = transact(self.store.as_mut(), |tx| {
+            delivery::delete_taken(tx, &taken)?;
             tx.insert_devices(&records).map_err(|e| match e {
                 crate::error::StoreError::Duplicate(what) => Error::RegisteredDuringImport(what),
                 other => other.into(),
@@ -532,10 +534,13 @@ impl Fleet {
                 .transpose()
                 .map_err(Error::from)
         })?;
-        if let (Some(d), Some(id)) = (delivery, entry) {
-            let mut lines = zeroize::Zeroizing::new(Vec::with_capacity(records.len() * 220));
-            self.material_lines(&records, &mut lines)?;
-            d.send(self, id, &lines)?;
+        if let Some(d) = delivery {
+            d.deleted(taken.len());
+            if let Some(id) = entry {
+                let mut lines = zeroize::Zeroizing::new(Vec::with_capacity(records.len() * 220));
+                self.material_lines(&records, &mut lines)?;
+                d.send(id, &lines)?;
+            }
         }
         Ok((added, present))
     }
@@ -588,38 +593,47 @@ impl Fleet {
         let mut after: Option<DeviceSerial> = None;
         loop {
             let batch = self.batch;
-            let mut page = read_tx(self.store.as_mut(), |tx| {
-                Ok(tx.devices(&filter, after.as_ref(), batch)?)
-            })?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.serial.clone());
             let change = self.change("provisioned");
-            let mut draft = self.draft(
-                "device.provision",
-                None,
-                page.iter().map(|d| d.serial.clone()).collect(),
-                serde_json::json!({"count": page.len(), "state": "active"}),
-            );
-            draft.generation = page.first().map(|d| d.generation);
-            for d in &mut page {
-                d.state = State::Active;
-                d.changed = change.clone();
-            }
-            let journal = delivery::provisioning_payload(&page)?;
-            let id = transact(self.store.as_mut(), |tx| {
-                for d in &page {
-                    // Re-check under the transaction: another process may have moved it.
-                    if device(tx, &d.serial)?.state != State::PreActive {
-                        return Err(Error::ChangedDuringProvisioning(d.serial.clone()));
-                    }
-                    tx.update_device(d)?;
-                }
+            let mut draft = self.draft("device.provision", None, vec![], serde_json::json!({}));
+            let update = DeviceUpdate {
+                state: Some(State::Active),
+                bump_revision: false,
+                generation: None,
+                changed: change.clone(),
+            };
+            // One pass per batch: the page is read and activated in the same transaction, by one
+            // conditional update (only devices still pre-active change).
+            let taken = delivery.taken();
+            let step = transact(self.store.as_mut(), |tx| {
+                delivery::delete_taken(tx, &taken)?;
+                let page = tx.devices(&filter, after.as_ref(), batch)?;
+                let Some(last) = page.last() else {
+                    return Ok(None);
+                };
+                let page = page
+                    .iter()
+                    .map(|d| {
+                        transition(d, State::Active)?;
+                        Ok(update.apply(d)?)
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?;
+                let changed = tx.update_devices(&filter, after.as_ref(), &last.serial, &update)?;
+                same_rows(changed, page.len())?;
+                draft.subjects = page.iter().map(|d| d.serial.clone()).collect();
+                draft.details = serde_json::json!({"count": page.len(), "state": "active"});
+                draft.generation = page.first().map(|d| d.generation);
                 tx.append_audit(draft.clone())?;
-                Ok(tx.insert_delivery(DeliveryKind::Provisioning.name(), &journal, change.at)?)
+                let journal = delivery::provisioning_payload(&page)?;
+                let id =
+                    tx.insert_delivery(DeliveryKind::Provisioning.name(), &journal, change.at)?;
+                Ok(Some((page, id)))
             })?;
+            delivery.deleted(taken.len());
+            let Some((page, id)) = step else { break };
+            after = page.last().map(|d| d.serial.clone());
             let mut lines = zeroize::Zeroizing::new(Vec::with_capacity(page.len() * 220));
             self.material_lines(&page, &mut lines)?;
-            delivery.send(self, id, &lines)?;
+            delivery.send(id, &lines)?;
             done += page.len() as u64;
             progress.advance(page.len() as u64);
         }
@@ -663,49 +677,74 @@ impl Fleet {
         progress.start("refreshing", total);
         let mut after: Option<DeviceSerial> = None;
         let mut done = 0;
+        let stored = self.config.scheme == Scheme::Stored;
         loop {
             let batch = self.batch;
-            let page = read_tx(self.store.as_mut(), |tx| {
-                Ok(tx.devices(&filter, after.as_ref(), batch)?)
-            })?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.serial.clone());
-            let roots = self.new_device_roots(page.len())?;
             let change = self.change(reason);
             let mut draft = self.draft("device.refresh", None, vec![], serde_json::json!({}));
             let module = self.module.get()?;
-            let (updates, id) = transact(self.store.as_mut(), |tx| {
+            // One pass per batch: the page is read and refreshed in the same transaction; in the
+            // derived schemes by one conditional update (only devices still active change), in
+            // the stored scheme row by row (each device gets a new root).
+            let taken = delivery.taken();
+            let step = transact(self.store.as_mut(), |tx| {
+                delivery::delete_taken(tx, &taken)?;
                 let fleet = fleet_info(tx)?;
-                let mut updates = Vec::with_capacity(page.len());
-                let mut from_roots = Vec::with_capacity(page.len());
-                let mut subjects = Vec::with_capacity(page.len());
-                for (d, root) in page.iter().zip(&roots) {
-                    let current = device(tx, &d.serial)?;
-                    if current.state != State::Active || current.revision != d.revision {
-                        continue; // changed since the page was read; a rerun picks it up
+                let page = tx.devices(&filter, after.as_ref(), batch)?;
+                let Some(last) = page.last() else {
+                    return Ok(None);
+                };
+                let update = DeviceUpdate {
+                    state: None,
+                    bump_revision: true,
+                    generation: fleet.current_generation,
+                    changed: change.clone(),
+                };
+                let mut refreshed = Vec::with_capacity(page.len());
+                for old in &page {
+                    fleetkey_core::Revision::new(old.revision)
+                        .and_then(|r| r.next())
+                        .map_err(|_| Error::LastRevision(old.serial.clone()))?;
+                    let mut new = update.apply(old)?;
+                    if stored {
+                        new.wrapped_root = Some(module.new_wrapped_root()?);
+                        tx.update_device(&new)?;
                     }
-                    from_roots.push(current.wrapped_root.clone());
-                    let (update, _) =
-                        refresh_one(tx, module, &fleet, current, root.clone(), &change, &draft)?;
-                    subjects.push(update.device.serial.clone());
-                    updates.push(update);
+                    refreshed.push(new);
                 }
-                draft.subjects = subjects;
+                if !stored {
+                    let changed =
+                        tx.update_devices(&filter, after.as_ref(), &last.serial, &update)?;
+                    same_rows(changed, page.len())?;
+                }
+                draft.subjects = refreshed.iter().map(|d| d.serial.clone()).collect();
                 draft.generation = fleet.current_generation;
-                draft.details = serde_json::json!({"count": updates.len(), "reason": reason});
+                draft.details = serde_json::json!({"count": refreshed.len(), "reason": reason});
                 tx.append_audit(draft.clone())?;
-                let journal = delivery::update_payload(&updates, &from_roots)?;
+                let journal = delivery::refresh_payload(&page, &refreshed)?;
                 let id = tx.insert_delivery(DeliveryKind::KeyUpdate.name(), &journal, change.at)?;
-                Ok((updates, id))
+                Ok(Some((page, refreshed, id)))
             })?;
-            let mut lines = Vec::with_capacity(updates.len() * 1_200);
-            for u in &updates {
-                delivery::push_update_line(&mut lines, u)?;
+            delivery.deleted(taken.len());
+            let Some((page, refreshed, id)) = step else {
+                break;
+            };
+            after = page.last().map(|d| d.serial.clone());
+            // The SHE updates are computed after the commit, outside the write lock, from the
+            // same records as the journal entry (a re-send rebuilds them byte for byte).
+            let mut lines = Vec::with_capacity(refreshed.len() * 1_200);
+            for (old, new) in page.iter().zip(refreshed) {
+                let update = key_update(module, old, new)?;
+                delivery::push_update_line(&mut lines, &update)?;
             }
-            delivery.send(self, id, &lines)?;
-            done += updates.len() as u64;
+            delivery.send(id, &lines)?;
+            done += page.len() as u64;
             progress.advance(page.len() as u64);
-            between(self, done)?;
+            if let Err(stop) = between(self, done) {
+                // The batches delivered so far are not owed again.
+                delivery.delete_taken_now(self)?;
+                return Err(stop);
+            }
         }
         progress.finish();
         Ok(BulkReport {
@@ -713,6 +752,20 @@ impl Fleet {
             delivery: delivery.finish(self)?,
         })
     }
+}
+
+/// Checks that a conditional bulk update changed exactly the page read before it in the same
+/// transaction (it cannot differ under the stores' isolation; a store that let it would be
+/// broken, and the transaction is rolled back).
+fn same_rows(changed: u64, read: usize) -> Result<(), Error> {
+    if changed == read as u64 {
+        return Ok(());
+    }
+    Err(StoreError::Backend {
+        operation: "update devices",
+        detail: format!("changed {changed} of the {read} devices read in the same transaction"),
+    }
+    .into())
 }
 
 fn bulk_keys(

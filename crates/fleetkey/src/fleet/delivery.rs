@@ -34,7 +34,7 @@ use super::{Fleet, bulk::Progress};
 use crate::error::{Error, StoreError};
 use crate::lifecycle::State;
 use crate::model::{DeviceRecord, DeviceSerial, WrappedKey};
-use crate::store::{read_tx, transact};
+use crate::store::{Tx, read_tx, transact};
 
 /// What kind of lines a journal entry owes. Bulk commands of one kind re-send each other's lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +233,9 @@ pub(super) struct Delivery<'o> {
     out: &'o mut dyn Output,
     /// Journal entries written but not yet taken: (id, end offset in the output).
     pending: VecDeque<(u64, u64)>,
+    /// Journal entries whose lines were taken, not deleted yet: the next batch's transaction
+    /// deletes them ([`Delivery::taken`]), or [`Delivery::finish`] does.
+    taken: Vec<u64>,
     pub(super) report: DeliveryReport,
 }
 
@@ -242,17 +245,43 @@ impl<'o> Delivery<'o> {
             kind,
             out,
             pending: VecDeque::new(),
+            taken: Vec::new(),
             report: DeliveryReport::default(),
         }
     }
 
-    /// Writes a committed batch's lines and forgets the journal entries whose lines were taken.
-    pub(super) fn send(&mut self, fleet: &mut Fleet, id: u64, lines: &[u8]) -> Result<(), Error> {
+    /// Writes a committed batch's lines and notes the journal entries whose lines were taken
+    /// (deleted with the next batch, [`Delivery::taken`], or by [`Delivery::finish`]).
+    pub(super) fn send(&mut self, id: u64, lines: &[u8]) -> Result<(), Error> {
         self.out
             .write_lines(lines)
             .map_err(|source| self.io_error(source))?;
         self.pending.push_back((id, self.out.written()));
-        self.confirm(fleet).map(drop)
+        self.confirm().map(drop)
+    }
+
+    /// The journal entries whose lines were taken and that are not deleted yet: a bulk command
+    /// deletes them in its next batch's transaction ([`delete_taken`]) and then calls
+    /// [`Delivery::deleted`], saving a commit per batch. Until then they stay owed: a run killed
+    /// in between sends their lines again, which at-least-once allows.
+    pub(super) fn taken(&self) -> Vec<u64> {
+        self.taken.clone()
+    }
+
+    /// The first `n` entries of [`Delivery::taken`] were deleted by a committed transaction.
+    pub(super) fn deleted(&mut self, n: usize) {
+        self.taken.drain(..n.min(self.taken.len()));
+    }
+
+    /// Deletes the taken entries in a transaction of their own.
+    pub(super) fn delete_taken_now(&mut self, fleet: &mut Fleet) -> Result<(), Error> {
+        if self.taken.is_empty() {
+            return Ok(());
+        }
+        let ids = self.taken();
+        transact(fleet.store.as_mut(), |tx| delete_taken(tx, &ids))?;
+        self.deleted(ids.len());
+        Ok(())
     }
 
     fn io_error(&self, source: io::Error) -> Error {
@@ -262,24 +291,16 @@ impl<'o> Delivery<'o> {
         }
     }
 
-    /// Forgets the journal entries whose lines the reader has taken; returns how many bytes it has.
-    fn confirm(&mut self, fleet: &mut Fleet) -> Result<u64, Error> {
+    /// Moves the journal entries whose lines the reader has taken to [`Delivery::taken`];
+    /// returns how many bytes it has.
+    fn confirm(&mut self) -> Result<u64, Error> {
         let taken = self.out.taken().map_err(|source| self.io_error(source))?;
-        let mut done = Vec::new();
         while let Some(&(id, end)) = self.pending.front() {
             if end > taken {
                 break;
             }
-            done.push(id);
+            self.taken.push(id);
             self.pending.pop_front();
-        }
-        if !done.is_empty() {
-            transact(fleet.store.as_mut(), |tx| {
-                for id in &done {
-                    tx.delete_delivery(*id)?;
-                }
-                Ok(())
-            })?;
         }
         Ok(taken)
     }
@@ -289,8 +310,10 @@ impl<'o> Delivery<'o> {
     pub(super) fn finish(mut self, fleet: &mut Fleet) -> Result<DeliveryReport, Error> {
         let mut last = None;
         let mut since = Instant::now();
+        self.delete_taken_now(fleet)?;
         while !self.pending.is_empty() {
-            let taken = self.confirm(fleet)?;
+            let taken = self.confirm()?;
+            self.delete_taken_now(fleet)?;
             if last != Some(taken) {
                 last = Some(taken);
                 since = Instant::now();
@@ -347,7 +370,8 @@ impl<'o> Delivery<'o> {
                 tx.append_audit(draft.clone())?;
                 Ok(())
             })?;
-            self.send(fleet, entry.id, &lines)?;
+            self.send(entry.id, &lines)?;
+            self.delete_taken_now(fleet)?;
             self.report.resent += count;
             self.report.dropped += dropped;
             progress.advance(1);
@@ -355,6 +379,14 @@ impl<'o> Delivery<'o> {
         progress.finish();
         Ok(())
     }
+}
+
+/// Deletes the journal entries `ids` (whose lines were taken) in a batch's transaction.
+pub(super) fn delete_taken(tx: &mut dyn Tx, ids: &[u64]) -> Result<(), Error> {
+    for id in ids {
+        tx.delete_delivery(*id)?;
+    }
+    Ok(())
 }
 
 /// The journal payload of a provisioning batch.
@@ -369,19 +401,20 @@ pub(super) fn provisioning_payload(records: &[DeviceRecord]) -> Result<Vec<u8>, 
     })
 }
 
-/// The journal payload of a batch of key updates: each device after, and where it came from.
-pub(super) fn update_payload(
-    updates: &[KeyUpdate],
-    from_roots: &[Option<WrappedKey>],
+/// The journal payload of a batch of refreshes: each device after (`new`), and where it came
+/// from (`old`: its generation and revision, and the stored scheme's root, wrapped).
+pub(super) fn refresh_payload(
+    old: &[DeviceRecord],
+    new: &[DeviceRecord],
 ) -> Result<Vec<u8>, Error> {
     encode(Payload {
-        owed: updates
+        owed: old
             .iter()
-            .zip(from_roots)
-            .map(|(u, root)| Owed::Update {
-                device: u.device.clone(),
-                from: u.from,
-                from_root: root.clone(),
+            .zip(new)
+            .map(|(old, new)| Owed::Update {
+                device: new.clone(),
+                from: (old.generation, old.revision),
+                from_root: old.wrapped_root.clone(),
             })
             .collect(),
     })

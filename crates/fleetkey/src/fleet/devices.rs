@@ -1,5 +1,6 @@
 //! Device operations: add, show, list, provision, refresh, suspend, resume, revoke, decommission.
 
+use fleetkey_core::Key128;
 use serde::Serialize;
 
 use super::material::{Authoriser, DeviceKeys, KeysHex, SheUpdate, she_uid, she_updates};
@@ -120,40 +121,7 @@ impl Fleet {
         );
         let module = self.module.get()?;
         transact(self.store.as_mut(), |tx| {
-            let mut record = device(tx, serial)?;
-            let first = record.state == State::PreActive;
-            if first {
-                record.state = transition(&record, State::Active)?;
-                record.changed = change.clone();
-            } else if record.state != State::Active {
-                return Err(Error::NotProvisionable {
-                    serial: serial.clone(),
-                    state: record.state,
-                });
-            }
-            let keys = DeviceKeys::derive(module, &record, record.generation, record.revision)?;
-            let she = match &transport {
-                Some(t) if record.revision == 0 => Some(she_updates(
-                    serial,
-                    she_uid(&record),
-                    Authoriser::Transport(t),
-                    &keys,
-                    0,
-                )?),
-                _ => None,
-            };
-            if first {
-                tx.update_device(&record)?;
-                let mut d = draft.clone();
-                d.generation = Some(record.generation);
-                d.details = serde_json::json!({"state": "active", "revision": record.revision});
-                tx.append_audit(d)?;
-            }
-            Ok(Provisioning {
-                keys: KeysHex::from(&keys),
-                device: record,
-                she,
-            })
+            provision_in(tx, module, transport.as_ref(), serial, &change, &draft)
         })
     }
 
@@ -171,45 +139,31 @@ impl Fleet {
         let module = self.module.get()?;
         transact(self.store.as_mut(), |tx| {
             let fleet = fleet_info(tx)?;
-            let old = device(tx, serial)?;
-            if old.state != State::Active {
-                return Err(Error::NotRefreshable {
-                    serial: serial.clone(),
-                    state: old.state,
-                });
-            }
-            let (update, event) =
-                refresh_one(tx, module, &fleet, old, new_root.clone(), &change, &draft)?;
-            tx.append_audit(event)?;
-            Ok(update)
+            refresh_in(
+                tx,
+                module,
+                &fleet,
+                serial,
+                new_root.clone(),
+                &change,
+                &draft,
+            )
         })
     }
 
     /// Active -> suspended.
     pub fn suspend(&mut self, serial: &DeviceSerial, reason: &str) -> Result<DeviceRecord, Error> {
-        self.set_state(
-            serial,
-            &[State::Active],
-            &[State::Suspended],
-            "device.suspend",
-            reason,
-        )
+        self.set_state(serial, Move::SUSPEND, reason)
     }
 
     /// Suspended -> active.
     pub fn resume(&mut self, serial: &DeviceSerial, reason: &str) -> Result<DeviceRecord, Error> {
-        self.set_state(
-            serial,
-            &[State::Suspended],
-            &[State::Active],
-            "device.resume",
-            reason,
-        )
+        self.set_state(serial, Move::RESUME, reason)
     }
 
     /// Revoke: the device's keys are (suspected) compromised. Its keys are never issued again.
     pub fn revoke(&mut self, serial: &DeviceSerial, reason: &str) -> Result<DeviceRecord, Error> {
-        self.set_state(serial, &[], &[State::Compromised], "device.revoke", reason)
+        self.set_state(serial, Move::REVOKE, reason)
     }
 
     /// Decommission: the device leaves the fleet and its key material is destroyed (stored
@@ -220,68 +174,176 @@ impl Fleet {
         serial: &DeviceSerial,
         reason: &str,
     ) -> Result<DeviceRecord, Error> {
-        let record = self.set_state(
-            serial,
-            &[],
-            &[
-                State::Deactivated,
-                State::Destroyed,
-                State::DestroyedCompromised,
-            ],
-            "device.decommission",
-            reason,
-        )?;
+        let record = self.set_state(serial, Move::DECOMMISSION, reason)?;
         self.store.purge()?;
         Ok(record)
     }
 
-    /// Moves a device through `targets`, taking each step that is legal from where it stands, in
-    /// one transaction with one audit event. `from` (when not empty) lists the states the
-    /// operation starts from.
+    /// Moves a device as `step` says, in one transaction with one audit event.
     fn set_state(
         &mut self,
         serial: &DeviceSerial,
-        from: &[State],
-        targets: &[State],
-        action: &str,
+        step: Move,
         reason: &str,
     ) -> Result<DeviceRecord, Error> {
         let change = self.change(reason);
-        let draft = self.draft(action, None, vec![serial.clone()], serde_json::json!({}));
+        let draft = self.draft(
+            step.action,
+            None,
+            vec![serial.clone()],
+            serde_json::json!({}),
+        );
         transact(self.store.as_mut(), |tx| {
-            let mut record = device(tx, serial)?;
-            let start = record.state;
-            if !from.is_empty() && !from.contains(&start) {
-                let to = targets.first().copied().unwrap_or(State::Active);
-                return Err(Error::Transition {
-                    subject: format!("device {serial}"),
-                    source: crate::lifecycle::IllegalTransition { from: start, to },
-                });
-            }
-            let mut moved = false;
-            for &to in targets {
-                if record.state.can_become(to) {
-                    record.state = to;
-                    moved = true;
-                }
-            }
-            if !moved {
-                // Report the first target's refusal.
-                let to = targets.first().copied().unwrap_or(State::Active);
-                transition(&record, to)?;
-            }
-            if !record.state.holds_key_material() {
-                record.wrapped_root = None;
-            }
-            record.changed = change.clone();
-            tx.update_device(&record)?;
-            let mut d = draft.clone();
-            d.generation = Some(record.generation);
-            d.details = serde_json::json!({"from": start, "to": record.state, "reason": reason});
-            tx.append_audit(d)?;
-            Ok(record)
+            move_in(tx, serial, step, &change, &draft)
         })
     }
+}
+
+/// A lifecycle move of one device: the states it starts from (any, when empty), the targets it
+/// takes each legal step to, in order, and its audit action.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Move {
+    pub(super) from: &'static [State],
+    pub(super) targets: &'static [State],
+    pub(super) action: &'static str,
+}
+
+impl Move {
+    pub(super) const SUSPEND: Move = Move {
+        from: &[State::Active],
+        targets: &[State::Suspended],
+        action: "device.suspend",
+    };
+    pub(super) const RESUME: Move = Move {
+        from: &[State::Suspended],
+        targets: &[State::Active],
+        action: "device.resume",
+    };
+    pub(super) const REVOKE: Move = Move {
+        from: &[],
+        targets: &[State::Compromised],
+        action: "device.revoke",
+    };
+    pub(super) const DECOMMISSION: Move = Move {
+        from: &[],
+        targets: &[
+            State::Deactivated,
+            State::Destroyed,
+            State::DestroyedCompromised,
+        ],
+        action: "device.decommission",
+    };
+}
+
+/// Provisioning inside a transaction ([`Fleet::provision`], group commit): a pre-active device
+/// becomes active; an active one gets the same material again and nothing changes.
+pub(super) fn provision_in(
+    tx: &mut dyn Tx,
+    module: &dyn crate::module::KeyModule,
+    transport: Option<&Key128>,
+    serial: &DeviceSerial,
+    change: &crate::model::Change,
+    draft: &crate::audit::AuditDraft,
+) -> Result<Provisioning, Error> {
+    let mut record = device(tx, serial)?;
+    let first = record.state == State::PreActive;
+    if first {
+        record.state = transition(&record, State::Active)?;
+        record.changed = change.clone();
+    } else if record.state != State::Active {
+        return Err(Error::NotProvisionable {
+            serial: serial.clone(),
+            state: record.state,
+        });
+    }
+    let keys = DeviceKeys::derive(module, &record, record.generation, record.revision)?;
+    let she = match transport {
+        Some(t) if record.revision == 0 => Some(she_updates(
+            serial,
+            she_uid(&record),
+            Authoriser::Transport(t),
+            &keys,
+            0,
+        )?),
+        _ => None,
+    };
+    if first {
+        tx.update_device(&record)?;
+        let mut d = draft.clone();
+        d.generation = Some(record.generation);
+        d.details = serde_json::json!({"state": "active", "revision": record.revision});
+        tx.append_audit(d)?;
+    }
+    Ok(Provisioning {
+        keys: KeysHex::from(&keys),
+        device: record,
+        she,
+    })
+}
+
+/// Refresh of an active device inside a transaction, with its audit event ([`Fleet::refresh`],
+/// group commit).
+pub(super) fn refresh_in(
+    tx: &mut dyn Tx,
+    module: &dyn crate::module::KeyModule,
+    fleet: &crate::model::FleetInfo,
+    serial: &DeviceSerial,
+    new_root: Option<crate::model::WrappedKey>,
+    change: &crate::model::Change,
+    draft: &crate::audit::AuditDraft,
+) -> Result<KeyUpdate, Error> {
+    let old = device(tx, serial)?;
+    if old.state != State::Active {
+        return Err(Error::NotRefreshable {
+            serial: serial.clone(),
+            state: old.state,
+        });
+    }
+    let (update, event) = refresh_one(tx, module, fleet, old, new_root, change, draft)?;
+    tx.append_audit(event)?;
+    Ok(update)
+}
+
+/// A lifecycle move inside a transaction, with its audit event ([`Fleet::suspend`] and the
+/// others, group commit).
+pub(super) fn move_in(
+    tx: &mut dyn Tx,
+    serial: &DeviceSerial,
+    step: Move,
+    change: &crate::model::Change,
+    draft: &crate::audit::AuditDraft,
+) -> Result<DeviceRecord, Error> {
+    let mut record = device(tx, serial)?;
+    let start = record.state;
+    if !step.from.is_empty() && !step.from.contains(&start) {
+        let to = step.targets.first().copied().unwrap_or(State::Active);
+        return Err(Error::Transition {
+            subject: format!("device {serial}"),
+            source: crate::lifecycle::IllegalTransition { from: start, to },
+        });
+    }
+    let mut moved = false;
+    for &to in step.targets {
+        if record.state.can_become(to) {
+            record.state = to;
+            moved = true;
+        }
+    }
+    if !moved {
+        // Report the first target's refusal.
+        let to = step.targets.first().copied().unwrap_or(State::Active);
+        transition(&record, to)?;
+    }
+    if !record.state.holds_key_material() {
+        record.wrapped_root = None;
+    }
+    record.changed = change.clone();
+    tx.update_device(&record)?;
+    let mut d = draft.clone();
+    d.generation = Some(record.generation);
+    d.details = serde_json::json!({"from": start, "to": record.state, "reason": change.reason});
+    tx.append_audit(d)?;
+    Ok(record)
 }
 
 /// Refreshes one device inside a transaction and returns the update and its audit draft.
@@ -327,12 +389,12 @@ pub(super) fn key_update(
     old: &DeviceRecord,
     new: DeviceRecord,
 ) -> Result<KeyUpdate, Error> {
-    let old_keys = DeviceKeys::derive(module, old, old.generation, old.revision)?;
+    let current = DeviceKeys::derive_key_update(module, old, old.generation, old.revision)?;
     let new_keys = DeviceKeys::derive(module, &new, new.generation, new.revision)?;
     let she = she_updates(
         &new.serial,
         she_uid(&new),
-        Authoriser::Current(&old_keys.key_update),
+        Authoriser::Current(&current),
         &new_keys,
         new.revision,
     )?;

@@ -38,21 +38,7 @@ impl DeviceKeys {
         generation: u32,
         revision: u32,
     ) -> Result<DeviceKeys, Error> {
-        let revision = Revision::new(revision).map_err(|e| Error::invalid("revision", e))?;
-        let one = |usage: Usage| -> Result<fleetkey_core::DeviceKey, Error> {
-            let inputs = DeviceKeyInputs {
-                usage,
-                generation: Generation(generation),
-                revision,
-                serial: device.serial.as_core(),
-            };
-            Ok(match super::scheme::KeySource::of(device) {
-                super::scheme::KeySource::Root(root) => module.derive_with_root(root, &inputs)?,
-                super::scheme::KeySource::Master => module.derive(&inputs)?,
-            })
-        };
-        let broken =
-            |what| ModuleError::Corrupt(format!("derived {what} key has the wrong length"));
+        let one = |usage: Usage| derive_one(module, device, generation, revision, usage);
         Ok(DeviceKeys {
             auth: one(Usage::Auth)?
                 .to_key128()
@@ -66,12 +52,50 @@ impl DeviceKeys {
         })
     }
 
+    /// Only the KEY_UPDATE key of [`DeviceKeys::derive`] (what authorises a refresh's updates).
+    pub fn derive_key_update(
+        module: &dyn KeyModule,
+        device: &DeviceRecord,
+        generation: u32,
+        revision: u32,
+    ) -> Result<Key128, Error> {
+        Ok(
+            derive_one(module, device, generation, revision, Usage::KeyUpdate)?
+                .to_key128()
+                .ok_or_else(|| broken("key-update"))?,
+        )
+    }
+
     /// The roll seed's halves as SHE keys (KEY_2, KEY_3).
     pub fn roll_seed_halves(&self) -> (Key128, Key128) {
         let (a, b) = self.roll_seed.expose_secret().split_at(16);
         let half = |s: &[u8]| Key128::from_slice(s).unwrap_or_else(|| Key128::from_bytes([0; 16]));
         (half(a), half(b))
     }
+}
+
+fn broken(what: &str) -> ModuleError {
+    ModuleError::Corrupt(format!("derived {what} key has the wrong length"))
+}
+
+/// One of a device's keys through the key module.
+fn derive_one(
+    module: &dyn KeyModule,
+    device: &DeviceRecord,
+    generation: u32,
+    revision: u32,
+    usage: Usage,
+) -> Result<fleetkey_core::DeviceKey, Error> {
+    let inputs = DeviceKeyInputs {
+        usage,
+        generation: Generation(generation),
+        revision: Revision::new(revision).map_err(|e| Error::invalid("revision", e))?,
+        serial: device.serial.as_core(),
+    };
+    Ok(match super::scheme::KeySource::of(device) {
+        super::scheme::KeySource::Root(root) => module.derive_with_root(root, &inputs)?,
+        super::scheme::KeySource::Master => module.derive(&inputs)?,
+    })
 }
 
 /// Key material as hex for a provisioning station (serialises secrets: handle the output as key
@@ -135,24 +159,35 @@ pub struct SheUpdate {
 fn update(
     uid: Uid,
     slot: SlotId,
-    auth: (SlotId, &Key128),
+    auth: (SlotId, &she::Authorisation),
     new_key: &Key128,
     counter: Counter,
     flags: KeyFlags,
 ) -> Result<SheUpdate, Error> {
     let request = UpdateRequest::new(uid, slot, auth.0, counter, flags)
         .map_err(|e| Error::invalid("she", e))?;
-    let m = she::build(auth.1, new_key, &request);
+    let m = auth.1.build(new_key, &request);
     Ok(SheUpdate {
         slot: slot.name(),
         auth_slot: auth.0.name(),
         counter: counter.get(),
-        m1: hex::encode(m.m1.to_bytes()),
-        m2: hex::encode(m.m2.to_bytes()),
-        m3: hex::encode(m.m3.to_bytes()),
-        m4: hex::encode(m.m4.to_bytes()),
-        m5: hex::encode(m.m5.to_bytes()),
+        m1: hex_text(&m.m1.to_bytes()),
+        m2: hex_text(&m.m2.to_bytes()),
+        m3: hex_text(&m.m3.to_bytes()),
+        m4: hex_text(&m.m4.to_bytes()),
+        m5: hex_text(&m.m5.to_bytes()),
     })
+}
+
+/// Lower-case hex of a message (not secret: M1-M5 carry the new key only encrypted), through
+/// `hex::encode_to_slice`: `hex::encode` collects chars one by one, and was an eighth of a bulk
+/// refresh's time.
+fn hex_text(bytes: &[u8]) -> String {
+    let mut text = vec![0u8; 2 * bytes.len()];
+    match hex::encode_to_slice(bytes, &mut text) {
+        Ok(()) => String::from_utf8(text).unwrap_or_default(),
+        Err(_) => hex::encode(bytes),
+    }
 }
 
 /// The SHE UID to address: the device's, or the wildcard when it has none.
@@ -202,19 +237,26 @@ pub fn she_updates(
         KeyFlags::WILDCARD
     };
     let mut out = Vec::with_capacity(4);
+    // K1 and K2 of each authorising key are derived once for the updates it authorises.
+    let current = match authoriser {
+        Authoriser::Transport(transport) => she::Authorisation::new(transport),
+        Authoriser::Current(current) => she::Authorisation::new(current),
+    };
+    let loaded;
     let user_auth = match authoriser {
-        Authoriser::Transport(transport) => {
+        Authoriser::Transport(_) => {
             out.push(update(
                 uid,
                 mek,
-                (mek, transport),
+                (mek, &current),
                 &new.key_update,
                 counter,
                 protect,
             )?);
-            &new.key_update
+            loaded = she::Authorisation::new(&new.key_update);
+            &loaded
         }
-        Authoriser::Current(current) => current,
+        Authoriser::Current(_) => &current,
     };
     out.push(update(
         uid,
@@ -240,11 +282,11 @@ pub fn she_updates(
         counter,
         protect,
     )?);
-    if let Authoriser::Current(current) = authoriser {
+    if let Authoriser::Current(_) = authoriser {
         out.push(update(
             uid,
             mek,
-            (mek, current),
+            (mek, &current),
             &new.key_update,
             counter,
             protect,

@@ -40,9 +40,4 @@ impl Fleet {
             Scheme::Derived | Scheme::Governed => Ok(None),
         }
     }
-
-    /// [`Fleet::new_device_root`] for `n` devices.
-    pub(super) fn new_device_roots(&self, n: usize) -> Result<Vec<Option<WrappedKey>>, Error> {
-        (0..n).map(|_| self.new_device_root()).collect()
-    }
 }

@@ -232,4 +232,9 @@ impl Fleet {
     pub fn now_ms(&self) -> UnixMillis {
         self.access.clock.now_ms()
     }
+
+    /// The fleet's clock.
+    pub fn clock(&self) -> std::sync::Arc<dyn super::Clock> {
+        std::sync::Arc::clone(&self.access.clock)
+    }
 }

@@ -697,6 +697,20 @@ impl Backend for PgTx<'_, '_> {
         "audit_head"
     }
 
+    fn savepoint_step(&mut self, step: tx::Savepoint) -> Result<(), StoreError> {
+        // The simple protocol: one round trip for the step's statements, none prepared.
+        let sql = step.sql().join("; ");
+        if let Err(e) = self.t.batch_execute(&sql) {
+            return Err(self.fail(step.operation(), e));
+        }
+        if step == tx::Savepoint::Rollback {
+            // A statement that failed after the savepoint aborted only what the rollback undid;
+            // a conflict stays recorded: the whole transaction is run again.
+            self.state.aborted = None;
+        }
+        Ok(())
+    }
+
     fn store_audit_event(&mut self, e: &SealedEvent<'_>) -> Result<(), StoreError> {
         let (seq, event) = (e.seq, e.event);
         // The head first: a concurrent append conflicts here and is retried.

@@ -10,7 +10,7 @@ use crate::error::StoreError;
 use crate::model::{
     DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, UnixMillis,
 };
-use crate::store::{AuditIndex, PendingDelivery, Tx};
+use crate::store::{AuditIndex, DeviceUpdate, PendingDelivery, Tx};
 
 /// A read-only view of a transaction.
 pub(crate) struct ReadOnlyTx<'t>(pub(crate) &'t mut dyn Tx);
@@ -48,6 +48,15 @@ impl Tx for ReadOnlyTx<'_> {
     }
     fn update_device(&mut self, _record: &DeviceRecord) -> Result<(), StoreError> {
         refused("update device")
+    }
+    fn update_devices(
+        &mut self,
+        _filter: &DeviceFilter,
+        _after: Option<&DeviceSerial>,
+        _through: &DeviceSerial,
+        _update: &DeviceUpdate,
+    ) -> Result<u64, StoreError> {
+        refused("update devices")
     }
     fn device(&mut self, serial: &DeviceSerial) -> Result<Option<DeviceRecord>, StoreError> {
         self.0.device(serial)
@@ -149,5 +158,15 @@ impl Tx for ReadOnlyTx<'_> {
     }
     fn delete_delivery(&mut self, _id: u64) -> Result<bool, StoreError> {
         refused("delete delivery")
+    }
+    // A savepoint writes nothing: reads may use one like any transaction.
+    fn savepoint(&mut self) -> Result<(), StoreError> {
+        self.0.savepoint()
+    }
+    fn release_savepoint(&mut self) -> Result<(), StoreError> {
+        self.0.release_savepoint()
+    }
+    fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+        self.0.rollback_to_savepoint()
     }
 }

@@ -4,8 +4,8 @@
 
 use crate::audit::AuditFilter;
 use crate::model::{DeviceFilter, DeviceSerial};
-use crate::store::AUDIT_INDEXED_SUBJECTS;
 use crate::store::codec::Value;
+use crate::store::{AUDIT_INDEXED_SUBJECTS, DeviceUpdate};
 
 /// What differs between the stores' SQL.
 pub(crate) trait Dialect {
@@ -234,6 +234,42 @@ pub(crate) fn device_where<'a, D: Dialect>(
     (clause, p)
 }
 
+/// The conditional bulk update of [`crate::store::Tx::update_devices`]: one `UPDATE` of the
+/// devices matching `filter` after `after` and up to `through`, and its parameters.
+pub(crate) fn update_devices<'a, D: Dialect>(
+    filter: &'a DeviceFilter,
+    after: Option<&'a DeviceSerial>,
+    through: &'a DeviceSerial,
+    update: &'a DeviceUpdate,
+) -> (String, Params<'a>) {
+    let (clause, mut p) = device_where::<D>(filter, after);
+    let upper = p.bind(Value::blob(through.as_bytes()));
+    let mut set = Vec::new();
+    if let Some(state) = update.state {
+        set.push(format!("state = {}", p.bind(Value::text(state.name()))));
+    }
+    if update.bump_revision {
+        set.push("revision = revision + 1".to_owned());
+    }
+    if let Some(generation) = update.generation {
+        let n = p.bind(Value::int(i64::from(generation)));
+        set.push(format!("generation = {n}"));
+    }
+    let c = &update.changed;
+    set.push(format!("changed_at = {}", p.bind(Value::int(c.at))));
+    set.push(format!("changed_actor = {}", p.bind(Value::text(&c.actor))));
+    set.push(format!(
+        "changed_reason = {}",
+        p.bind(Value::text(&c.reason))
+    ));
+    let clause = if clause.is_empty() {
+        format!(" WHERE serial <= {upper}")
+    } else {
+        format!("{clause} AND serial <= {upper}")
+    };
+    (format!("UPDATE devices SET {}{clause}", set.join(", ")), p)
+}
+
 /// The least byte string greater than every string starting with `prefix`; `None` when there is
 /// none (the prefix is all `0xff`).
 pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
@@ -341,6 +377,36 @@ mod tests {
             " WHERE generation = $1 AND serial >= $2 AND serial < $3"
         );
         assert_eq!(p.values().len(), 3);
+    }
+
+    #[test]
+    fn a_bulk_update_sets_what_it_names_within_the_filter_and_range() {
+        let filter = DeviceFilter {
+            state: Some(crate::lifecycle::State::Active),
+            ..DeviceFilter::default()
+        };
+        let after = DeviceSerial::new(b"A".to_vec()).expect("serial");
+        let through = DeviceSerial::new(b"M".to_vec()).expect("serial");
+        let update = DeviceUpdate {
+            state: None,
+            bump_revision: true,
+            generation: Some(3),
+            changed: crate::model::Change {
+                at: 1,
+                actor: "a".into(),
+                reason: "r".into(),
+            },
+        };
+        let (sql, p) = update_devices::<Numbered>(&filter, Some(&after), &through, &update);
+        assert_eq!(
+            sql,
+            "UPDATE devices SET revision = revision + 1, generation = $4, changed_at = $5, \
+             changed_actor = $6, changed_reason = $7 WHERE state = $1 AND serial > $2 AND serial <= $3"
+        );
+        assert_eq!(p.values().len(), 7);
+        let (sql, _) =
+            update_devices::<Numbered>(&DeviceFilter::default(), None, &through, &update);
+        assert!(sql.ends_with(" WHERE serial <= $1"), "{sql}");
     }
 
     #[test]

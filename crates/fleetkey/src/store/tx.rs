@@ -13,7 +13,7 @@ use crate::model::{
 };
 use crate::store::codec::{self, Columns, Fields, Value, corrupt, saturating_i64};
 use crate::store::sql::{self, DEVICE_COLUMNS, Dialect, GENERATION_COLUMNS, TOKEN_COLUMNS};
-use crate::store::{AuditIndex, PendingDelivery, Tx};
+use crate::store::{AuditIndex, DeviceUpdate, PendingDelivery, Tx};
 
 /// `Tx::meta` keys are stored under this prefix, apart from the store's own.
 pub(crate) const APP_META_PREFIX: &str = "app.";
@@ -71,6 +71,53 @@ pub(crate) trait Backend {
     /// violation would end the transaction.
     fn token_hash_taken(&mut self, _t: &ApiToken) -> Result<bool, StoreError> {
         Ok(false)
+    }
+
+    /// Runs a savepoint step: its statements ([`Savepoint::sql`]), one by one.
+    fn savepoint_step(&mut self, step: Savepoint) -> Result<(), StoreError> {
+        for sql in step.sql() {
+            let s = Stmt {
+                operation: step.operation(),
+                sql,
+                params: &[],
+            };
+            self.run(&s)?;
+        }
+        Ok(())
+    }
+}
+
+/// The steps of [`Tx`]'s one-level savepoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Savepoint {
+    /// `SAVEPOINT`.
+    Open,
+    /// `RELEASE SAVEPOINT`.
+    Release,
+    /// `ROLLBACK TO SAVEPOINT`, then `RELEASE SAVEPOINT` (a rollback leaves it open).
+    Rollback,
+}
+
+impl Savepoint {
+    /// Its statements, the same in both stores.
+    pub(crate) fn sql(self) -> &'static [&'static str] {
+        match self {
+            Savepoint::Open => &["SAVEPOINT fleetkey_op"],
+            Savepoint::Release => &["RELEASE SAVEPOINT fleetkey_op"],
+            Savepoint::Rollback => &[
+                "ROLLBACK TO SAVEPOINT fleetkey_op",
+                "RELEASE SAVEPOINT fleetkey_op",
+            ],
+        }
+    }
+
+    /// What its errors are named.
+    pub(crate) fn operation(self) -> &'static str {
+        match self {
+            Savepoint::Open => "open savepoint",
+            Savepoint::Release => "release savepoint",
+            Savepoint::Rollback => "roll back to savepoint",
+        }
     }
 }
 
@@ -310,6 +357,22 @@ impl<B: Backend> Tx for B {
             return Err(StoreError::NotFound(format!("device {}", record.serial)));
         }
         Ok(())
+    }
+
+    fn update_devices(
+        &mut self,
+        filter: &DeviceFilter,
+        after: Option<&DeviceSerial>,
+        through: &DeviceSerial,
+        update: &DeviceUpdate,
+    ) -> Result<u64, StoreError> {
+        check_change::<B>(&update.changed)?;
+        filter
+            .labels
+            .iter()
+            .try_for_each(|l| B::check_text("device label", l))?;
+        let (sql, params) = sql::update_devices::<B::Dialect>(filter, after, through, update);
+        execute(self, "update devices", &sql, params.values())
     }
 
     fn device(&mut self, serial: &DeviceSerial) -> Result<Option<DeviceRecord>, StoreError> {
@@ -664,5 +727,17 @@ impl<B: Backend> Tx for B {
         let sql = format!("DELETE FROM deliveries {}", where_is::<B::Dialect>("id"));
         let params = [Value::int(saturating_i64(id))];
         Ok(execute(self, "delete delivery", &sql, &params)? > 0)
+    }
+
+    fn savepoint(&mut self) -> Result<(), StoreError> {
+        self.savepoint_step(Savepoint::Open)
+    }
+
+    fn release_savepoint(&mut self) -> Result<(), StoreError> {
+        self.savepoint_step(Savepoint::Release)
+    }
+
+    fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+        self.savepoint_step(Savepoint::Rollback)
     }
 }

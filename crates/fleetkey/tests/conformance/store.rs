@@ -29,7 +29,7 @@ use fleetkey::model::{
     Change, DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, Scheme,
     WrappedKey,
 };
-use fleetkey::store::{Store, Tx, read_tx, transact};
+use fleetkey::store::{DeviceUpdate, Store, Tx, read_tx, transact};
 use serde_json::json;
 
 /// Makes the stores a check runs against. One factory per test: its database starts empty.
@@ -68,6 +68,8 @@ macro_rules! store_conformance {
             idempotency_purge_by_age,
             delivery_journal_insert_list_delete,
             read_refuses_writes_and_sees_committed_data,
+            bulk_update_changes_exactly_the_matching_range,
+            bulk_update_activates_a_page_and_skips_other_states,
         );
     };
     (@checks $factory:expr; $($check:ident),* $(,)?) => {
@@ -1555,6 +1557,137 @@ pub(crate) fn delivery_journal_insert_list_delete(f: &dyn StoreFactory) {
         Ok(tx.insert_delivery("provisioning", b"n", 9)?)
     });
     assert!(next > ids[2], "{next} after {ids:?}");
+}
+
+/// [`Tx::update_devices`] against the reference (every device that the filter matches, in the
+/// range, gets the update; no other changes) on random fleets, filters, ranges and updates.
+pub(crate) fn bulk_update_changes_exactly_the_matching_range(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let mut rng = Rng::new(0x5eed_b01c);
+    let labels = ["line=1", "line=2"];
+    let mut reference: std::collections::BTreeMap<Vec<u8>, DeviceRecord> = Default::default();
+    while reference.len() < 120 {
+        let d = random_device(&mut rng, &labels);
+        reference.entry(d.serial.as_bytes().to_vec()).or_insert(d);
+    }
+    let all: Vec<DeviceRecord> = reference.values().cloned().collect();
+    tx(store, |tx| Ok(tx.insert_devices(&all)?));
+    let serials: Vec<DeviceSerial> = all.iter().map(|d| d.serial.clone()).collect();
+    for round in 0..40 {
+        let filter = DeviceFilter {
+            state: rng.chance(80).then(|| *rng.pick(&State::ALL)),
+            generation: rng.chance(30).then(|| 1 + rng.below(3) as u32),
+            labels: if rng.chance(25) {
+                vec![(*rng.pick(&labels)).to_owned()]
+            } else {
+                Vec::new()
+            },
+            serial_prefix: rng
+                .chance(15)
+                .then(|| rng.pick(&serials).as_bytes()[..1].to_vec()),
+        };
+        let after = rng.chance(70).then(|| rng.pick(&serials).clone());
+        let through = rng.pick(&serials).clone();
+        let to = *rng.pick(&State::ALL);
+        let update = DeviceUpdate {
+            state: rng.chance(60).then_some(to),
+            bump_revision: rng.chance(50),
+            generation: rng.chance(30).then(|| 1 + rng.below(4) as u32),
+            changed: change(1_800_000_000_000 + round),
+        };
+        let mut expected = 0;
+        for d in reference.values_mut() {
+            let in_range = after.as_ref().is_none_or(|a| d.serial > *a) && d.serial <= through;
+            if in_range && filter.matches(d) {
+                *d = update.apply(d).expect("apply");
+                expected += 1;
+            }
+        }
+        let changed = tx(store, |tx| {
+            Ok(tx.update_devices(&filter, after.as_ref(), &through, &update)?)
+        });
+        assert_eq!(changed, expected, "round {round}: {filter:?} {update:?}");
+        let stored = list_all(store, &DeviceFilter::default(), 1000);
+        let want: Vec<DeviceRecord> = reference.values().cloned().collect();
+        assert_eq!(stored, want, "round {round}: {filter:?} {update:?}");
+    }
+}
+
+/// Bulk provisioning's use of [`Tx::update_devices`]: a page of pre-active devices read and
+/// activated in one transaction; devices in another state, before the page or after it, are
+/// not changed; revisions stay.
+pub(crate) fn bulk_update_activates_a_page_and_skips_other_states(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let states = [
+        State::PreActive,
+        State::Active,
+        State::Suspended,
+        State::PreActive,
+    ];
+    let all: Vec<DeviceRecord> = (0..40u8)
+        .map(|i| {
+            let mut d = device(&[b'D', b'0' + i / 10, b'0' + i % 10]);
+            d.state = states[usize::from(i) % states.len()];
+            d.revision = u32::from(i % 3);
+            d
+        })
+        .collect();
+    tx(store, |tx| Ok(tx.insert_devices(&all)?));
+    let filter = DeviceFilter {
+        state: Some(State::PreActive),
+        ..DeviceFilter::default()
+    };
+    let update = DeviceUpdate {
+        state: Some(State::Active),
+        bump_revision: false,
+        generation: None,
+        changed: change(1_900_000_000_000),
+    };
+    let after = all[4].serial.clone();
+    let page = tx(store, |tx| {
+        let page = tx.devices(&filter, Some(&after), 5)?;
+        let last = page.last().expect("a page").serial.clone();
+        let changed = tx.update_devices(&filter, Some(&after), &last, &update)?;
+        assert_eq!(changed, page.len() as u64);
+        Ok(page)
+    });
+    assert_eq!(page.len(), 5);
+    let paged: Vec<&DeviceSerial> = page.iter().map(|d| &d.serial).collect();
+    for (before, now) in all
+        .iter()
+        .zip(list_all(store, &DeviceFilter::default(), 1000))
+    {
+        assert_eq!(before.serial, now.serial);
+        assert_eq!(before.revision, now.revision, "{}", now.serial);
+        if paged.contains(&&before.serial) {
+            assert_eq!(before.state, State::PreActive);
+            assert_eq!(now.state, State::Active, "{}", now.serial);
+            assert_eq!(now.changed, update.changed);
+        } else {
+            assert_eq!(&now, before, "{} is outside the page", now.serial);
+        }
+    }
+    // Run again on the same range: nothing is pre-active there any more.
+    let last = page.last().expect("a page").serial.clone();
+    assert_eq!(
+        tx(store, |tx| Ok(tx.update_devices(
+            &filter,
+            Some(&after),
+            &last,
+            &update
+        )?)),
+        0
+    );
+    // A read-only transaction refuses it.
+    let refused = read_tx(store, |tx| {
+        Ok(tx.update_devices(&filter, None, &last, &update))
+    });
+    assert!(
+        matches!(refused, Ok(Err(StoreError::ReadOnly(_)))),
+        "{refused:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
