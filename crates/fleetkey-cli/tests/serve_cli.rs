@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 const PASSPHRASE: &str = "correct horse battery staple";
 
@@ -65,6 +66,9 @@ impl Drop for Child {
     }
 }
 
+/// The service's token cache time to live in the test that revokes a token through the CLI.
+const TOKEN_CACHE_MS: u64 = 300;
+
 #[test]
 fn a_station_token_provisions_over_http() {
     let dir = tempfile::tempdir().unwrap();
@@ -118,7 +122,15 @@ fn a_station_token_provisions_over_http() {
 
     let mut child = Child(
         fleetkey(&home)
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+                "--token-cache-ms",
+                &TOKEN_CACHE_MS.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -159,6 +171,9 @@ fn a_station_token_provisions_over_http() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A revocation made outside the service (here the CLI) stops the token within the token
+    // cache's time to live, the documented bound; past it the token is refused.
+    std::thread::sleep(Duration::from_millis(TOKEN_CACHE_MS + 50));
     let (status, body) = http(&addr, &provision(&token));
     assert_eq!(status, 401, "{body}");
     drop(child);

@@ -18,9 +18,13 @@ use tracing::Instrument;
 use zeroize::Zeroizing;
 
 use crate::auth::{self, Action, Credentials, Principal};
+use crate::group_commit::{GroupCommit, GroupConfig};
 use crate::pool::FleetPool;
 use crate::problem::{self, ApiError, PROBLEM_JSON, Problem};
 use crate::ratelimit::RateLimiter;
+use crate::token_cache::TokenCache;
+use fleetkey::access::ApiToken;
+use fleetkey::fleet::group::GroupWrite;
 
 /// Limits and policies of the service.
 #[derive(Clone, Debug)]
@@ -35,6 +39,12 @@ pub struct ServiceConfig {
     pub rate_burst: u32,
     /// Station tokens only on connections with a verified client certificate (`--client-ca`).
     pub station_needs_client_cert: bool,
+    /// How long a looked-up token is trusted before it is looked up again: the bound within
+    /// which a revocation through another instance takes effect here ([`crate::token_cache`]).
+    /// Zero: every request looks its token up.
+    pub token_cache_ttl: Duration,
+    /// How device writes are grouped into transactions ([`crate::group_commit`]).
+    pub group: GroupConfig,
 }
 
 impl Default for ServiceConfig {
@@ -45,6 +55,8 @@ impl Default for ServiceConfig {
             rate_per_second: 50.0,
             rate_burst: 100,
             station_needs_client_cert: false,
+            token_cache_ttl: Duration::from_secs(1),
+            group: GroupConfig::default(),
         }
     }
 }
@@ -62,18 +74,28 @@ struct Inner {
     config: ServiceConfig,
     scheduler: Arc<std::sync::Mutex<crate::scheduler::LocalStatus>>,
     metrics: crate::metrics::Shared,
+    tokens: Arc<TokenCache>,
+    group: Arc<GroupCommit>,
+    sessions: Arc<crate::console::Sessions>,
 }
 
 impl AppState {
     /// The state of a service over `pool`.
+    /// Its group-commit writers start now (they open their fleet handles with the pool's
+    /// opener when the first write comes).
     pub fn new(pool: FleetPool, config: ServiceConfig) -> Self {
+        let metrics: crate::metrics::Shared = Arc::default();
+        let group = GroupCommit::start(pool.opener(), config.group, Arc::clone(&metrics));
         AppState {
             inner: Arc::new(Inner {
                 pool: Arc::new(pool),
                 limiter: RateLimiter::new(config.rate_per_second, config.rate_burst),
+                tokens: Arc::new(TokenCache::new(config.token_cache_ttl)),
+                group: Arc::new(group),
+                sessions: Arc::default(),
                 config,
                 scheduler: crate::scheduler::disabled(),
-                metrics: Arc::default(),
+                metrics,
             }),
         }
     }
@@ -92,6 +114,9 @@ impl AppState {
             config: self.inner.config.clone(),
             scheduler: status,
             metrics: Arc::clone(&self.inner.metrics),
+            tokens: Arc::clone(&self.inner.tokens),
+            group: Arc::clone(&self.inner.group),
+            sessions: Arc::clone(&self.inner.sessions),
         };
         AppState {
             inner: Arc::new(inner),
@@ -122,6 +147,90 @@ impl AppState {
         &self.inner.pool
     }
 
+    /// The looked-up tokens ([`crate::token_cache`]); a revocation through this instance
+    /// empties it.
+    pub fn tokens(&self) -> &TokenCache {
+        &self.inner.tokens
+    }
+
+    /// The console's sessions on this instance ([`crate::console::session`]).
+    pub(crate) fn sessions(&self) -> &crate::console::Sessions {
+        &self.inner.sessions
+    }
+
+    /// The token the credentials name, if it is of this fleet and usable now: from the cache, or
+    /// looked up in the store (a read-only transaction on a pooled handle) and cached.
+    pub(crate) async fn authenticate(
+        &self,
+        credentials: &Credentials,
+    ) -> Result<ApiToken, ApiError> {
+        if let Some(why) = credentials.malformed {
+            return Err(ApiError::Unauthenticated(why));
+        }
+        let Some(bearer) = &credentials.bearer else {
+            return Err(ApiError::Unauthenticated("no bearer token"));
+        };
+        let refused = ApiError::Unauthenticated("the token is unknown, expired or revoked");
+        let hash = fleetkey::access::token_hash(bearer);
+        if let Some(token) = self.inner.tokens.get(&hash) {
+            // Expiry is checked on every request, cached or not.
+            return if token.usable_at(self.inner.pool.now_ms()) {
+                Ok(token)
+            } else {
+                Err(refused)
+            };
+        }
+        let lookup = self.inner.tokens.begin();
+        let bearer = bearer.clone();
+        let found = self
+            .inner
+            .pool
+            .run(move |fleet| Ok(fleet.authenticate_token(&bearer)?))
+            .await?;
+        let token = found.ok_or(refused)?;
+        self.inner.tokens.put(lookup, hash, token.clone());
+        Ok(token)
+    }
+
+    /// Authenticates the request and checks its role for `action` and its rate.
+    pub(crate) async fn authorize(&self, ctx: &Ctx, action: Action) -> Result<Principal, ApiError> {
+        match self.authenticate(&ctx.credentials).await {
+            Ok(token) => self.admit(token, &ctx.credentials, action),
+            Err(e) => {
+                tracing::info!(
+                    refused = e.problem().slug,
+                    action = action.name(),
+                    "not authorized"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks an authenticated token's role for `action` (and a station's client certificate)
+    /// and its principal's rate: the one decision the JSON API and the console share.
+    pub(crate) fn admit(
+        &self,
+        token: ApiToken,
+        credentials: &Credentials,
+        action: Action,
+    ) -> Result<Principal, ApiError> {
+        let needs_cert = self.inner.config.station_needs_client_cert;
+        let principal = auth::check(token, credentials, action, needs_cert).inspect_err(|e| {
+            tracing::info!(
+                refused = e.problem().slug,
+                action = action.name(),
+                "not authorized"
+            )
+        })?;
+        self.inner
+            .limiter
+            .check(&principal.name)
+            .map_err(ApiError::RateLimited)?;
+        tracing::info!(principal = %principal.name, role = %principal.role, action = action.name(), "authorized");
+        Ok(principal)
+    }
+
     /// Authenticates the request, checks its role for `action` and its rate, and runs `f` with a
     /// pooled fleet handle whose actor is the principal.
     pub(crate) async fn run<T, F>(&self, ctx: &Ctx, action: Action, f: F) -> Result<T, ApiError>
@@ -129,30 +238,22 @@ impl AppState {
         T: Send + 'static,
         F: FnOnce(&mut Fleet, &Principal) -> Result<T, ApiError> + Send + 'static,
     {
-        let state = self.clone();
-        let credentials = Credentials {
-            bearer: ctx.credentials.bearer.clone(),
-            malformed: ctx.credentials.malformed,
-            client_cert: ctx.credentials.client_cert,
-        };
+        let principal = self.authorize(ctx, action).await?;
         let span = tracing::Span::current();
         self.inner
             .pool
             .run(move |fleet| {
                 let _entered = span.enter();
-                let needs_cert = state.inner.config.station_needs_client_cert;
-                let principal = auth::authorize(fleet, &credentials, action, needs_cert)
-                    .inspect_err(|e| tracing::info!(refused = e.problem().slug, action = action.name(), "not authorized"))?;
-                state
-                    .inner
-                    .limiter
-                    .check(&principal.name)
-                    .map_err(ApiError::RateLimited)?;
-                tracing::info!(principal = %principal.name, role = %principal.role, action = action.name(), "authorized");
                 fleet.set_actor(&principal.name);
                 f(fleet, &principal)
             })
             .await
+    }
+
+    /// Runs an authorized device write in the next group-commit transaction
+    /// ([`crate::group_commit`]); answers after it committed.
+    pub(crate) async fn write(&self, write: GroupWrite) -> Result<Reply, ApiError> {
+        self.inner.group.submit(write).await
     }
 }
 
@@ -194,6 +295,15 @@ impl Reply {
         Reply::json(StatusCode::OK, value)
     }
 
+    /// A group commit's response ([`fleetkey::fleet::group`]).
+    pub fn from_response(r: fleetkey::fleet::group::Response, replayed: bool) -> Reply {
+        Reply {
+            status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK),
+            body: r.body,
+            replayed,
+        }
+    }
+
     /// A stored response.
     pub fn replayed(status: u16, body: Zeroizing<Vec<u8>>) -> Reply {
         Reply {
@@ -231,6 +341,8 @@ pub struct ConnInfo {
     pub peer: std::net::SocketAddr,
     /// Whether the peer presented a client certificate the configured CA verified.
     pub client_cert: bool,
+    /// Whether the connection is TLS (the console's cookie is then `Secure`).
+    pub tls: bool,
 }
 
 /// What a handler needs of the request besides its body. Debug leaves the credentials out.
@@ -349,6 +461,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
 pub fn router(state: AppState) -> Router {
     let limit = state.inner.config.body_limit;
     crate::routes::routes()
+        .merge(crate::console::routes())
         .fallback(|| async { ApiError::NoRoute })
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
@@ -412,7 +525,7 @@ pub(crate) async fn frame(State(state): State<AppState>, mut req: Request, next:
         && response
             .headers()
             .get(header::CONTENT_TYPE)
-            .is_none_or(|v| v != PROBLEM_JSON)
+            .is_none_or(|v| v != PROBLEM_JSON && !v.as_bytes().starts_with(b"text/html"))
     {
         response = problem::render(&Problem::for_status(status), &id, &path);
     }

@@ -26,7 +26,6 @@
 //! certificate, the principal by its token). Other roles may connect without one.
 
 use fleetkey::access::{ApiToken, Role};
-use fleetkey::fleet::Fleet;
 use zeroize::Zeroizing;
 
 use crate::problem::ApiError;
@@ -170,24 +169,14 @@ impl Credentials {
     }
 }
 
-/// Authenticates the credentials against the store and checks the role for `action`.
-pub fn authorize(
-    fleet: &mut Fleet,
+/// Checks the role of the principal `token` authenticated for `action` (and a station's client
+/// certificate when the service asks for one).
+pub fn check(
+    token: ApiToken,
     credentials: &Credentials,
     action: Action,
     station_needs_cert: bool,
 ) -> Result<Principal, ApiError> {
-    if let Some(why) = credentials.malformed {
-        return Err(ApiError::Unauthenticated(why));
-    }
-    let Some(bearer) = &credentials.bearer else {
-        return Err(ApiError::Unauthenticated("no bearer token"));
-    };
-    let token = fleet
-        .authenticate_token(bearer)?
-        .ok_or(ApiError::Unauthenticated(
-            "the token is unknown, expired or revoked",
-        ))?;
     let principal = Principal::from(token);
     if !allowed(principal.role, action) {
         return Err(ApiError::Forbidden(format!(

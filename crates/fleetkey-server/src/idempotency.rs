@@ -1,19 +1,18 @@
 //! `Idempotency-Key` on provisioning and refresh: a retried request returns the first response
 //! and never runs the operation twice.
 //!
-//! The first request with a key claims it in the store (scoped to the principal, with a SHA-256
-//! fingerprint of method, path and body), runs, and records its response wrapped under the key
-//! module's KEK (provisioning responses carry key material). A retry with the same key and the
-//! same request gets that response again (`Idempotent-Replayed: true`); with another request, 422;
-//! while the first still runs (or if its outcome could not be recorded), 409. A request that
-//! fails changed nothing (the key manager's guarantee), so its claim is dropped and a retry runs
-//! it anew. The claim is an insert under the primary key, so two instances cannot both run it.
+//! The key is scoped to the principal and bound to a SHA-256 fingerprint of method, path and body
+//! ([`fingerprint`]). The write runs in a group-commit transaction ([`crate::group_commit`],
+//! [`fleetkey::fleet::group`]) that first looks the key up, and stores the response, wrapped under
+//! the key module's KEK (provisioning responses carry key material), in the same savepoint as the
+//! write: a committed write always has its stored response, and a crash leaves either both or
+//! neither. A retry with the same key and the same request gets that response again
+//! (`Idempotent-Replayed: true`); with another request, 422; while another instance's request
+//! with the key is committing, 409. A request that failed changed nothing and stored nothing, so
+//! a retry runs it anew. The record is an insert under the primary key, so two instances cannot
+//! both commit it.
 
-use fleetkey::fleet::{Claim, Fleet};
 use sha2::{Digest, Sha256};
-
-use crate::app::Reply;
-use crate::problem::ApiError;
 
 /// The header.
 pub const HEADER: &str = "idempotency-key";
@@ -26,42 +25,6 @@ pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> [u8; 32] {
         h.update(part);
     }
     h.finalize().into()
-}
-
-/// Runs `op` under `key` (when the request has one) for `principal`.
-pub fn run(
-    fleet: &mut Fleet,
-    principal: &str,
-    key: Option<&str>,
-    fingerprint: [u8; 32],
-    op: impl FnOnce(&mut Fleet) -> Result<Reply, ApiError>,
-) -> Result<Reply, ApiError> {
-    let Some(key) = key else {
-        return op(fleet);
-    };
-    match fleet.claim_idempotent(principal, key, fingerprint)? {
-        Claim::New => {}
-        Claim::Replay(status, body) => return Ok(Reply::replayed(status, body)),
-        Claim::InProgress => return Err(ApiError::IdempotencyInProgress),
-        Claim::Mismatch => return Err(ApiError::IdempotencyMismatch),
-    }
-    match op(fleet) {
-        Ok(reply) => {
-            if let Err(e) =
-                fleet.finish_idempotent(principal, key, reply.status.as_u16(), &reply.body)
-            {
-                // The operation committed: the client gets its answer; a retry gets 409.
-                tracing::warn!(error = %e, "the response of an idempotent request was not recorded");
-            }
-            Ok(reply)
-        }
-        Err(e) => {
-            if let Err(release) = fleet.release_idempotent(principal, key) {
-                tracing::warn!(error = %release, "an idempotency claim was not released");
-            }
-            Err(e)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@
 //!   client certificates.
 //! - [`routes`]: the endpoints, one table for the router and the OpenAPI document ([`openapi`]).
 //! - [`api`]: request bodies and their parser; [`problem`]: RFC 9457 errors, mapped in one place.
+//! - [`group_commit`]: concurrent device writes in one transaction each group;
+//!   [`token_cache`]: looked-up tokens, with the revocation bound.
 //! - [`idempotency`], [`ratelimit`], [`pool`] (fleet handles on blocking threads).
+//! - [`console`]: the operator console at `/ui` (HTML pages, session cookie, forgery checks).
 //! - [`metrics`]: `GET /metrics` in the Prometheus text format, on the main listener (with a
 //!   token) or a loopback one without ([`Server::bind_metrics`]).
 //!
@@ -30,6 +33,8 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod console;
+pub mod group_commit;
 pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
@@ -40,6 +45,7 @@ pub mod routes;
 pub mod scheduler;
 pub mod server;
 pub mod tls;
+pub mod token_cache;
 
 pub use app::{AppState, ServiceConfig, router};
 pub use server::{Server, ServerConfig};

@@ -52,6 +52,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    group_writes: Histogram,
+    group_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -86,6 +88,7 @@ pub fn route_label(matched: Option<&str>) -> &'static str {
     crate::routes::ROUTES
         .iter()
         .map(|r| r.path)
+        .chain(crate::console::PATHS.iter().copied())
         .find(|p| *p == matched)
         .unwrap_or(UNMATCHED)
 }
@@ -109,11 +112,33 @@ impl Metrics {
             "HTTP request latency from headers read to response, by method and route template",
             latency.clone(),
         );
+        // 1 to 1024 writes.
+        let group_writes = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "fleetkey_group_commit_writes",
+            "Device writes per group-commit transaction",
+            group_writes.clone(),
+        );
+        // 0.1 ms to 3.3 s.
+        let group_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "fleetkey_group_commit_duration_seconds",
+            "Group-commit transactions from begin to durable commit",
+            group_seconds.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
+            group_writes,
+            group_seconds,
         }
+    }
+
+    /// Counts one group-commit transaction of `writes` writes that took `took`.
+    pub fn observe_group(&self, writes: usize, took: Duration) {
+        self.group_writes.observe(writes as f64);
+        self.group_seconds.observe(took.as_secs_f64());
     }
 
     /// Counts one response.

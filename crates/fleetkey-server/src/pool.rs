@@ -20,6 +20,7 @@ pub struct FleetPool {
     opener: Opener,
     size: usize,
     fleet_id: String,
+    clock: Arc<dyn fleetkey::fleet::Clock>,
 }
 
 impl std::fmt::Debug for FleetPool {
@@ -49,7 +50,9 @@ impl FleetPool {
         let size = size.max(1);
         let fleets = (0..size).map(|_| opener()).collect::<Result<Vec<_>, _>>()?;
         let fleet_id = fleets[0].config().fleet_id.clone();
+        let clock = fleets[0].clock();
         Ok(FleetPool {
+            clock,
             idle: Mutex::new(fleets),
             permits: Arc::new(Semaphore::new(size)),
             opener,
@@ -61,6 +64,16 @@ impl FleetPool {
     /// How many handles.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// What opens a handle (the group-commit writers open theirs with it).
+    pub fn opener(&self) -> Opener {
+        Arc::clone(&self.opener)
+    }
+
+    /// Now, by the fleets' clock (token expiries are on it).
+    pub fn now_ms(&self) -> fleetkey::model::UnixMillis {
+        self.clock.now_ms()
     }
 
     /// The fleet's id.

@@ -60,6 +60,9 @@ pub enum ApiError {
     Internal(String),
     /// The key manager failed or refused.
     Fleet(Error),
+    /// A problem mapped already: a group-commit transaction's failure, given to each request of
+    /// the group.
+    Problem(Box<Problem>),
 }
 
 impl From<Error> for ApiError {
@@ -126,6 +129,7 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         use StatusCode as S;
         match self {
+            ApiError::Problem(p) => (**p).clone(),
             ApiError::Unauthenticated(why) => Problem::new(
                 S::UNAUTHORIZED,
                 "unauthenticated",

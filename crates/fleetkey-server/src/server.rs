@@ -134,6 +134,7 @@ async fn accept_loop(
                     let info = ConnInfo {
                         peer,
                         client_cert: false,
+                        tls: false,
                     };
                     serve_connection(tcp, info, app, timeout, shutdown).await;
                 }
@@ -154,7 +155,11 @@ async fn accept_loop(
                         .1
                         .peer_certificates()
                         .is_some_and(|c| !c.is_empty());
-                    let info = ConnInfo { peer, client_cert };
+                    let info = ConnInfo {
+                        peer,
+                        client_cert,
+                        tls: true,
+                    };
                     serve_connection(stream, info, app, timeout, shutdown).await;
                 }
             }

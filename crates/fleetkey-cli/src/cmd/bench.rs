@@ -19,8 +19,11 @@ use crate::error::CliError;
 pub(crate) enum Command {
     /// Bulk import and provisioning of N devices (derived scheme, SQLite, soft module) in a
     /// temporary fleet: wall time, devices/s, peak memory, and derivations/s beside two raw
-    /// SHA-256 compressions per derivation (the limit) measured in the same run.
-    #[command(after_help = "Example:\n  fleetkey bench provision --devices 1000000")]
+    /// SHA-256 compressions per derivation (the limit) measured in the same run; each phase also
+    /// beside plain rusqlite inserting the same rows (same table, pragmas and batches).
+    #[command(
+        after_help = "Example:\n  fleetkey bench provision --devices 1000000\n  fleetkey bench provision --devices 1000000 --two-pass --refresh"
+    )]
     Provision {
         /// How many devices.
         #[arg(long, default_value_t = 1_000_000)]
@@ -29,6 +32,9 @@ pub(crate) enum Command {
         /// (`device import --provision-out`, what a production line does).
         #[arg(long)]
         two_pass: bool,
+        /// Then `device refresh --all` of every device (its SHE updates to a file), timed apart.
+        #[arg(long)]
+        refresh: bool,
     },
     /// Derivations/s through the PKCS#11 module (one at a time, and the bulk path) beside the
     /// token's raw C_Sign HMAC rate measured in the same run. The token comes from
@@ -56,6 +62,7 @@ pub(crate) enum Command {
 
 mod load;
 mod pkcs11;
+mod reference;
 mod serve;
 
 #[derive(Serialize)]
@@ -65,6 +72,9 @@ struct Report {
     import_s: f64,
     provision_s: f64,
     total_s: f64,
+    refresh_s: Option<f64>,
+    refresh_output_bytes: Option<u64>,
+    rusqlite_insert_s: f64,
     devices_per_s: f64,
     peak_rss_mib: f64,
     derivations_per_s: f64,
@@ -112,8 +122,12 @@ fn bench_access() -> Access {
 }
 
 pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
-    let (devices, two_pass) = match command {
-        Command::Provision { devices, two_pass } => (devices, two_pass),
+    let (devices, two_pass, refresh) = match command {
+        Command::Provision {
+            devices,
+            two_pass,
+            refresh,
+        } => (devices, two_pass, refresh),
         Command::Pkcs11 { seconds } => return pkcs11::run(global, seconds),
         Command::Serve(args) => return serve::run(global, args),
         #[cfg(feature = "sim")]
@@ -164,8 +178,25 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
         (import_s, p.elapsed().as_secs_f64())
     };
     let total_s = start.elapsed().as_secs_f64();
-    let peak_rss_mib = peak_rss_mib();
     let output_bytes = std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
+    drop(out);
+    std::fs::remove_file(&out_path).map_err(|e| io("output", e))?;
+    let (refresh_s, refresh_output_bytes) = if refresh {
+        let path = dir.path().join("updates.jsonl");
+        let mut out = fleetkey::fleet::OutputFile::append(&path).map_err(|e| io("output", e))?;
+        let start = Instant::now();
+        fleet.refresh_all(&DeviceFilter::default(), "bench", &mut out, &bar)?;
+        let refresh_s = start.elapsed().as_secs_f64();
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        drop(out);
+        std::fs::remove_file(&path).map_err(|e| io("output", e))?;
+        (Some(refresh_s), Some(bytes))
+    } else {
+        (None, None)
+    };
+    let peak_rss_mib = peak_rss_mib();
+    drop(fleet);
+    let rusqlite_insert_s = reference::insert(&dir.path().join("reference.db"), devices)?;
 
     // Derivation throughput of the same path, and the reference, measured now.
     // The raw derivation rate goes to the key module itself (a throwaway fleet: no audit).
@@ -204,6 +235,9 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
         import_s,
         provision_s,
         total_s,
+        refresh_s,
+        refresh_output_bytes,
+        rusqlite_insert_s,
         devices_per_s: devices as f64 / total_s,
         peak_rss_mib,
         derivations_per_s,
@@ -212,13 +246,11 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
         output_bytes,
     };
     global.print(&report, |r| {
-        format!(
+        let beside = |s: f64| format!("{:.2}x plain rusqlite", s / r.rusqlite_insert_s);
+        let mut text = format!(
             "bulk import + provisioning, derived scheme, SQLite, soft module ({} pass{}):\n\
-             {:>12} devices in {:.2} s (import {:.2} s, provision {:.2} s): {:.0} devices/s\n\
-             {:>12.1} MiB peak resident memory, {:.0} MiB of key material written\n\
-             {:>12.0} derivations/s through the module's bulk path\n\
-             {:>12.0} two-compression SHA-256 references/s (the one-block HMAC limit)\n\
-             {:>12.2} ratio",
+             {:>12} devices in {:.2} s (import {:.2} s, provision {:.2} s): {:.0} devices/s, {}\n\
+             {:>12.2} s plain rusqlite inserting the same rows (same table, pragmas, batches)\n",
             if one_pass { "one" } else { "two" },
             if one_pass { "" } else { "es" },
             r.devices,
@@ -226,11 +258,28 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<(), CliError> {
             r.import_s,
             r.provision_s,
             r.devices_per_s,
+            beside(r.total_s),
+            r.rusqlite_insert_s,
+        );
+        if let (Some(s), Some(bytes)) = (r.refresh_s, r.refresh_output_bytes) {
+            text.push_str(&format!(
+                "{:>12.2} s refresh --all of every device ({:.0} MiB of SHE updates written), {}\n",
+                s,
+                bytes as f64 / (1024.0 * 1024.0),
+                beside(s)
+            ));
+        }
+        text.push_str(&format!(
+            "{:>12.1} MiB peak resident memory, {:.0} MiB of key material written\n\
+             {:>12.0} derivations/s through the module's bulk path\n\
+             {:>12.0} two-compression SHA-256 references/s (the one-block HMAC limit)\n\
+             {:>12.2} ratio",
             r.peak_rss_mib,
             r.output_bytes as f64 / (1024.0 * 1024.0),
             r.derivations_per_s,
             r.reference_two_compressions_per_s,
             r.ratio
-        )
+        ));
+        text
     })
 }

@@ -23,6 +23,9 @@ The lifecycle scheduler runs `fleetkey lifecycle run` every --lifecycle-interval
 thread (off with --no-lifecycle); with several instances on one store exactly one acts (a lease in
 the store), the others keep serving. GET /v1/scheduler and `fleetkey status` show it.
 
+The operator console is at /ui (the first log line prints its URL): sign in with a token from
+`fleetkey token issue`; each role sees and may do what it may through the API. docs/console.md.
+
 GET /metrics is in the Prometheus text format, with an admin, operator or auditor token; with
 --metrics-listen it is also served without a token on that loopback address (nothing else there).
 
@@ -70,6 +73,23 @@ pub(crate) struct ServeArgs {
     /// Seconds a client has to send its request headers (slowloris).
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
+    /// Milliseconds a looked-up token is trusted before it is looked up again: a token revoked
+    /// through another instance or the CLI stops working here within this (0: look up every
+    /// request). Revoked through this instance, it stops at once.
+    #[arg(long, default_value_t = 1000)]
+    token_cache_ms: u64,
+    /// Device writes (provision, refresh, suspend, resume, revoke) per group-commit transaction
+    /// at most.
+    #[arg(long, default_value_t = 256)]
+    group_max: usize,
+    /// Microseconds a group-commit writer waits for more writes once its queue is empty (0: it
+    /// commits what is queued; the next group gathers while it commits).
+    #[arg(long, default_value_t = 0)]
+    group_wait_us: u64,
+    /// Group-commit writer threads, each with its own store connection (1 suits SQLite; 2 to 4
+    /// may help PostgreSQL).
+    #[arg(long, default_value_t = 1)]
+    group_writers: usize,
     /// Do not run the lifecycle scheduler in this instance.
     #[arg(long)]
     no_lifecycle: bool,
@@ -171,6 +191,12 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> Result<(), CliError> {
         rate_per_second: args.rate_limit,
         rate_burst: args.rate_burst,
         station_needs_client_cert: args.client_ca.is_some(),
+        token_cache_ttl: Duration::from_millis(args.token_cache_ms),
+        group: fleetkey_server::group_commit::GroupConfig {
+            max_writes: args.group_max.max(1),
+            max_wait: Duration::from_micros(args.group_wait_us),
+            writers: args.group_writers.max(1),
+        },
     };
     let config = ServerConfig {
         listen: args.listen,
@@ -218,6 +244,7 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> Result<(), CliError> {
             client_certificates = args.client_ca.is_some(),
             workers = args.workers,
             lifecycle = scheduler.is_some(),
+            console = %format!("{scheme}://{addr}/ui"),
             metrics = %metrics_url,
             metrics_token = metrics.is_none(),
             "fleetkey serving{}",

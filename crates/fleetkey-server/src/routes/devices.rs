@@ -2,15 +2,16 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use fleetkey::fleet::{Fleet, NewDevice};
+use fleetkey::fleet::NewDevice;
+use fleetkey::fleet::group::{DeviceWrite, GroupWrite, IdempotencyClaim, Response, Written};
 use fleetkey::lifecycle::State as Lifecycle;
-use fleetkey::model::{DeviceFilter, DeviceRecord, DeviceSerial};
+use fleetkey::model::{DeviceFilter, DeviceSerial};
 use serde::Serialize;
 
 use super::{DeviceView, reason, serial};
 use crate::api;
 use crate::app::{AppState, Body, Ctx, P, Q, Reply};
-use crate::auth::Action;
+use crate::auth::{Action, Principal};
 use crate::idempotency;
 use crate::problem::ApiError;
 
@@ -234,19 +235,66 @@ pub(super) async fn provision(
 ) -> Result<Reply, ApiError> {
     let serial = serial("serial", &text)?;
     let fp = idempotency::fingerprint(&ctx.method, &ctx.path, &bytes);
-    let key = ctx.idempotency_key.clone();
-    s.run(&ctx, Action::Provision, move |fleet, principal| {
-        idempotency::run(fleet, &principal.name, key.as_deref(), fp, |fleet| {
-            let p = fleet.provision(&serial)?;
-            tracing::info!(serial = %serial, revision = p.device.revision, "provisioned");
+    let principal = s.authorize(&ctx, Action::Provision).await?;
+    s.write(grouped(
+        &ctx,
+        &principal,
+        serial,
+        DeviceWrite::Provision,
+        "provisioned",
+        fp,
+    ))
+    .await
+}
+
+/// A device write for group commit, with the request's idempotency key (when it has one).
+fn grouped(
+    ctx: &Ctx,
+    principal: &Principal,
+    serial: DeviceSerial,
+    write: DeviceWrite,
+    reason: &str,
+    fingerprint: [u8; 32],
+) -> GroupWrite {
+    GroupWrite {
+        actor: principal.name.clone(),
+        serial,
+        write,
+        reason: reason.to_owned(),
+        idempotency: ctx.idempotency_key.clone().map(|key| IdempotencyClaim {
+            principal: principal.name.clone(),
+            key,
+            fingerprint,
+        }),
+    }
+}
+
+/// The response of a grouped write, rendered inside its transaction (the body an idempotency
+/// key replays is this one).
+pub(crate) fn render_write(_write: &GroupWrite, written: &Written) -> Result<Response, ApiError> {
+    let reply = match written {
+        Written::Provisioned(p) => {
+            tracing::debug!(serial = %p.device.serial, revision = p.device.revision, "provisioned");
             Reply::ok(&ProvisionOut {
                 device: DeviceView::from(&p.device),
                 keys: &p.keys,
                 she: &p.she,
-            })
-        })
+            })?
+        }
+        Written::Refreshed(u) => Reply::ok(&KeyUpdateOut {
+            device: DeviceView::from(&u.device),
+            from: Revision {
+                generation: u.from.0,
+                revision: u.from.1,
+            },
+            she: &u.she,
+        })?,
+        Written::Moved(d) => Reply::ok(&DeviceView::from(d))?,
+    };
+    Ok(Response {
+        status: reply.status.as_u16(),
+        body: reply.body,
     })
-    .await
 }
 
 #[derive(Serialize)]
@@ -271,40 +319,33 @@ pub(super) async fn refresh(
     let serial = serial("serial", &text)?;
     let why = reason("reason", body.reason.as_deref(), "refresh")?;
     let fp = idempotency::fingerprint(&ctx.method, &ctx.path, &bytes);
-    let key = ctx.idempotency_key.clone();
-    s.run(&ctx, Action::DeviceWrite, move |fleet, principal| {
-        idempotency::run(fleet, &principal.name, key.as_deref(), fp, |fleet| {
-            let u = fleet.refresh(&serial, &why)?;
-            tracing::info!(serial = %serial, revision = u.device.revision, "refreshed");
-            Reply::ok(&KeyUpdateOut {
-                device: DeviceView::from(&u.device),
-                from: Revision {
-                    generation: u.from.0,
-                    revision: u.from.1,
-                },
-                she: &u.she,
-            })
-        })
-    })
+    let principal = s.authorize(&ctx, Action::DeviceWrite).await?;
+    s.write(grouped(
+        &ctx,
+        &principal,
+        serial,
+        DeviceWrite::Refresh,
+        &why,
+        fp,
+    ))
     .await
 }
 
-type Change = fn(&mut Fleet, &DeviceSerial, &str) -> Result<DeviceRecord, fleetkey::Error>;
-
+/// Suspend, resume, revoke: grouped writes (no idempotency key: repeating one is refused as an
+/// illegal transition and changes nothing).
 async fn lifecycle(
     s: AppState,
     ctx: Ctx,
     text: String,
     body: api::Reason,
-    change: Change,
+    write: DeviceWrite,
 ) -> Result<Reply, ApiError> {
     let serial = serial("serial", &text)?;
     let why = reason("reason", body.reason.as_deref(), "")?;
-    s.run(&ctx, Action::DeviceWrite, move |fleet, _| {
-        let d = change(fleet, &serial, &why)?;
-        Reply::ok(&DeviceView::from(&d))
-    })
-    .await
+    let principal = s.authorize(&ctx, Action::DeviceWrite).await?;
+    let mut w = grouped(&ctx, &principal, serial, write, &why, [0; 32]);
+    w.idempotency = None;
+    s.write(w).await
 }
 
 pub(super) async fn suspend(
@@ -313,7 +354,7 @@ pub(super) async fn suspend(
     P(text): P<String>,
     Body(body, _): Body<api::Reason>,
 ) -> Result<Reply, ApiError> {
-    lifecycle(s, ctx, text, body, Fleet::suspend).await
+    lifecycle(s, ctx, text, body, DeviceWrite::Suspend).await
 }
 
 pub(super) async fn resume(
@@ -322,7 +363,7 @@ pub(super) async fn resume(
     P(text): P<String>,
     Body(body, _): Body<api::Reason>,
 ) -> Result<Reply, ApiError> {
-    lifecycle(s, ctx, text, body, Fleet::resume).await
+    lifecycle(s, ctx, text, body, DeviceWrite::Resume).await
 }
 
 pub(super) async fn revoke(
@@ -331,16 +372,23 @@ pub(super) async fn revoke(
     P(text): P<String>,
     Body(body, _): Body<api::Reason>,
 ) -> Result<Reply, ApiError> {
-    lifecycle(s, ctx, text, body, Fleet::revoke).await
+    lifecycle(s, ctx, text, body, DeviceWrite::Revoke).await
 }
 
+/// Decommission is not grouped: its purge rewrites the store's files.
 pub(super) async fn decommission(
     State(s): State<AppState>,
     ctx: Ctx,
     P(text): P<String>,
     Body(body, _): Body<api::Reason>,
 ) -> Result<Reply, ApiError> {
-    lifecycle(s, ctx, text, body, Fleet::decommission).await
+    let serial = serial("serial", &text)?;
+    let why = reason("reason", body.reason.as_deref(), "")?;
+    s.run(&ctx, Action::DeviceWrite, move |fleet, _| {
+        let d = fleet.decommission(&serial, &why)?;
+        Reply::ok(&DeviceView::from(&d))
+    })
+    .await
 }
 
 #[cfg(test)]

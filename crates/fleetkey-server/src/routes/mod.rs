@@ -12,7 +12,7 @@ use crate::auth::Action;
 use crate::problem::ApiError;
 
 mod audit;
-mod devices;
+pub(crate) mod devices;
 mod generations;
 mod governance;
 mod grants;

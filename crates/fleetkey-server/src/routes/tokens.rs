@@ -99,9 +99,13 @@ pub(super) async fn revoke(
     Body(body, _): Body<api::Reason>,
 ) -> Result<Reply, ApiError> {
     let why = reason("reason", body.reason.as_deref(), "revoked")?;
-    s.run(&ctx, Action::Tokens, move |fleet, _| {
-        let token = fleet.revoke_token(&id, &why)?;
-        Reply::ok(&TokenOut::from(&token))
-    })
-    .await
+    let reply = s
+        .run(&ctx, Action::Tokens, move |fleet, _| {
+            let token = fleet.revoke_token(&id, &why)?;
+            Reply::ok(&TokenOut::from(&token))
+        })
+        .await?;
+    // Committed: the token stops working on this instance before the answer leaves.
+    s.tokens().invalidate();
+    Ok(reply)
 }

@@ -1,4 +1,4 @@
-//! A small HTTP load client: C workers, each with its own keep-alive connection, POST one request
+//! A small HTTP load client: C workers, each with its own keep-alive connection, send one request
 //! after another and time each one. Used by `fleetkey bench serve` (and the scale-out test's
 //! pattern): throughput and latency percentiles at a given concurrency.
 
@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// One request to send: a path under the base URL and a JSON body.
+/// One request to send: a path under the base URL and a JSON body (POST), or none (GET).
 #[derive(Clone, Debug)]
 pub(crate) struct Request {
     pub(crate) path: String,
-    pub(crate) body: String,
+    pub(crate) body: Option<String>,
     /// Extra headers (e.g. `idempotency-key`).
     pub(crate) headers: Vec<(String, String)>,
 }
@@ -64,14 +64,27 @@ pub(crate) fn run(
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(r) = requests.get(i) else { break };
                         let t = Instant::now();
-                        let mut post = agent
-                            .post(format!("{base}{}", r.path))
-                            .header("authorization", format!("Bearer {token}"))
-                            .content_type("application/json");
-                        for (name, value) in &r.headers {
-                            post = post.header(name.as_str(), value.as_str());
-                        }
-                        let outcome = post.send(r.body.as_str());
+                        let url = format!("{base}{}", r.path);
+                        let auth = format!("Bearer {token}");
+                        let outcome = match &r.body {
+                            Some(body) => {
+                                let mut post = agent
+                                    .post(&url)
+                                    .header("authorization", &auth)
+                                    .content_type("application/json");
+                                for (name, value) in &r.headers {
+                                    post = post.header(name.as_str(), value.as_str());
+                                }
+                                post.send(body.as_str())
+                            }
+                            None => {
+                                let mut get = agent.get(&url).header("authorization", &auth);
+                                for (name, value) in &r.headers {
+                                    get = get.header(name.as_str(), value.as_str());
+                                }
+                                get.call()
+                            }
+                        };
                         let ok = match outcome {
                             Ok(mut resp) => {
                                 let status = resp.status().as_u16();

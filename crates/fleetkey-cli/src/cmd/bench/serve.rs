@@ -1,6 +1,8 @@
 //! `fleetkey bench serve`: provisioning requests per second and latency through the HTTP service
-//! (release build, loopback, plain HTTP), at several concurrencies, beside the same operation
-//! in process (`Fleet::provision` on one handle: the ceiling the service wraps).
+//! (release build, loopback, plain HTTP), at several concurrencies, beside `GET /healthz` of the
+//! same server with the same client at the same concurrency (what HTTP alone costs), and beside
+//! the operation in process: `Fleet::provision` one at a time (one commit each) and
+//! `Fleet::write_group` (what group commit does, without HTTP).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -8,6 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetkey::access::Role;
+use fleetkey::fleet::group::{
+    DeviceWrite, GroupWrite, IdempotencyClaim, Outcome, Response, Written,
+};
 use fleetkey::fleet::{Access, Fleet, InitOptions, MasterBackup, SecretString, SystemClock};
 use fleetkey::home::{ModuleConfig, StoreConfig};
 use fleetkey::model::{DeviceSerial, Scheme};
@@ -24,11 +29,13 @@ use crate::error::CliError;
 #[derive(clap::Args)]
 #[command(after_help = "\
 A temporary derived fleet (soft module) with its devices registered; a station token; the
-service in this process on 127.0.0.1 (plain HTTP, no rate limit); then, per concurrency C, C
-client threads with keep-alive connections POST /v1/devices/{serial}/provision with an
-Idempotency-Key, each request a device not provisioned before. The ceiling is Fleet::provision
-in process on one handle, on other fresh devices, measured in the same run. Build with
---release: a debug build measures the debug build.
+service in this process on 127.0.0.1 (plain HTTP, no rate limit, group commit); then, per
+concurrency C, C client threads with keep-alive connections POST /v1/devices/{serial}/provision
+with an Idempotency-Key, each request a device not provisioned before, and then GET /healthz as
+often with the same client: provisioning is printed as a ratio of it. In process, on other fresh
+devices in the same run: Fleet::provision one at a time (a commit each), and Fleet::write_group
+in groups of 64 (the service's transaction without HTTP). The machine's load average is printed
+at the end. Build with --release: a debug build measures the debug build.
 
 Examples:
   cargo run --release -p fleetkey-cli -- bench serve
@@ -44,9 +51,15 @@ pub(crate) struct ServeBenchArgs {
     /// Requests per concurrency level.
     #[arg(long, default_value_t = 2000)]
     requests: usize,
-    /// The service's fleet handles (store connections).
+    /// The service's fleet handles (store connections) for reads and ungrouped work.
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// Group-commit writer threads (`fleetkey serve --group-writers`).
+    #[arg(long, default_value_t = 1)]
+    group_writers: usize,
+    /// Microseconds a writer waits for more writes (`fleetkey serve --group-wait-us`).
+    #[arg(long, default_value_t = 0)]
+    group_wait_us: u64,
 }
 
 #[derive(Serialize)]
@@ -54,15 +67,27 @@ struct Row {
     store: &'static str,
     #[serde(flatten)]
     load: LoadReport,
-    ceiling_per_s: f64,
-    ratio: f64,
+    /// `GET /healthz` at the same concurrency, same client, same run.
+    healthz: LoadReport,
+    /// Provisioning requests/s over `GET /healthz` requests/s.
+    ratio_to_healthz: f64,
+    /// Provisioning requests/s over in-process `Fleet::write_group` writes/s.
+    ratio_to_group: f64,
 }
 
 #[derive(Serialize)]
 struct Report {
+    /// `Fleet::provision`, one at a time.
     ceiling: Ceiling,
+    /// `Fleet::write_group`, groups of [`GROUP`].
+    group: Ceiling,
     rows: Vec<Row>,
+    /// The 1-, 5- and 15-minute load averages when the run ended.
+    load_average: String,
 }
+
+/// Writes per in-process group.
+const GROUP: usize = 64;
 
 #[derive(Serialize)]
 struct Ceiling {
@@ -129,7 +154,7 @@ pub(crate) fn run(global: &Global, args: ServeBenchArgs) -> Result<(), CliError>
 
     // Devices: one block for the ceiling, one per concurrency level; none provisioned twice.
     let per_level = args.requests;
-    let total = per_level * (args.concurrency.len() + 1);
+    let total = per_level * (args.concurrency.len() + 2);
     let csv = dir.path().join("devices.csv");
     {
         let mut text = String::from("serial\n");
@@ -159,6 +184,57 @@ pub(crate) fn run(global: &Global, args: ServeBenchArgs) -> Result<(), CliError>
         p50_ms: ms(latencies[latencies.len() / 2]),
         p99_ms: ms(latencies[(latencies.len() * 99).div_ceil(100).max(1) - 1]),
     };
+    // Group commit in process: the service's transactions without HTTP.
+    eprintln!("in process: Fleet::write_group x {per_level} in groups of {GROUP}");
+    let render = |_: &GroupWrite, written: &Written| -> Result<Response, serde_json::Error> {
+        let body = match written {
+            Written::Provisioned(p) => serde_json::to_vec(p)?,
+            Written::Refreshed(u) => serde_json::to_vec(u)?,
+            Written::Moved(d) => serde_json::to_vec(d)?,
+        };
+        Ok(Response {
+            status: 200,
+            body: zeroize::Zeroizing::new(body),
+        })
+    };
+    let mut latencies = Vec::with_capacity(per_level);
+    let started = Instant::now();
+    let block: Vec<usize> = (per_level..2 * per_level).collect();
+    for chunk in block.chunks(GROUP) {
+        let writes = chunk
+            .iter()
+            .map(|&i| {
+                Ok(GroupWrite {
+                    actor: "bench".into(),
+                    serial: DeviceSerial::parse(&serial(i))
+                        .map_err(|e| CliError::input("serial", e))?,
+                    write: DeviceWrite::Provision,
+                    reason: "provisioned".into(),
+                    idempotency: Some(IdempotencyClaim {
+                        principal: "bench-station".into(),
+                        key: format!("bench-{i}"),
+                        fingerprint: [0; 32],
+                    }),
+                })
+            })
+            .collect::<Result<Vec<_>, CliError>>()?;
+        let t = Instant::now();
+        let outcomes = fleet.write_group(&writes, &render)?;
+        if let Some(failed) = outcomes.iter().find(|o| !matches!(o, Outcome::Done(_))) {
+            return Err(CliError::failed(format_args!(
+                "an in-process group write did not commit: {failed:?}"
+            )));
+        }
+        latencies.push(t.elapsed());
+    }
+    let group_s = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let group = Ceiling {
+        operations: per_level,
+        per_s: per_level as f64 / group_s,
+        p50_ms: ms(latencies[latencies.len() / 2]),
+        p99_ms: ms(latencies[(latencies.len() * 99).div_ceil(100).max(1) - 1]),
+    };
     drop(fleet);
 
     // The service, in this process.
@@ -178,6 +254,12 @@ pub(crate) fn run(global: &Global, args: ServeBenchArgs) -> Result<(), CliError>
         rate_per_second: 0.0,
         rate_burst: 1,
         station_needs_client_cert: false,
+        group: fleetkey_server::group_commit::GroupConfig {
+            max_wait: Duration::from_micros(args.group_wait_us),
+            writers: args.group_writers.max(1),
+            ..Default::default()
+        },
+        ..ServiceConfig::default()
     };
     let listen = "127.0.0.1:0"
         .parse()
@@ -192,78 +274,122 @@ pub(crate) fn run(global: &Global, args: ServeBenchArgs) -> Result<(), CliError>
 
     let mut rows = Vec::new();
     for (level, &c) in args.concurrency.iter().enumerate() {
-        let first = per_level * (level + 1);
+        let first = per_level * (level + 2);
         let requests: Vec<Request> = (first..first + per_level)
             .map(|i| Request {
                 path: format!("/v1/devices/{}/provision", serial(i)),
-                body: "{}".into(),
+                body: Some("{}".into()),
                 headers: vec![("idempotency-key".into(), format!("bench-{i}"))],
             })
             .collect();
-        let bar = indicatif::ProgressBar::with_draw_target(
-            Some(per_level as u64),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{msg:>28} [{bar:40}] {pos}/{len} ({per_sec})")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_message(format!("{store_name}, concurrency {c}"));
-        let report = load::run(&base, token.expose(), requests, c, 200, &|n| bar.inc(n));
-        bar.finish_and_clear();
-        if let Some(failure) = &report.first_failure {
-            eprintln!(
-                "warning: {} of {} requests failed at concurrency {c}; first: {failure}",
-                report.failed, report.requests
-            );
-        }
+        let report = measure(&base, token.expose(), requests, c, store_name, "provision");
+        let health: Vec<Request> = (0..per_level)
+            .map(|_| Request {
+                path: "/healthz".into(),
+                body: None,
+                headers: vec![],
+            })
+            .collect();
+        let healthz = measure(&base, token.expose(), health, c, store_name, "GET /healthz");
         rows.push(Row {
             store: store_name,
-            ratio: report.requests_per_s / ceiling.per_s,
-            ceiling_per_s: ceiling.per_s,
+            ratio_to_healthz: report.requests_per_s / healthz.requests_per_s.max(1e-9),
+            ratio_to_group: report.requests_per_s / group.per_s.max(1e-9),
             load: report,
+            healthz,
         });
     }
     runtime.block_on(server.shutdown());
     drop(runtime);
     drop(drop_schema);
-    let report = Report { ceiling, rows };
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into());
+    let report = Report {
+        ceiling,
+        group,
+        rows,
+        load_average,
+    };
     let _ = std::io::stderr().flush();
     global.print(&report, |r| {
         let mut out = format!(
-            "provisioning through the service ({} store, release loopback, plain HTTP, {} workers)\n\
-             {:>6} {:>12} {:>9} {:>9} {:>8} {:>14} {:>7}\n",
+            "provisioning through the service ({} store, release loopback, plain HTTP, group commit: {} writer(s), wait {} us)\n\
+             {:>6} {:>12} {:>9} {:>9} {:>8} {:>12} {:>9} {:>8} {:>12}\n",
             r.rows.first().map_or("-", |x| x.store),
-            args.workers,
+            args.group_writers.max(1),
+            args.group_wait_us,
             "conc.",
             "requests/s",
             "p50 ms",
             "p99 ms",
             "failed",
-            "in-process/s",
-            "ratio"
+            "healthz/s",
+            "hz p99",
+            "ratio",
+            "vs group"
         );
         for row in &r.rows {
             let _ = writeln!(
                 out,
-                "{:>6} {:>12.0} {:>9.2} {:>9.2} {:>8} {:>14.0} {:>7.2}",
+                "{:>6} {:>12.0} {:>9.2} {:>9.2} {:>8} {:>12.0} {:>9.2} {:>8.2} {:>12.2}",
                 row.load.concurrency,
                 row.load.requests_per_s,
                 row.load.p50_ms,
                 row.load.p99_ms,
                 row.load.failed,
-                row.ceiling_per_s,
-                row.ratio
+                row.healthz.requests_per_s,
+                row.healthz.p99_ms,
+                row.ratio_to_healthz,
+                row.ratio_to_group
             );
         }
         let _ = write!(
             out,
-            "in process (the ceiling): Fleet::provision on one handle, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
-            r.ceiling.per_s, r.ceiling.p50_ms, r.ceiling.p99_ms
+            "ratio: provisioning requests/s over GET /healthz requests/s (same server, client, concurrency)\n\
+             in process, Fleet::write_group in groups of {GROUP}: {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms per group\n\
+             in process, Fleet::provision one at a time (a commit each): {:.0}/s, p50 {:.2} ms, p99 {:.2} ms\n\
+             load average at the end: {}",
+            r.group.per_s,
+            r.group.p50_ms,
+            r.group.p99_ms,
+            r.ceiling.per_s,
+            r.ceiling.p50_ms,
+            r.ceiling.p99_ms,
+            r.load_average
         );
         out
     })
+}
+
+/// One load run with a progress bar; warns when requests failed.
+fn measure(
+    base: &str,
+    token: &str,
+    requests: Vec<Request>,
+    c: usize,
+    store_name: &str,
+    what: &str,
+) -> LoadReport {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(requests.len() as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:>36} [{bar:40}] {pos}/{len} ({per_sec})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(format!("{store_name} {what}, concurrency {c}"));
+    let report = load::run(base, token, requests, c, 200, &|n| bar.inc(n));
+    bar.finish_and_clear();
+    if let Some(failure) = &report.first_failure {
+        eprintln!(
+            "warning: {} of {} {what} requests failed at concurrency {c}; first: {failure}",
+            report.failed, report.requests
+        );
+    }
+    report
 }
 
 fn ms(d: Duration) -> f64 {
