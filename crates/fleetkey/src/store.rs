@@ -31,6 +31,7 @@ pub mod postgres;
 mod read_only;
 mod sql;
 pub mod sqlite;
+pub mod staged;
 mod tx;
 mod verify;
 
@@ -144,8 +145,17 @@ pub trait Tx {
             }
         }
     }
+    /// Replaces many devices, as [`Tx::update_device`] each; [`StoreError::NotFound`] names an
+    /// absent one. The stores write them as one set (group commit, [`staged`]).
+    fn update_device_rows(&mut self, records: &[DeviceRecord]) -> Result<(), StoreError> {
+        each::update_device_rows(self, records)
+    }
     /// One device.
     fn device(&mut self, serial: &DeviceSerial) -> Result<Option<DeviceRecord>, StoreError>;
+    /// The devices of `serials` that exist, in any order: one read where the store can.
+    fn device_rows(&mut self, serials: &[DeviceSerial]) -> Result<Vec<DeviceRecord>, StoreError> {
+        each::device_rows(self, serials)
+    }
     /// Devices matching a filter, ordered by serial bytes, starting after `after`, at most `limit`.
     fn devices(
         &mut self,
@@ -174,6 +184,10 @@ pub trait Tx {
 
     /// Appends an event to the audit chain (sealed against the current head) and moves the head.
     fn append_audit(&mut self, draft: AuditDraft) -> Result<AuditEvent, StoreError>;
+    /// Appends events in order, as [`Tx::append_audit`] each: the stores write them as one set.
+    fn append_audits(&mut self, drafts: Vec<AuditDraft>) -> Result<(), StoreError> {
+        each::append_audits(self, drafts)
+    }
     /// Events matching a filter with `seq > after_seq`, ascending, at most `limit`.
     fn audit_events(
         &mut self,
@@ -211,8 +225,20 @@ pub trait Tx {
         principal: &str,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// The records of many `(principal, key)` pairs that exist, in any order: one read where the
+    /// store can.
+    fn idempotency_rows(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        each::idempotency_rows(self, keys)
+    }
     /// Claims a key; [`StoreError::Duplicate`] (`idempotency key <key>`) if the principal has it.
     fn insert_idempotency(&mut self, record: &IdempotencyRecord) -> Result<(), StoreError>;
+    /// Claims many keys, as [`Tx::insert_idempotency`] each: the stores write them as one set.
+    fn insert_idempotency_rows(&mut self, records: &[IdempotencyRecord]) -> Result<(), StoreError> {
+        each::insert_idempotency_rows(self, records)
+    }
     /// Replaces a record (to add the response); [`StoreError::NotFound`] if absent.
     fn update_idempotency(&mut self, record: &IdempotencyRecord) -> Result<(), StoreError>;
     /// Forgets a principal's key (a claim whose request failed in a way worth retrying).
@@ -412,4 +438,59 @@ pub(crate) fn audit_details_text(draft: &AuditDraft) -> Result<String, StoreErro
         ));
     }
     Ok(text)
+}
+
+/// The set operations of [`Tx`] done one row at a time: the defaults, and what a store without a
+/// set statement for one of them runs.
+pub(crate) mod each {
+    use super::Tx;
+    use crate::access::IdempotencyRecord;
+    use crate::audit::AuditDraft;
+    use crate::error::StoreError;
+    use crate::model::{DeviceRecord, DeviceSerial};
+
+    pub(crate) fn update_device_rows<T: Tx + ?Sized>(
+        tx: &mut T,
+        records: &[DeviceRecord],
+    ) -> Result<(), StoreError> {
+        records.iter().try_for_each(|r| tx.update_device(r))
+    }
+
+    pub(crate) fn device_rows<T: Tx + ?Sized>(
+        tx: &mut T,
+        serials: &[DeviceSerial],
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        let mut out = Vec::with_capacity(serials.len());
+        for s in serials {
+            out.extend(tx.device(s)?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn append_audits<T: Tx + ?Sized>(
+        tx: &mut T,
+        drafts: Vec<AuditDraft>,
+    ) -> Result<(), StoreError> {
+        drafts
+            .into_iter()
+            .try_for_each(|d| tx.append_audit(d).map(drop))
+    }
+
+    pub(crate) fn idempotency_rows<T: Tx + ?Sized>(
+        tx: &mut T,
+        keys: &[(String, String)],
+    ) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (principal, key) in keys {
+            out.extend(tx.idempotency(principal, key)?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn insert_idempotency_rows<T: Tx + ?Sized>(
+        tx: &mut T,
+        records: &[IdempotencyRecord],
+    ) -> Result<(), StoreError> {
+        records.iter().try_for_each(|r| tx.insert_idempotency(r))
+    }
 }

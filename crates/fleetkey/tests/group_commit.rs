@@ -4,6 +4,11 @@
 //! the first response, within the group and after it; the audit chain has one event per committed
 //! write, in order, and verifies. On SQLite, and on PostgreSQL when `FLEETKEY_TEST_DATABASE_URL`
 //! is set.
+//!
+//! A group is staged (its rows read at once and written as sets, `store::staged`); a property
+//! test holds random groups to the outcomes, device rows and audit chain of the same writes made
+//! one per transaction, and a write the store refuses only at the set write (PostgreSQL: a NUL in
+//! its text) makes the group run again write by write, where it fails alone.
 
 use std::sync::Arc;
 
@@ -28,7 +33,20 @@ fn access() -> Access {
     }
 }
 
+/// A clock that does not move: two fleets given the same writes seal the same audit chain.
+struct Fixed;
+
+impl fleetkey::fleet::Clock for Fixed {
+    fn now_ms(&self) -> fleetkey::model::UnixMillis {
+        1_800_000_000_000
+    }
+}
+
 fn init(home: &std::path::Path, store: StoreConfig) -> Fleet {
+    init_with(home, store, access())
+}
+
+fn init_with(home: &std::path::Path, store: StoreConfig, access: Access) -> Fleet {
     let options = InitOptions {
         fleet_id: "group".into(),
         scheme: Scheme::Derived,
@@ -39,7 +57,7 @@ fn init(home: &std::path::Path, store: StoreConfig) -> Fleet {
     let module = ModuleConfig::Soft {
         file: fleetkey::home::KEY_FILE.into(),
     };
-    Fleet::init_with(home, module, store, options, access()).unwrap()
+    Fleet::init_with(home, module, store, options, access).unwrap()
 }
 
 fn s(text: &str) -> DeviceSerial {
@@ -241,6 +259,173 @@ fn one_failed_write_fails_alone_on_postgres() {
     };
     let mut fleet = init(&dir.path().join("home"), store);
     exercise(&mut fleet);
+    drop(fleet);
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .unwrap();
+}
+
+/// Every device's serial, state, generation and revision.
+type Devices = Vec<(String, State, u32, u32)>;
+/// The audit chain: each event's action, subjects and hash.
+type Chain = Vec<(String, String, [u8; 32])>;
+
+/// What a fleet shows after writes, to compare two fleets: its devices and its audit chain.
+fn shown(fleet: &mut Fleet) -> (Devices, Chain) {
+    let devices = fleet
+        .devices(&fleetkey::model::DeviceFilter::default(), None, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.serial.to_string(), d.state, d.generation, d.revision))
+        .collect();
+    let events = fleet
+        .audit_show(&AuditFilter::default(), 0, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let subjects: Vec<String> = e.draft.subjects.iter().map(|s| s.to_string()).collect();
+            (e.draft.action, subjects.join(","), e.hash)
+        })
+        .collect();
+    (devices, events)
+}
+
+/// An outcome as compared: its kind and body.
+fn seen(o: &Outcome<String>) -> String {
+    match o {
+        Outcome::Done(r) => format!("done {}", String::from_utf8_lossy(&r.body)),
+        Outcome::Replayed(r) => format!("replayed {}", String::from_utf8_lossy(&r.body)),
+        Outcome::IdempotencyMismatch => "mismatch".into(),
+        Outcome::IdempotencyInProgress => "in progress".into(),
+        Outcome::Failed(e) => format!("failed {e}"),
+        Outcome::Unrendered(e) => format!("unrendered {e}"),
+    }
+}
+
+fn fixed_fleet(home: &std::path::Path) -> Fleet {
+    let store = StoreConfig::Sqlite {
+        file: fleetkey::home::STORE_FILE.into(),
+    };
+    let mut fleet = init_with(
+        home,
+        store,
+        Access {
+            clock: Arc::new(Fixed),
+            ..access()
+        },
+    );
+    for serial in ["D-0", "D-1", "D-2", "D-3", "REFUSED-RENDER"] {
+        fleet
+            .add_device(NewDevice {
+                serial: s(serial),
+                she_uid: None,
+                labels: vec![],
+            })
+            .unwrap();
+    }
+    fleet
+}
+
+const SERIALS: [&str; 6] = ["D-0", "D-1", "D-2", "D-3", "REFUSED-RENDER", "ABSENT"];
+const WRITES: [DeviceWrite; 5] = [
+    DeviceWrite::Provision,
+    DeviceWrite::Refresh,
+    DeviceWrite::Suspend,
+    DeviceWrite::Resume,
+    DeviceWrite::Revoke,
+];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+    /// A staged group does what the same writes do one transaction each, unstaged: the same
+    /// outcomes, the same device rows, the same audit chain (hash for hash).
+    #[test]
+    fn a_group_does_what_its_writes_do_one_by_one(
+        ops in proptest::collection::vec((0..SERIALS.len(), 0..WRITES.len(), proptest::option::of((0..3_u8, 0..2_u8))), 1..40)
+    ) {
+        let writes: Vec<GroupWrite> = ops
+            .iter()
+            .map(|&(serial, op, key)| {
+                let key = key.map(|(k, fp)| (format!("k-{k}"), fp));
+                write(SERIALS[serial], WRITES[op], key.as_ref().map(|(k, fp)| (k.as_str(), *fp)))
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut grouped = fixed_fleet(&dir.path().join("grouped"));
+        let mut single = fixed_fleet(&dir.path().join("single"));
+        let together: Vec<String> = grouped
+            .write_group(&writes, &render)
+            .unwrap()
+            .iter()
+            .map(seen)
+            .collect();
+        let apart: Vec<String> = writes
+            .iter()
+            .map(|w| seen(&single.write_group_unstaged(std::slice::from_ref(w), &render).unwrap()[0]))
+            .collect();
+        proptest::prop_assert_eq!(together, apart);
+        proptest::prop_assert_eq!(shown(&mut grouped), shown(&mut single));
+        grouped.audit_verify().unwrap();
+    }
+}
+
+/// A write whose text PostgreSQL cannot hold (a NUL) passes the staged group's checks and is
+/// refused only at the set write: the group runs again write by write, that write fails alone
+/// with its error, the others commit, and the chain verifies.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_write_refused_at_the_set_write_fails_alone_on_postgres() {
+    let Ok(url) = std::env::var("FLEETKEY_TEST_DATABASE_URL") else {
+        eprintln!("skipped: FLEETKEY_TEST_DATABASE_URL is not set (no PostgreSQL to test against)");
+        return;
+    };
+    let schema = format!("fk_group_nul_{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreConfig::Postgres {
+        schema: schema.clone(),
+        url: Some(url.clone()),
+        url_file: None,
+    };
+    let mut fleet = init(&dir.path().join("home"), store);
+    for serial in ["P-1", "P-2", "P-3"] {
+        fleet
+            .add_device(NewDevice {
+                serial: s(serial),
+                she_uid: None,
+                labels: vec![],
+            })
+            .unwrap();
+    }
+    let before = fleet.audit_verify().unwrap();
+    let mut bad = write("P-2", DeviceWrite::Provision, Some(("nul", 3)));
+    bad.reason = "a reason with a \0 in it".into();
+    let writes = [
+        write("P-1", DeviceWrite::Provision, Some(("one", 1))),
+        bad,
+        write("P-3", DeviceWrite::Provision, None),
+    ];
+    let outcomes = fleet.write_group(&writes, &render).unwrap();
+    assert!(matches!(outcomes[0], Outcome::Done(_)), "{:?}", outcomes[0]);
+    assert!(
+        matches!(&outcomes[1], Outcome::Failed(e) if e.to_string().contains("NUL")),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(matches!(outcomes[2], Outcome::Done(_)), "{:?}", outcomes[2]);
+    assert_eq!(fleet.device(&s("P-1")).unwrap().state, State::Active);
+    assert_eq!(fleet.device(&s("P-2")).unwrap().state, State::PreActive);
+    assert_eq!(fleet.device(&s("P-3")).unwrap().state, State::Active);
+    assert_eq!(fleet.audit_verify().unwrap(), before + 2);
+    // The refused write claimed no key: its retry with a text the store holds runs.
+    let retry = fleet
+        .write_group(
+            &[write("P-2", DeviceWrite::Provision, Some(("nul", 3)))],
+            &render,
+        )
+        .unwrap();
+    assert!(matches!(retry[0], Outcome::Done(_)), "{:?}", retry[0]);
     drop(fleet);
     let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     client

@@ -14,6 +14,11 @@
 //!   [`Fleet::write_group`] returns, after the transaction is durable. A failed commit fails the
 //!   whole group (`Err`), and nothing of it was changed.
 //!
+//! The group is staged ([`crate::store::staged`]): its rows are read at once, the writes run
+//! against them in memory (their savepoints too) and what changed is written as sets at the end.
+//! Where staging cannot do a group, that transaction is rolled back and the group runs write by
+//! write, each write in a store savepoint ([`Fleet::write_group_unstaged`]): the same outcomes.
+//!
 //! The store may run the transaction again after a serialization conflict (PostgreSQL): every run
 //! starts afresh, so a write is applied once in what commits.
 
@@ -25,7 +30,8 @@ use crate::access::IdempotencyRecord;
 use crate::audit::AuditDraft;
 use crate::error::{Error, StoreError};
 use crate::model::{Change, DeviceRecord, DeviceSerial, WrappedKey};
-use crate::store::transact;
+use crate::store::staged::{NotStaged, StagedTx};
+use crate::store::{Tx, transact};
 
 /// What a write does to its device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +186,26 @@ impl Fleet {
         writes: &[GroupWrite],
         render: &Render<'_, E>,
     ) -> Result<Vec<Outcome<E>>, Error> {
+        self.write_group_as(writes, render, Staging::Staged)
+    }
+
+    /// [`Fleet::write_group`] without staging: every write's statements run as it goes, each
+    /// write in a store savepoint (what a staged group falls back to). The same outcomes and the
+    /// same store; for comparisons and benchmarks.
+    pub fn write_group_unstaged<E>(
+        &mut self,
+        writes: &[GroupWrite],
+        render: &Render<'_, E>,
+    ) -> Result<Vec<Outcome<E>>, Error> {
+        self.write_group_as(writes, render, Staging::WriteByWrite)
+    }
+
+    fn write_group_as<E>(
+        &mut self,
+        writes: &[GroupWrite],
+        render: &Render<'_, E>,
+        staging: Staging,
+    ) -> Result<Vec<Outcome<E>>, Error> {
         let now = self.access.clock.now_ms();
         // The key module's randomness is drawn once, before the transaction: a run again after a
         // conflict writes the same roots.
@@ -191,119 +217,55 @@ impl Fleet {
             })
             .collect();
         let module = self.module.get()?;
-        let needs_fleet = writes.iter().any(|w| w.write == DeviceWrite::Refresh);
-        let needs_transport = writes.iter().any(|w| w.write == DeviceWrite::Provision);
-        let slots = transact(self.store.as_mut(), |tx| {
-            let fleet = if needs_fleet {
-                Some(fleet_info(tx)?)
-            } else {
-                None
-            };
-            let transport = if needs_transport {
-                transport_key_in(tx, module)?
-            } else {
-                None
-            };
-            let mut slots = Vec::with_capacity(writes.len());
-            for (w, root) in writes.iter().zip(&prepared) {
-                let Ok(root) = root else {
-                    slots.push(Slot::NotPrepared);
-                    continue;
-                };
-                if let Some(claim) = &w.idempotency {
-                    match tx.idempotency(&claim.principal, &claim.key)? {
-                        None => {}
-                        Some(found) => {
-                            slots.push(earlier(module, claim, found));
-                            continue;
-                        }
-                    }
-                }
-                let change = Change {
-                    at: now,
-                    actor: w.actor.clone(),
-                    reason: w.reason.clone(),
-                };
-                let draft = AuditDraft {
-                    at: now,
-                    actor: w.actor.clone(),
-                    action: w.write.action().to_owned(),
-                    generation: None,
-                    subjects: vec![w.serial.clone()],
-                    details: serde_json::json!({}),
-                };
-                tx.savepoint()?;
-                let result = (|| {
-                    let s = &w.serial;
-                    let written = match w.write {
-                        DeviceWrite::Provision => Written::Provisioned(provision_in(
-                            tx,
-                            module,
-                            transport.as_ref(),
-                            s,
-                            &change,
-                            &draft,
-                        )?),
-                        DeviceWrite::Refresh => {
-                            let fleet = fleet.as_ref().ok_or_else(|| StoreError::Backend {
-                                operation: "group commit",
-                                detail: "the fleet was not read".into(),
-                            })?;
-                            Written::Refreshed(refresh_in(
-                                tx,
-                                module,
-                                fleet,
-                                s,
-                                root.clone(),
-                                &change,
-                                &draft,
-                            )?)
-                        }
-                        DeviceWrite::Suspend => {
-                            Written::Moved(move_in(tx, s, Move::SUSPEND, &change, &draft)?)
-                        }
-                        DeviceWrite::Resume => {
-                            Written::Moved(move_in(tx, s, Move::RESUME, &change, &draft)?)
-                        }
-                        DeviceWrite::Revoke => {
-                            Written::Moved(move_in(tx, s, Move::REVOKE, &change, &draft)?)
-                        }
+        let group = Group {
+            module,
+            writes,
+            prepared: &prepared,
+            now,
+            render,
+        };
+        // Staged first: the group's rows read at once, written as sets. If staging cannot do the
+        // group (module docs of `store::staged`), that transaction is rolled back and the group
+        // runs again one write at a time, each in a store savepoint.
+        let mut not_staged: Option<NotStaged> = None;
+        let mut staged = |tx: &mut dyn Tx| {
+            not_staged = None;
+            let (fleet, transport) = group.reads(tx)?;
+            let mut staged = StagedTx::new(tx);
+            let serials: Vec<DeviceSerial> = writes.iter().map(|w| w.serial.clone()).collect();
+            staged.read_devices(&serials)?;
+            let keys: Vec<(String, String)> = writes
+                .iter()
+                .filter_map(|w| w.idempotency.as_ref())
+                .map(|c| (c.principal.clone(), c.key.clone()))
+                .collect();
+            staged.read_idempotency(&keys)?;
+            let slots = group.run(&mut staged, fleet.as_ref(), transport.as_ref())?;
+            match staged.finish() {
+                Ok(()) => Ok(slots),
+                Err(why) => {
+                    let e = StoreError::Backend {
+                        operation: "group commit",
+                        detail: why.to_string(),
                     };
-                    let response = render(w, &written).map_err(Undone::Unrendered)?;
-                    if let Some(claim) = &w.idempotency {
-                        let wrapped = module.wrap(&response.body)?;
-                        tx.insert_idempotency(&IdempotencyRecord {
-                            principal: claim.principal.clone(),
-                            key: claim.key.clone(),
-                            fingerprint: claim.fingerprint,
-                            created_at: now,
-                            response: Some((response.status, wrapped)),
-                        })?;
-                    }
-                    Ok::<_, Undone<E>>(response)
-                })();
-                match result {
-                    Ok(response) => {
-                        tx.release_savepoint()?;
-                        slots.push(Slot::Done(response));
-                    }
-                    Err(e) => {
-                        tx.rollback_to_savepoint()?;
-                        slots.push(match e {
-                            // Another instance's request with this key committed just now.
-                            Undone::Failed(Error::Store(StoreError::Duplicate(_)))
-                                if w.idempotency.is_some() =>
-                            {
-                                Slot::InProgress
-                            }
-                            Undone::Failed(e) => Slot::Failed(e),
-                            Undone::Unrendered(e) => Slot::Unrendered(e),
-                        });
-                    }
+                    not_staged = Some(why);
+                    Err(e.into())
                 }
             }
-            Ok(slots)
-        })?;
+        };
+        let staged = match staging {
+            Staging::Staged => Some(transact(self.store.as_mut(), &mut staged)),
+            Staging::WriteByWrite => None,
+        };
+        let slots = match staged {
+            Some(Ok(slots)) => slots,
+            Some(Err(e)) if not_staged.is_none() => return Err(e),
+            // Not staged, or staging could not do this group.
+            _ => transact(self.store.as_mut(), |tx| {
+                let (fleet, transport) = group.reads(tx)?;
+                group.run(tx, fleet.as_ref(), transport.as_ref())
+            })?,
+        };
         Ok(slots
             .into_iter()
             .zip(prepared.iter_mut())
@@ -326,6 +288,159 @@ impl Fleet {
                 }
             })
             .collect())
+    }
+}
+
+/// How a group's writes reach the store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Staging {
+    /// Staged (`store::staged`), falling back to write by write.
+    Staged,
+    /// Write by write, each in a store savepoint.
+    WriteByWrite,
+}
+
+/// A group's writes and what they need, run in a transaction ([`Fleet::write_group`]).
+struct Group<'g, E> {
+    module: &'g dyn crate::module::KeyModule,
+    writes: &'g [GroupWrite],
+    prepared: &'g [Result<Option<WrappedKey>, Error>],
+    now: crate::model::UnixMillis,
+    render: &'g Render<'g, E>,
+}
+
+impl<E> Group<'_, E> {
+    /// The fleet (for a refresh) and the transport key (for a provisioning), read once.
+    fn reads(
+        &self,
+        tx: &mut dyn Tx,
+    ) -> Result<
+        (
+            Option<crate::model::FleetInfo>,
+            Option<fleetkey_core::Key128>,
+        ),
+        Error,
+    > {
+        let needs_fleet = self.writes.iter().any(|w| w.write == DeviceWrite::Refresh);
+        let needs_transport = self
+            .writes
+            .iter()
+            .any(|w| w.write == DeviceWrite::Provision);
+        let fleet = if needs_fleet {
+            Some(fleet_info(tx)?)
+        } else {
+            None
+        };
+        let transport = if needs_transport {
+            transport_key_in(tx, self.module)?
+        } else {
+            None
+        };
+        Ok((fleet, transport))
+    }
+
+    /// Runs the writes in order, each in a savepoint of `tx`.
+    fn run(
+        &self,
+        tx: &mut dyn Tx,
+        fleet: Option<&crate::model::FleetInfo>,
+        transport: Option<&fleetkey_core::Key128>,
+    ) -> Result<Vec<Slot<E>>, Error> {
+        let (module, now, render) = (self.module, self.now, self.render);
+        let mut slots = Vec::with_capacity(self.writes.len());
+        for (w, root) in self.writes.iter().zip(self.prepared) {
+            let Ok(root) = root else {
+                slots.push(Slot::NotPrepared);
+                continue;
+            };
+            if let Some(claim) = &w.idempotency {
+                match tx.idempotency(&claim.principal, &claim.key)? {
+                    None => {}
+                    Some(found) => {
+                        slots.push(earlier(module, claim, found));
+                        continue;
+                    }
+                }
+            }
+            let change = Change {
+                at: now,
+                actor: w.actor.clone(),
+                reason: w.reason.clone(),
+            };
+            let draft = AuditDraft {
+                at: now,
+                actor: w.actor.clone(),
+                action: w.write.action().to_owned(),
+                generation: None,
+                subjects: vec![w.serial.clone()],
+                details: serde_json::json!({}),
+            };
+            tx.savepoint()?;
+            let result = (|| {
+                let s = &w.serial;
+                let written = match w.write {
+                    DeviceWrite::Provision => Written::Provisioned(provision_in(
+                        tx, module, transport, s, &change, &draft,
+                    )?),
+                    DeviceWrite::Refresh => {
+                        let fleet = fleet.ok_or_else(|| StoreError::Backend {
+                            operation: "group commit",
+                            detail: "the fleet was not read".into(),
+                        })?;
+                        Written::Refreshed(refresh_in(
+                            tx,
+                            module,
+                            fleet,
+                            s,
+                            root.clone(),
+                            &change,
+                            &draft,
+                        )?)
+                    }
+                    DeviceWrite::Suspend => {
+                        Written::Moved(move_in(tx, s, Move::SUSPEND, &change, &draft)?)
+                    }
+                    DeviceWrite::Resume => {
+                        Written::Moved(move_in(tx, s, Move::RESUME, &change, &draft)?)
+                    }
+                    DeviceWrite::Revoke => {
+                        Written::Moved(move_in(tx, s, Move::REVOKE, &change, &draft)?)
+                    }
+                };
+                let response = render(w, &written).map_err(Undone::Unrendered)?;
+                if let Some(claim) = &w.idempotency {
+                    let wrapped = module.wrap(&response.body)?;
+                    tx.insert_idempotency(&IdempotencyRecord {
+                        principal: claim.principal.clone(),
+                        key: claim.key.clone(),
+                        fingerprint: claim.fingerprint,
+                        created_at: now,
+                        response: Some((response.status, wrapped)),
+                    })?;
+                }
+                Ok::<_, Undone<E>>(response)
+            })();
+            match result {
+                Ok(response) => {
+                    tx.release_savepoint()?;
+                    slots.push(Slot::Done(response));
+                }
+                Err(e) => {
+                    tx.rollback_to_savepoint()?;
+                    slots.push(match e {
+                        // Another instance's request with this key committed just now.
+                        Undone::Failed(Error::Store(StoreError::Duplicate(_)))
+                            if w.idempotency.is_some() =>
+                        {
+                            Slot::InProgress
+                        }
+                        Undone::Failed(e) => Slot::Failed(e),
+                        Undone::Unrendered(e) => Slot::Unrendered(e),
+                    });
+                }
+            }
+        }
+        Ok(slots)
     }
 }
 

@@ -45,9 +45,9 @@ use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement, Transaction};
 
-use crate::access::ApiToken;
+use crate::access::{ApiToken, IdempotencyRecord};
 use crate::error::{Error, StoreError};
-use crate::model::DeviceRecord;
+use crate::model::{DeviceRecord, DeviceSerial};
 use crate::store::codec::{self, ColumnError, Columns};
 use crate::store::migrations::{self, VERSION_KEY};
 use crate::store::read_only::ReadOnlyTx;
@@ -544,6 +544,111 @@ impl PgTx<'_, '_> {
     }
 
     /// The first record of `records` whose serial is stored or appears earlier in the batch.
+    /// Writes rows into `table` with one binary `COPY` (the set writes of group commit).
+    fn copy_rows<const N: usize>(
+        &mut self,
+        table: &str,
+        columns: &[&str; N],
+        rows: &[[codec::Value<'_>; N]],
+    ) -> Result<(), postgres::Error> {
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        let types: Vec<Type> = first.iter().map(pg_type).collect();
+        let sql = format!(
+            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+            sql::list(columns)
+        );
+        let mut writer = BinaryCopyInWriter::new(self.t.copy_in(&sql)?, &types);
+        for r in rows {
+            writer.write(&r.each_ref().map(pg_param))?;
+        }
+        writer.finish().map(drop)
+    }
+
+    /// Runs `f` in a savepoint of its own: if it fails, what it wrote is rolled back and the
+    /// transaction stays usable (a conflict is still marked, for the run again).
+    fn in_savepoint<T>(
+        &mut self,
+        operation: &'static str,
+        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.t
+            .batch_execute("SAVEPOINT fleetkey_set")
+            .map_err(|e| self.fail(operation, e))?;
+        let aborted = self.state.aborted.clone();
+        match f(self) {
+            Ok(v) => {
+                self.t
+                    .batch_execute("RELEASE SAVEPOINT fleetkey_set")
+                    .map_err(|e| self.fail(operation, e))?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.t
+                    .batch_execute(
+                        "ROLLBACK TO SAVEPOINT fleetkey_set; RELEASE SAVEPOINT fleetkey_set",
+                    )
+                    .map_err(|e| self.fail(operation, e))?;
+                self.state.aborted = aborted;
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Tx::update_device_rows`]: the rows are copied into a temporary table (this session's,
+    /// emptied at commit) and applied by one `UPDATE ... FROM`, all or nothing.
+    fn update_device_rows_at_once(&mut self, records: &[DeviceRecord]) -> Result<(), StoreError> {
+        const OP: &str = "update devices";
+        self.in_savepoint(OP, |s| {
+            s.t.batch_execute(
+                "CREATE TEMP TABLE IF NOT EXISTS devices_staged (LIKE devices) ON COMMIT DELETE ROWS; \
+                 DELETE FROM devices_staged",
+            )
+            .map_err(|e| s.fail(OP, e))?;
+            let rows: Vec<_> = records.iter().map(codec::device_values).collect();
+            s.copy_rows("devices_staged", &sql::DEVICE_COLUMNS, &rows)
+                .map_err(|e| s.fail(OP, e))?;
+            // Driven by the serials (the devices' index), each row's values from the staged
+            // table: no join plan a table without statistics could turn into a scan of devices.
+            let columns: Vec<&str> = sql::DEVICE_COLUMNS
+                .iter()
+                .copied()
+                .filter(|c| *c != "serial")
+                .collect();
+            let list = columns.join(", ");
+            let from = columns
+                .iter()
+                .map(|c| format!("s.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let serials: Vec<&[u8]> = records.iter().map(|r| r.serial.as_bytes()).collect();
+            let changed = s.execute(
+                OP,
+                &format!(
+                    "UPDATE devices AS d SET ({list}) = \
+                     (SELECT {from} FROM devices_staged AS s WHERE s.serial = d.serial) \
+                     WHERE d.serial = ANY($1)"
+                ),
+                &[&serials],
+            )?;
+            if changed == records.len() as u64 {
+                return Ok(());
+            }
+            let serials: Vec<DeviceSerial> = records.iter().map(|r| r.serial.clone()).collect();
+            let found: std::collections::HashSet<DeviceSerial> = s
+                .device_set(&serials)
+                .unwrap_or_else(|| Ok(Vec::new()))?
+                .into_iter()
+                .map(|r| r.serial)
+                .collect();
+            Err(match serials.iter().find(|s| !found.contains(*s)) {
+                Some(absent) => StoreError::NotFound(format!("device {absent}")),
+                None => StoreError::Duplicate("a device twice in one set update".into()),
+            })
+        })
+    }
+
     fn duplicate_in(&mut self, records: &[DeviceRecord]) -> Option<StoreError> {
         let serials: Vec<&[u8]> = records.iter().map(|r| r.serial.as_bytes()).collect();
         let stored = match self.query(
@@ -695,6 +800,134 @@ impl Backend for PgTx<'_, '_> {
 
     fn audit_head_location(&self) -> &'static str {
         "audit_head"
+    }
+
+    fn store_audit_events(&mut self, rows: &[SealedEvent<'_>]) -> Result<(), StoreError> {
+        const OP: &str = "append audit";
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        // The head first, as for one event: a concurrent append conflicts here and is retried.
+        let moved = self.execute(
+            OP,
+            "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
+            &[&last.seq, &&last.event.hash[..]],
+        )?;
+        if moved != 1 {
+            return Err(StoreError::Corrupt("the audit head row is missing".into()));
+        }
+        let values: Vec<_> = rows
+            .iter()
+            .map(|e| codec::audit_values(e.seq, e.event, e.details))
+            .collect();
+        self.copy_rows("audit", &sql::AUDIT_INSERT_COLUMNS, &values)
+            .map_err(|e| self.fail(OP, e))?;
+        let (mut seqs, mut positions, mut serials) = (Vec::new(), Vec::new(), Vec::new());
+        for e in rows {
+            let subjects = &e.event.draft.subjects;
+            if subjects.is_empty() || subjects.len() > AUDIT_INDEXED_SUBJECTS {
+                continue;
+            }
+            for (pos, serial) in subjects.iter().enumerate() {
+                seqs.push(e.seq);
+                positions.push(i32::try_from(pos).unwrap_or(i32::MAX));
+                serials.push(serial.as_bytes());
+            }
+        }
+        if !seqs.is_empty() {
+            self.execute(
+                OP,
+                "INSERT INTO audit_subjects (seq, pos, serial) \
+                 SELECT * FROM unnest($1::bigint[], $2::integer[], $3::bytea[])",
+                &[&seqs, &positions, &serials],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn device_set(
+        &mut self,
+        serials: &[DeviceSerial],
+    ) -> Option<Result<Vec<DeviceRecord>, StoreError>> {
+        let keys: Vec<&[u8]> = serials.iter().map(|s| s.as_bytes()).collect();
+        let sql = format!(
+            "SELECT {} FROM devices WHERE serial = ANY($1)",
+            sql::list(&sql::DEVICE_COLUMNS)
+        );
+        Some(
+            self.query("read devices", &sql, &[&keys])
+                .and_then(|rows| rows.iter().map(|r| codec::device_from_row(r)).collect()),
+        )
+    }
+
+    fn update_device_set(&mut self, records: &[DeviceRecord]) -> Option<Result<(), StoreError>> {
+        Some(self.update_device_rows_at_once(records))
+    }
+
+    fn idempotency_set(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Option<Result<Vec<IdempotencyRecord>, StoreError>> {
+        const OP: &str = "read idempotency key";
+        let (principals, names): (Vec<&str>, Vec<&str>) =
+            keys.iter().map(|(p, k)| (p.as_str(), k.as_str())).unzip();
+        let read = self.query(
+            OP,
+            "SELECT fingerprint, created_at, status, response, principal, key FROM idempotency \
+             WHERE (principal, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            &[&principals, &names],
+        );
+        Some(read.and_then(|rows| {
+            rows.iter()
+                .map(|r| {
+                    let principal: String = r.try_get(4).map_err(|e| backend(OP, e))?;
+                    let key: String = r.try_get(5).map_err(|e| backend(OP, e))?;
+                    codec::idempotency_from_row(r, &principal, &key)
+                })
+                .collect()
+        }))
+    }
+
+    fn insert_idempotency_set(
+        &mut self,
+        records: &[IdempotencyRecord],
+    ) -> Option<Result<(), StoreError>> {
+        const OP: &str = "insert idempotency key";
+        let rows: Vec<_> = records.iter().map(codec::idempotency_values).collect();
+        let copied = self.in_savepoint(OP, |s| {
+            match s.copy_rows("idempotency", &sql::IDEMPOTENCY_COLUMNS, &rows) {
+                Ok(()) => Ok(()),
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    Err(StoreError::Duplicate(String::new()))
+                }
+                Err(e) => Err(s.fail(OP, e)),
+            }
+        });
+        let Err(StoreError::Duplicate(_)) = copied else {
+            return Some(copied);
+        };
+        // Name a key this transaction sees claimed; if it sees none, another transaction claimed
+        // one just now: run again, and see it.
+        let keys: Vec<(String, String)> = records
+            .iter()
+            .map(|r| (r.principal.clone(), r.key.clone()))
+            .collect();
+        Some(match self.idempotency_set(&keys)? {
+            Ok(found) => match found.into_iter().next() {
+                Some(taken) => Err(StoreError::Duplicate(format!(
+                    "idempotency key {}",
+                    taken.key
+                ))),
+                None => {
+                    self.state.conflict = true;
+                    Err(StoreError::Busy(
+                        "insert idempotency keys: a concurrent transaction claimed a key of the set"
+                            .into(),
+                    ))
+                }
+            },
+            Err(e) => Err(e),
+        })
     }
 
     fn savepoint_step(&mut self, step: tx::Savepoint) -> Result<(), StoreError> {

@@ -64,6 +64,41 @@ pub(crate) trait Backend {
     /// [`crate::store::AUDIT_INDEXED_SUBJECTS`] subjects) and moves the head to it.
     fn store_audit_event(&mut self, row: &SealedEvent<'_>) -> Result<(), StoreError>;
 
+    /// Writes sealed events in order, as [`Backend::store_audit_event`] each; a store overrides
+    /// it with set statements.
+    fn store_audit_events(&mut self, rows: &[SealedEvent<'_>]) -> Result<(), StoreError> {
+        rows.iter().try_for_each(|r| self.store_audit_event(r))
+    }
+
+    /// [`Tx::device_rows`] in one statement; `None`: the store reads them one by one.
+    fn device_set(
+        &mut self,
+        _serials: &[DeviceSerial],
+    ) -> Option<Result<Vec<DeviceRecord>, StoreError>> {
+        None
+    }
+
+    /// [`Tx::update_device_rows`] as one set; `None`: the store writes them one by one.
+    fn update_device_set(&mut self, _records: &[DeviceRecord]) -> Option<Result<(), StoreError>> {
+        None
+    }
+
+    /// [`Tx::idempotency_rows`] in one statement; `None`: the store reads them one by one.
+    fn idempotency_set(
+        &mut self,
+        _keys: &[(String, String)],
+    ) -> Option<Result<Vec<IdempotencyRecord>, StoreError>> {
+        None
+    }
+
+    /// [`Tx::insert_idempotency_rows`] as one set; `None`: the store writes them one by one.
+    fn insert_idempotency_set(
+        &mut self,
+        _records: &[IdempotencyRecord],
+    ) -> Option<Result<(), StoreError>> {
+        None
+    }
+
     /// The value of [`Tx::meta`] key `key` (stored under [`APP_META_PREFIX`]).
     fn app_meta(&mut self, key: &str) -> Result<Option<String>, StoreError>;
 
@@ -248,6 +283,32 @@ pub(crate) fn insert_audit_row<B: Backend>(
     execute(b, "append audit", &sql, &params).map(drop)
 }
 
+/// Runs `f` (row-by-row writes of a set) in a savepoint of its own, so that a set write that
+/// fails halfway changes nothing.
+fn all_or_nothing<B: Backend>(
+    b: &mut B,
+    operation: &'static str,
+    f: impl FnOnce(&mut B) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let step = |b: &mut B, sql: &str| {
+        b.run(&Stmt {
+            operation,
+            sql,
+            params: &[],
+        })
+        .map(drop)
+    };
+    step(b, "SAVEPOINT fleetkey_set")?;
+    match f(b) {
+        Ok(()) => step(b, "RELEASE SAVEPOINT fleetkey_set"),
+        Err(e) => {
+            step(b, "ROLLBACK TO SAVEPOINT fleetkey_set")?;
+            step(b, "RELEASE SAVEPOINT fleetkey_set")?;
+            Err(e)
+        }
+    }
+}
+
 /// `WHERE column = ?1` (PostgreSQL `$1`).
 fn where_is<D: Dialect>(column: &str) -> String {
     format!("WHERE {column} = {}1", D::PARAM)
@@ -375,6 +436,23 @@ impl<B: Backend> Tx for B {
         execute(self, "update devices", &sql, params.values())
     }
 
+    fn update_device_rows(&mut self, records: &[DeviceRecord]) -> Result<(), StoreError> {
+        records.iter().try_for_each(check_device::<B>)?;
+        match self.update_device_set(records) {
+            Some(done) => done,
+            None => all_or_nothing(self, "update devices", |b| {
+                super::each::update_device_rows(b, records)
+            }),
+        }
+    }
+
+    fn device_rows(&mut self, serials: &[DeviceSerial]) -> Result<Vec<DeviceRecord>, StoreError> {
+        match self.device_set(serials) {
+            Some(rows) => rows,
+            None => super::each::device_rows(self, serials),
+        }
+    }
+
     fn device(&mut self, serial: &DeviceSerial) -> Result<Option<DeviceRecord>, StoreError> {
         let sql = sql::select(
             &DEVICE_COLUMNS,
@@ -453,6 +531,29 @@ impl<B: Backend> Tx for B {
             details: &details,
         })?;
         Ok(event)
+    }
+
+    fn append_audits(&mut self, drafts: Vec<AuditDraft>) -> Result<(), StoreError> {
+        let mut head = self.stored_audit_head()?;
+        let mut events = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            B::check_text("audit actor", &draft.actor)?;
+            B::check_text("audit action", &draft.action)?;
+            let details = super::audit_details_text(&draft)?;
+            let event = AuditEvent::seal(head, draft);
+            let seq = i64::try_from(event.seq).map_err(|e| corrupt("audit sequence", e))?;
+            head = Some((event.seq, event.hash));
+            events.push((seq, event, details));
+        }
+        let rows: Vec<SealedEvent<'_>> = events
+            .iter()
+            .map(|(seq, event, details)| SealedEvent {
+                seq: *seq,
+                event,
+                details,
+            })
+            .collect();
+        self.store_audit_events(&rows)
     }
 
     fn audit_events(
@@ -612,6 +713,31 @@ impl<B: Backend> Tx for B {
         one(self, "read idempotency key", &sql, &params, |row| {
             codec::idempotency_from_row(row, principal, key)
         })
+    }
+
+    fn idempotency_rows(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        for (principal, key) in keys {
+            check_idempotency::<B>(principal, key)?;
+        }
+        match self.idempotency_set(keys) {
+            Some(rows) => rows,
+            None => super::each::idempotency_rows(self, keys),
+        }
+    }
+
+    fn insert_idempotency_rows(&mut self, records: &[IdempotencyRecord]) -> Result<(), StoreError> {
+        for r in records {
+            check_idempotency::<B>(&r.principal, &r.key)?;
+        }
+        match self.insert_idempotency_set(records) {
+            Some(done) => done,
+            None => all_or_nothing(self, "insert idempotency keys", |b| {
+                super::each::insert_idempotency_rows(b, records)
+            }),
+        }
     }
 
     fn insert_idempotency(&mut self, record: &IdempotencyRecord) -> Result<(), StoreError> {

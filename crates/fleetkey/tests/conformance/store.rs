@@ -70,6 +70,7 @@ macro_rules! store_conformance {
             read_refuses_writes_and_sees_committed_data,
             bulk_update_changes_exactly_the_matching_range,
             bulk_update_activates_a_page_and_skips_other_states,
+            set_reads_and_writes_match_row_by_row,
         );
     };
     (@checks $factory:expr; $($check:ident),* $(,)?) => {
@@ -2009,4 +2010,156 @@ pub(crate) fn read_refuses_writes_and_sees_committed_data(f: &dyn StoreFactory) 
     tx(store, |tx| Ok(tx.put_meta("idempotency.a", "after")?));
     let seen = read_tx(&mut *other, |tx| Ok(tx.meta("idempotency.a")?)).expect("read");
     assert_eq!(seen.as_deref(), Some("after"));
+}
+
+/// The set operations of group commit (`device_rows`, `update_device_rows`, `append_audits`,
+/// `idempotency_rows`, `insert_idempotency_rows`) do what their row-by-row forms do, and a set
+/// write that fails changes nothing and leaves the transaction usable.
+pub(crate) fn set_reads_and_writes_match_row_by_row(f: &dyn StoreFactory) {
+    let mut store = f.fresh();
+    let store = &mut *store;
+    let mut rng = Rng::new(41);
+    let records: Vec<DeviceRecord> = tricky_serials()
+        .iter()
+        .map(|s| {
+            let mut d = random_device(&mut rng, &["line-1", "line \u{fc}"]);
+            d.serial = serial(s);
+            d
+        })
+        .collect();
+    tx(store, |tx| Ok(tx.insert_devices(&records)?));
+
+    // Reads: what exists, of a list with absent and repeated serials.
+    let mut wanted: Vec<DeviceSerial> = records
+        .iter()
+        .step_by(2)
+        .map(|d| d.serial.clone())
+        .collect();
+    wanted.push(serial(b"absent"));
+    wanted.push(records[0].serial.clone());
+    let mut read = tx(store, |tx| Ok(tx.device_rows(&wanted)?));
+    read.sort_by(|a, b| a.serial.cmp(&b.serial));
+    read.dedup_by(|a, b| a.serial == b.serial);
+    let mut expected: Vec<DeviceRecord> = records.iter().step_by(2).cloned().collect();
+    expected.sort_by(|a, b| a.serial.cmp(&b.serial));
+    assert_eq!(read, expected);
+    assert!(tx(store, |tx| Ok(tx.device_rows(&[])?)).is_empty());
+
+    // Writes: every field of some devices changes, the others stay.
+    let changed: Vec<DeviceRecord> = records
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 1)
+        .map(|(i, d)| {
+            let mut n = random_device(&mut rng, &["line-2"]);
+            n.serial = d.serial.clone();
+            if i % 2 == 0 {
+                n.wrapped_root = Some(WrappedKey(vec![i as u8; 40]));
+            }
+            n
+        })
+        .collect();
+    tx(store, |tx| Ok(tx.update_device_rows(&changed)?));
+    for d in &records {
+        let now = tx(store, |tx| Ok(tx.device(&d.serial)?)).expect("still there");
+        let want = changed.iter().find(|c| c.serial == d.serial).unwrap_or(d);
+        assert_eq!(&now, want, "device {}", d.serial);
+    }
+
+    // A set with an absent device: NotFound naming it, nothing of the set written, and the
+    // transaction goes on.
+    let mut again = changed.clone();
+    for d in &mut again {
+        d.revision += 7;
+    }
+    again.push(device(b"not-there"));
+    tx(store, |tx| {
+        assert_not_found(tx.update_device_rows(&again), "not-there");
+        tx.append_audit(draft("device.add", 1, &[]))?;
+        Ok(())
+    });
+    for d in &changed {
+        let now = tx(store, |tx| Ok(tx.device(&d.serial)?)).expect("still there");
+        assert_eq!(&now, d, "a failed set write changed {}", d.serial);
+    }
+
+    // Audit: a set of events is the chain appending them one by one would make.
+    let subjects: Vec<DeviceSerial> = records.iter().map(|d| d.serial.clone()).collect();
+    let drafts: Vec<AuditDraft> = (0..12_usize)
+        .map(|i| {
+            let mut d = draft("device.refresh", 100 + i as i64, &subjects[i..i + i % 4]);
+            d.actor = ["station-1", "", "operator \u{1f527}"][i % 3].into();
+            d
+        })
+        .collect();
+    tx(store, |tx| Ok(tx.append_audits(drafts.clone())?));
+    let stored = audit_all(store, &AuditFilter::default(), 100);
+    assert_eq!(stored.len(), 13);
+    let mut head = Some((stored[0].seq, stored[0].hash));
+    for (d, got) in drafts.iter().zip(&stored[1..]) {
+        let want = AuditEvent::seal(head, d.clone());
+        assert_eq!(got, &want, "event {}", want.seq);
+        head = Some((want.seq, want.hash));
+    }
+    assert_eq!(tx(store, |tx| Ok(tx.audit_head()?)), head);
+    assert_eq!(verify_chain(store), 13);
+    let by_subject = AuditFilter {
+        device: Some(subjects[2].clone()),
+        ..AuditFilter::default()
+    };
+    let want: Vec<u64> = stored
+        .iter()
+        .filter(|e| e.draft.subjects.contains(&subjects[2]))
+        .map(|e| e.seq)
+        .collect();
+    let got: Vec<u64> = audit_all(store, &by_subject, 100)
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(got, want);
+    assert!(!want.is_empty());
+    tx(store, |tx| Ok(tx.append_audits(Vec::new())?));
+    assert_eq!(verify_chain(store), 13);
+
+    // Idempotency: claims in a set, read back in a set; a set with a claimed key is Duplicate
+    // naming it and claims nothing.
+    let claim = |principal: &str, key: &str, n: u8| IdempotencyRecord {
+        principal: principal.into(),
+        key: key.into(),
+        fingerprint: [n; 32],
+        created_at: i64::from(n),
+        response: n
+            .is_multiple_of(2)
+            .then(|| (200 + u16::from(n), WrappedKey(vec![n; usize::from(n)]))),
+    };
+    let claims: Vec<IdempotencyRecord> = (0..6_u8)
+        .map(|n| {
+            claim(
+                ["station-1", "station-2"][usize::from(n % 2)],
+                &format!("k-{n}"),
+                n,
+            )
+        })
+        .collect();
+    tx(store, |tx| Ok(tx.insert_idempotency_rows(&claims)?));
+    let keys: Vec<(String, String)> = claims
+        .iter()
+        .map(|c| (c.principal.clone(), c.key.clone()))
+        .chain([("station-1".to_owned(), "k-1".to_owned())]) // k-1 is station-2's
+        .collect();
+    let mut found = tx(store, |tx| Ok(tx.idempotency_rows(&keys)?));
+    found.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(found, claims);
+    let with_taken = [claim("station-1", "fresh", 9), claims[2].clone()];
+    tx(store, |tx| {
+        assert_duplicate(tx.insert_idempotency_rows(&with_taken), "k-2");
+        tx.append_audit(draft("device.add", 2, &[]))?;
+        Ok(())
+    });
+    assert_eq!(
+        tx(store, |tx| Ok(tx.idempotency("station-1", "fresh")?)),
+        None,
+        "a failed set claimed a key"
+    );
+    assert_eq!(verify_chain(store), 14);
 }
