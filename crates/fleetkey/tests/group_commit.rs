@@ -243,14 +243,15 @@ fn one_failed_write_fails_alone_on_sqlite() {
     exercise(&mut fleet);
 }
 
+/// Runs `test` on a fleet in a schema of its own on the test server, dropped afterwards; skipped
+/// (and says so) without `FLEETKEY_TEST_DATABASE_URL`.
 #[cfg(feature = "postgres")]
-#[test]
-fn one_failed_write_fails_alone_on_postgres() {
+fn on_postgres(name: &str, test: impl FnOnce(&mut Fleet)) {
     let Ok(url) = std::env::var("FLEETKEY_TEST_DATABASE_URL") else {
         eprintln!("skipped: FLEETKEY_TEST_DATABASE_URL is not set (no PostgreSQL to test against)");
         return;
     };
-    let schema = format!("fk_group_{}", std::process::id());
+    let schema = format!("fk_{name}_{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
     let store = StoreConfig::Postgres {
         schema: schema.clone(),
@@ -258,12 +259,18 @@ fn one_failed_write_fails_alone_on_postgres() {
         url_file: None,
     };
     let mut fleet = init(&dir.path().join("home"), store);
-    exercise(&mut fleet);
+    test(&mut fleet);
     drop(fleet);
     let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     client
         .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
         .unwrap();
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn one_failed_write_fails_alone_on_postgres() {
+    on_postgres("group", exercise);
 }
 
 /// Every device's serial, state, generation and revision.
@@ -377,58 +384,43 @@ proptest::proptest! {
 #[cfg(feature = "postgres")]
 #[test]
 fn a_write_refused_at_the_set_write_fails_alone_on_postgres() {
-    let Ok(url) = std::env::var("FLEETKEY_TEST_DATABASE_URL") else {
-        eprintln!("skipped: FLEETKEY_TEST_DATABASE_URL is not set (no PostgreSQL to test against)");
-        return;
-    };
-    let schema = format!("fk_group_nul_{}", std::process::id());
-    let dir = tempfile::tempdir().unwrap();
-    let store = StoreConfig::Postgres {
-        schema: schema.clone(),
-        url: Some(url.clone()),
-        url_file: None,
-    };
-    let mut fleet = init(&dir.path().join("home"), store);
-    for serial in ["P-1", "P-2", "P-3"] {
-        fleet
-            .add_device(NewDevice {
-                serial: s(serial),
-                she_uid: None,
-                labels: vec![],
-            })
+    on_postgres("group_nul", |fleet| {
+        for serial in ["P-1", "P-2", "P-3"] {
+            fleet
+                .add_device(NewDevice {
+                    serial: s(serial),
+                    she_uid: None,
+                    labels: vec![],
+                })
+                .unwrap();
+        }
+        let before = fleet.audit_verify().unwrap();
+        let mut bad = write("P-2", DeviceWrite::Provision, Some(("nul", 3)));
+        bad.reason = "a reason with a \0 in it".into();
+        let writes = [
+            write("P-1", DeviceWrite::Provision, Some(("one", 1))),
+            bad,
+            write("P-3", DeviceWrite::Provision, None),
+        ];
+        let outcomes = fleet.write_group(&writes, &render).unwrap();
+        assert!(matches!(outcomes[0], Outcome::Done(_)), "{:?}", outcomes[0]);
+        assert!(
+            matches!(&outcomes[1], Outcome::Failed(e) if e.to_string().contains("NUL")),
+            "{:?}",
+            outcomes[1]
+        );
+        assert!(matches!(outcomes[2], Outcome::Done(_)), "{:?}", outcomes[2]);
+        assert_eq!(fleet.device(&s("P-1")).unwrap().state, State::Active);
+        assert_eq!(fleet.device(&s("P-2")).unwrap().state, State::PreActive);
+        assert_eq!(fleet.device(&s("P-3")).unwrap().state, State::Active);
+        assert_eq!(fleet.audit_verify().unwrap(), before + 2);
+        // The refused write claimed no key: its retry with a text the store holds runs.
+        let retry = fleet
+            .write_group(
+                &[write("P-2", DeviceWrite::Provision, Some(("nul", 3)))],
+                &render,
+            )
             .unwrap();
-    }
-    let before = fleet.audit_verify().unwrap();
-    let mut bad = write("P-2", DeviceWrite::Provision, Some(("nul", 3)));
-    bad.reason = "a reason with a \0 in it".into();
-    let writes = [
-        write("P-1", DeviceWrite::Provision, Some(("one", 1))),
-        bad,
-        write("P-3", DeviceWrite::Provision, None),
-    ];
-    let outcomes = fleet.write_group(&writes, &render).unwrap();
-    assert!(matches!(outcomes[0], Outcome::Done(_)), "{:?}", outcomes[0]);
-    assert!(
-        matches!(&outcomes[1], Outcome::Failed(e) if e.to_string().contains("NUL")),
-        "{:?}",
-        outcomes[1]
-    );
-    assert!(matches!(outcomes[2], Outcome::Done(_)), "{:?}", outcomes[2]);
-    assert_eq!(fleet.device(&s("P-1")).unwrap().state, State::Active);
-    assert_eq!(fleet.device(&s("P-2")).unwrap().state, State::PreActive);
-    assert_eq!(fleet.device(&s("P-3")).unwrap().state, State::Active);
-    assert_eq!(fleet.audit_verify().unwrap(), before + 2);
-    // The refused write claimed no key: its retry with a text the store holds runs.
-    let retry = fleet
-        .write_group(
-            &[write("P-2", DeviceWrite::Provision, Some(("nul", 3)))],
-            &render,
-        )
-        .unwrap();
-    assert!(matches!(retry[0], Outcome::Done(_)), "{:?}", retry[0]);
-    drop(fleet);
-    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .unwrap();
+        assert!(matches!(retry[0], Outcome::Done(_)), "{:?}", retry[0]);
+    });
 }
