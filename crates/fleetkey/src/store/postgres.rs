@@ -56,13 +56,14 @@ use crate::store::tx::{self, APP_META_PREFIX, Backend, OnRow, SealedEvent, Stmt}
 use crate::store::{AUDIT_INDEXED_SUBJECTS, Store, Tx};
 
 /// The schema version this fleetkey reads and writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("postgres/0001_initial.sql"),
     include_str!("postgres/0002_access.sql"),
     include_str!("postgres/0003_deliveries.sql"),
+    include_str!("postgres/0004_devices_by_state.sql"),
 ];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);

@@ -7,13 +7,14 @@ use crate::error::StoreError;
 use crate::store::migrations::{self, VERSION_KEY};
 
 /// The schema version this fleetkey writes and reads.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("0001_initial.sql"),
     include_str!("0002_access.sql"),
     include_str!("0003_deliveries.sql"),
+    include_str!("0004_devices_by_state.sql"),
 ];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
