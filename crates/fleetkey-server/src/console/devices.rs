@@ -14,7 +14,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::layout::{Confirm, confirm as confirm_body, q, time};
-use super::{User, Visit, one_of};
+use super::{User, Visit, number, one_of};
 use crate::app::AppState;
 use crate::auth::Action;
 use crate::problem::ApiError;
@@ -55,10 +55,7 @@ fn filter(q: &ListQuery) -> Result<(DeviceFilter, Option<DeviceSerial>), ApiErro
     };
     let generation = match q.generation.trim() {
         "" => None,
-        g => Some(
-            g.parse::<u32>()
-                .map_err(|_| invalid("generation", "a generation number".into()))?,
-        ),
+        g => Some(number::<u32>("generation", g, "a generation number")?),
     };
     let serial_prefix = match q.serial.trim() {
         "" => None,

@@ -13,7 +13,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::layout::{Confirm, confirm as confirm_body, csrf_field, progress, time};
-use super::{User, Visit, one_of};
+use super::{User, Visit, number, one_of};
 use crate::app::AppState;
 use crate::auth::Action;
 use crate::problem::ApiError;
@@ -150,10 +150,7 @@ fn op(name: &str) -> Result<&'static GenOp, ApiError> {
 }
 
 fn generation(text: &str) -> Result<u32, ApiError> {
-    text.trim().parse().map_err(|_| ApiError::Invalid {
-        field: "generation".into(),
-        problem: "a generation number".into(),
-    })
+    number("generation", text, "a generation number")
 }
 
 pub(super) async fn confirm(

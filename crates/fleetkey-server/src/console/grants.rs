@@ -13,7 +13,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::layout::{Confirm, confirm as confirm_body, csrf_field, time};
-use super::{User, Visit, one_of};
+use super::{User, Visit, number, one_of};
 use crate::app::AppState;
 use crate::auth::Action;
 use crate::problem::ApiError;
@@ -222,10 +222,7 @@ pub(super) struct ConfirmQuery {
 }
 
 fn grant_id(text: &str) -> Result<u64, ApiError> {
-    text.trim().parse().map_err(|_| ApiError::Invalid {
-        field: "id".into(),
-        problem: "a grant id".into(),
-    })
+    number("id", text, "a grant id")
 }
 
 pub(super) async fn confirm(

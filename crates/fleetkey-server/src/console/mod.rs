@@ -461,6 +461,19 @@ async fn logout(
     r
 }
 
+/// A form field that must be a number (`problem` says which, as the page shows it: "a generation
+/// number"); surrounding spaces are ignored.
+pub(crate) fn number<T: std::str::FromStr>(
+    field: &str,
+    text: &str,
+    problem: &str,
+) -> Result<T, ApiError> {
+    text.trim().parse().map_err(|_| ApiError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    })
+}
+
 /// A form field that must be one of `names`.
 pub(crate) fn one_of<'a>(field: &str, value: &str, names: &[&'a str]) -> Result<&'a str, ApiError> {
     names
