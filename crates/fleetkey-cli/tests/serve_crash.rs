@@ -67,23 +67,9 @@ impl Instance {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let agent = agent();
-        loop {
-            if let Ok(r) = agent.get(format!("{}/healthz", self.base())).call()
-                && r.status() == 200
-            {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("fleetkey serve on port {} exited: {status}", self.port);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "port {} did not come up",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let base = self.base();
+        if let Some(child) = self.child.as_mut() {
+            cli::wait_healthy(&base, child);
         }
     }
 
@@ -151,28 +137,11 @@ fn until_answered(
     }
 }
 
-fn token(home: &Path) -> String {
-    let issued: serde_json::Value = serde_json::from_str(&ok(
-        home,
-        &[
-            "token",
-            "issue",
-            "--principal",
-            "line-1",
-            "--role",
-            "operator",
-            "--json",
-        ],
-    ))
-    .unwrap();
-    issued["token"].as_str().unwrap().to_owned()
-}
-
 fn crash_under_load(home: &Path, instances: usize) {
     let dir = home.parent().unwrap();
     let csv = cli::write_devices_csv(dir, "ECU-CRASH", DEVICES);
     ok(home, &["device", "import", csv.to_str().unwrap()]);
-    let token = token(home);
+    let token = cli::issue_token(home, "line-1", "operator");
     let events_before = audit_events(home);
 
     let mut servers: Vec<Instance> = (0..instances)
@@ -322,23 +291,28 @@ fn audit_events(home: &Path) -> u64 {
         .unwrap_or_else(|| panic!("audit verify --json: {v}"))
 }
 
+/// A derived fleet without a backup at `home`, on the store `store` names (`--store ...`; none:
+/// SQLite).
+fn init(home: &Path, store: &[&str]) {
+    let mut args = vec![
+        "init",
+        "--fleet",
+        "crash",
+        "--scheme",
+        "derived",
+        "--no-backup",
+        "--kdf-log-n",
+        "10",
+    ];
+    args.extend_from_slice(store);
+    ok(home, &args);
+}
+
 #[test]
 fn sqlite_loses_no_acknowledged_change_when_killed_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("fleet");
-    ok(
-        &home,
-        &[
-            "init",
-            "--fleet",
-            "crash",
-            "--scheme",
-            "derived",
-            "--no-backup",
-            "--kdf-log-n",
-            "10",
-        ],
-    );
+    init(&home, &[]);
     crash_under_load(&home, 1);
 }
 
@@ -350,23 +324,7 @@ fn two_postgres_instances_lose_no_acknowledged_change_when_killed_under_load() {
     let schema = pg::TestSchema::new(&url, "fk_crash");
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("fleet");
-    ok(
-        &home,
-        &[
-            "init",
-            "--fleet",
-            "crash",
-            "--scheme",
-            "derived",
-            "--no-backup",
-            "--kdf-log-n",
-            "10",
-            "--store",
-            &url,
-            "--store-schema",
-            &schema.name,
-        ],
-    );
+    init(&home, &["--store", &url, "--store-schema", &schema.name]);
     crash_under_load(&home, 2);
     drop(schema);
 }

@@ -47,23 +47,6 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn wait_healthy(base: &str, server: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let agent = agent();
-    loop {
-        if let Ok(r) = agent.get(format!("{base}/healthz")).call()
-            && r.status() == 200
-        {
-            return;
-        }
-        if let Ok(Some(status)) = server.try_wait() {
-            panic!("fleetkey serve at {base} exited: {status}");
-        }
-        assert!(Instant::now() < deadline, "{base} did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn two_instances_on_one_postgres_never_lose_or_repeat_a_revision() {
     let Some(url) = test_url("two_instances_on_one_postgres") else {
@@ -97,23 +80,7 @@ fn two_instances_on_one_postgres_never_lose_or_repeat_a_revision() {
         ok(&home, &["device", "add", s]);
         ok(&home, &["device", "provision", s]);
     }
-    let issued: serde_json::Value = serde_json::from_str(&ok(
-        &home,
-        &[
-            "token",
-            "issue",
-            "--principal",
-            "ops",
-            "--role",
-            "operator",
-            "--json",
-        ],
-    ))
-    .unwrap();
-    let token = issued["token"]
-        .as_str()
-        .expect("token issue --json gives the token")
-        .to_owned();
+    let token = cli::issue_token(&home, "ops", "operator");
 
     let mut bases = vec![];
     for _ in 0..2 {
@@ -136,7 +103,7 @@ fn two_instances_on_one_postgres_never_lose_or_repeat_a_revision() {
         bases.push(format!("http://127.0.0.1:{port}"));
     }
     for (base, server) in bases.iter().zip(cleanup.servers.iter_mut()) {
-        wait_healthy(base, server);
+        cli::wait_healthy(base, server);
     }
 
     // Each client alternates instances; even requests hit the shared hot device 0, odd ones

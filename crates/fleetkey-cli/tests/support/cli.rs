@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The passphrase of every test fleet's key file.
 pub(crate) const PASSPHRASE: &str = "correct horse battery staple";
@@ -82,4 +83,40 @@ pub(crate) fn write_devices_csv(dir: &Path, prefix: &str, count: usize) -> std::
     }
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Waits, up to 60 s, until `GET {base}/healthz` answers 200; panics if `server` exits first.
+#[track_caller]
+pub(crate) fn wait_healthy(base: &str, server: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    loop {
+        if let Ok(r) = agent.get(format!("{base}/healthz")).call()
+            && r.status() == 200
+        {
+            return;
+        }
+        if let Ok(Some(status)) = server.try_wait() {
+            panic!("fleetkey serve at {base} exited: {status}");
+        }
+        assert!(Instant::now() < deadline, "{base} did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issues an API token (`token issue --json`) and returns its secret.
+#[track_caller]
+pub(crate) fn issue_token(home: &Path, principal: &str, role: &str) -> String {
+    let issued = json(
+        home,
+        &["token", "issue", "--principal", principal, "--role", role],
+    );
+    issued["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("token issue --json gives no token: {issued}"))
+        .to_owned()
 }
