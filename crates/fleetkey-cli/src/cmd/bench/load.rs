@@ -138,7 +138,7 @@ pub(crate) fn run(
 }
 
 /// The `q` quantile (nearest rank) of sorted durations, in milliseconds.
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
+pub(super) fn percentile(sorted: &[Duration], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -97,6 +97,20 @@ struct Ceiling {
     p99_ms: f64,
 }
 
+impl Ceiling {
+    /// `operations` done in `elapsed`, with the latency of each call measured (per operation, or
+    /// per group); percentiles by nearest rank, as for the HTTP load.
+    fn of(operations: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Self {
+        latencies.sort_unstable();
+        Ceiling {
+            operations,
+            per_s: operations as f64 / elapsed.as_secs_f64().max(1e-9),
+            p50_ms: load::percentile(&latencies, 0.50),
+            p99_ms: load::percentile(&latencies, 0.99),
+        }
+    }
+}
+
 fn serial(i: usize) -> String {
     format!("BENCH-{i:08}")
 }
@@ -176,14 +190,7 @@ pub(crate) fn run(global: &Global, args: ServeBenchArgs) -> Result<(), CliError>
         fleet.provision(&s)?;
         latencies.push(t.elapsed());
     }
-    let ceiling_s = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let ceiling = Ceiling {
-        operations: per_level,
-        per_s: per_level as f64 / ceiling_s,
-        p50_ms: ms(latencies[latencies.len() / 2]),
-        p99_ms: ms(latencies[(latencies.len() * 99).div_ceil(100).max(1) - 1]),
-    };
+    let ceiling = Ceiling::of(per_level, started.elapsed(), latencies);
     // Group commit in process: the service's transactions without HTTP.
     eprintln!("in process: Fleet::write_group x {per_level} in groups of {GROUP}");
     let render = |_: &GroupWrite, written: &Written| -> Result<Response, serde_json::Error> {
@@ -227,14 +234,7 @@ pub(crate) fn run(global: &Global, args: ServeBenchArgs) -> Result<(), CliError>
         }
         latencies.push(t.elapsed());
     }
-    let group_s = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let group = Ceiling {
-        operations: per_level,
-        per_s: per_level as f64 / group_s,
-        p50_ms: ms(latencies[latencies.len() / 2]),
-        p99_ms: ms(latencies[(latencies.len() * 99).div_ceil(100).max(1) - 1]),
-    };
+    let group = Ceiling::of(per_level, started.elapsed(), latencies);
     drop(fleet);
 
     // The service, in this process.
@@ -390,10 +390,6 @@ fn measure(
         );
     }
     report
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// The temporary PostgreSQL schema, dropped at the end (on an error too).
