@@ -32,20 +32,19 @@ use crate::store::{AuditIndex, DeviceUpdate, PendingDelivery, Tx};
 /// An idempotency record's key: principal and key.
 type ClaimKey = (String, String);
 
-/// What a rollback to the savepoint restores.
-enum Undo {
-    /// A device row as it was (and whether it had been written before).
-    Device(DeviceSerial, Option<DeviceRecord>, bool),
-    /// An idempotency record as it was.
-    Claim(ClaimKey, Option<IdempotencyRecord>),
+/// A staged write, as the journal keeps it.
+enum Staged {
+    /// A device row was replaced; the row as it was before.
+    Device(DeviceSerial, DeviceRecord),
+    /// A key was claimed (it had no record).
+    Claim(ClaimKey),
 }
 
 /// The staged state when the savepoint opened.
 struct Mark {
-    undo: usize,
+    journal: usize,
     audit: usize,
     head: Option<Option<(u64, [u8; 32])>>,
-    claims: usize,
 }
 
 /// A transaction with staged device, audit and idempotency writes (module docs).
@@ -53,15 +52,14 @@ pub struct StagedTx<'t> {
     inner: &'t mut dyn Tx,
     /// Device rows as the group sees them; `None`: known to be absent.
     devices: HashMap<DeviceSerial, Option<DeviceRecord>>,
-    /// Serials written, in the order first written.
-    written: Vec<DeviceSerial>,
+    /// Idempotency records as the group sees them; `None`: known to be absent.
     claims: HashMap<ClaimKey, Option<IdempotencyRecord>>,
-    /// Claims inserted, in order.
-    inserted: Vec<ClaimKey>,
     audit: Vec<AuditDraft>,
     /// The audit head as the group sees it; `None` until read.
     head: Option<Option<(u64, [u8; 32])>>,
-    undo: Vec<Undo>,
+    /// Every device and claim write, in order: a rollback undoes those after its mark, and what
+    /// is left at the end is what [`StagedTx::finish`] writes.
+    journal: Vec<Staged>,
     mark: Option<Mark>,
     /// The first operation that could not be staged.
     unstaged: Option<&'static str>,
@@ -91,12 +89,10 @@ impl<'t> StagedTx<'t> {
         StagedTx {
             inner,
             devices: HashMap::new(),
-            written: Vec::new(),
             claims: HashMap::new(),
-            inserted: Vec::new(),
             audit: Vec::new(),
             head: None,
-            undo: Vec::new(),
+            journal: Vec::new(),
             mark: None,
             unstaged: None,
         }
@@ -154,17 +150,24 @@ impl<'t> StagedTx<'t> {
         if self.mark.is_some() {
             return Err(NotStaged::Operation("an open savepoint"));
         }
-        let mut written = self.written;
+        let mut written: Vec<&DeviceSerial> = Vec::new();
+        let mut claimed: Vec<&ClaimKey> = Vec::new();
+        for staged in &self.journal {
+            match staged {
+                Staged::Device(serial, _) => written.push(serial),
+                Staged::Claim(key) => claimed.push(key),
+            }
+        }
+        // Each device once, in serial order.
         written.sort();
         written.dedup();
         let rows: Vec<DeviceRecord> = written
             .iter()
-            .filter_map(|s| self.devices.get(s).cloned().flatten())
+            .filter_map(|s| self.devices.get(*s).cloned().flatten())
             .collect();
-        let claims: Vec<IdempotencyRecord> = self
-            .inserted
+        let claims: Vec<IdempotencyRecord> = claimed
             .iter()
-            .filter_map(|k| self.claims.get(k).cloned().flatten())
+            .filter_map(|k| self.claims.get(*k).cloned().flatten())
             .collect();
         let inner = self.inner;
         (|| {
@@ -234,12 +237,7 @@ impl Tx for StagedTx<'_> {
             return Err(StoreError::NotFound(format!("device {}", record.serial)));
         };
         let serial = record.serial.clone();
-        let was_written = self.written.contains(&serial);
-        self.undo
-            .push(Undo::Device(serial.clone(), Some(before), was_written));
-        if !was_written {
-            self.written.push(serial.clone());
-        }
+        self.journal.push(Staged::Device(serial.clone(), before));
         self.devices.insert(serial, Some(record.clone()));
         Ok(())
     }
@@ -345,8 +343,7 @@ impl Tx for StagedTx<'_> {
             )));
         }
         let k = (record.principal.clone(), record.key.clone());
-        self.undo.push(Undo::Claim(k.clone(), None));
-        self.inserted.push(k.clone());
+        self.journal.push(Staged::Claim(k.clone()));
         self.claims.insert(k, Some(record.clone()));
         Ok(())
     }
@@ -388,10 +385,9 @@ impl Tx for StagedTx<'_> {
             return self.not_staged("a nested savepoint");
         }
         self.mark = Some(Mark {
-            undo: self.undo.len(),
+            journal: self.journal.len(),
             audit: self.audit.len(),
             head: self.head,
-            claims: self.inserted.len(),
         });
         Ok(())
     }
@@ -405,23 +401,18 @@ impl Tx for StagedTx<'_> {
         let Some(mark) = self.mark.take() else {
             return self.not_staged("a rollback without a savepoint");
         };
-        while self.undo.len() > mark.undo {
-            match self.undo.pop() {
-                Some(Undo::Device(serial, before, was_written)) => {
-                    if !was_written {
-                        self.written.retain(|s| *s != serial);
-                    }
-                    self.devices.insert(serial, before);
+        for undone in self.journal.drain(mark.journal..).rev() {
+            match undone {
+                Staged::Device(serial, before) => {
+                    self.devices.insert(serial, Some(before));
                 }
-                Some(Undo::Claim(key, before)) => {
-                    self.claims.insert(key, before);
+                Staged::Claim(key) => {
+                    self.claims.insert(key, None);
                 }
-                None => break,
             }
         }
         self.audit.truncate(mark.audit);
         self.head = mark.head;
-        self.inserted.truncate(mark.claims);
         Ok(())
     }
 }
