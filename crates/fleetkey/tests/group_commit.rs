@@ -64,6 +64,19 @@ fn s(text: &str) -> DeviceSerial {
     DeviceSerial::parse(text).unwrap()
 }
 
+/// Registers these serials (pre-active).
+fn add_devices(fleet: &mut Fleet, serials: &[&str]) {
+    for serial in serials {
+        fleet
+            .add_device(NewDevice {
+                serial: s(serial),
+                she_uid: None,
+                labels: vec![],
+            })
+            .unwrap();
+    }
+}
+
 fn write(serial: &str, write: DeviceWrite, key: Option<(&str, u8)>) -> GroupWrite {
     GroupWrite {
         actor: "station-1".into(),
@@ -109,15 +122,10 @@ fn body(o: &Outcome<String>) -> String {
 }
 
 fn exercise(fleet: &mut Fleet) {
-    for serial in ["ECU-1", "ECU-2", "ECU-3", "ECU-4", "REFUSED-RENDER"] {
-        fleet
-            .add_device(NewDevice {
-                serial: s(serial),
-                she_uid: None,
-                labels: vec![],
-            })
-            .unwrap();
-    }
+    add_devices(
+        fleet,
+        &["ECU-1", "ECU-2", "ECU-3", "ECU-4", "REFUSED-RENDER"],
+    );
     let events_before = fleet.audit_verify().unwrap();
 
     let writes = [
@@ -322,15 +330,7 @@ fn fixed_fleet(home: &std::path::Path) -> Fleet {
             ..access()
         },
     );
-    for serial in ["D-0", "D-1", "D-2", "D-3", "REFUSED-RENDER"] {
-        fleet
-            .add_device(NewDevice {
-                serial: s(serial),
-                she_uid: None,
-                labels: vec![],
-            })
-            .unwrap();
-    }
+    add_devices(&mut fleet, &["D-0", "D-1", "D-2", "D-3", "REFUSED-RENDER"]);
     fleet
 }
 
@@ -385,15 +385,7 @@ proptest::proptest! {
 #[test]
 fn a_write_refused_at_the_set_write_fails_alone_on_postgres() {
     on_postgres("group_nul", |fleet| {
-        for serial in ["P-1", "P-2", "P-3"] {
-            fleet
-                .add_device(NewDevice {
-                    serial: s(serial),
-                    she_uid: None,
-                    labels: vec![],
-                })
-                .unwrap();
-        }
+        add_devices(fleet, &["P-1", "P-2", "P-3"]);
         let before = fleet.audit_verify().unwrap();
         let mut bad = write("P-2", DeviceWrite::Provision, Some(("nul", 3)));
         bad.reason = "a reason with a \0 in it".into();
