@@ -36,8 +36,10 @@ mod gov_store;
 pub mod governance;
 pub mod group;
 pub mod lifecycle;
+mod lines;
 pub mod material;
 pub mod network;
+mod pipeline;
 pub mod policy;
 pub mod root;
 pub mod scheme;
@@ -157,6 +159,12 @@ impl LazyModule {
         let opener = self.opener.as_ref().ok_or(Error::NoKeyModule)?;
         let opened = crate::stats::Counted::wrap(opener()?);
         Ok(self.module.get_or_init(|| opened).as_ref())
+    }
+
+    /// The module, opened now if it was not yet, to share with worker threads.
+    fn shared(&self) -> Result<Arc<dyn KeyModule>, Error> {
+        self.get()?;
+        self.module.get().cloned().ok_or(Error::NoKeyModule)
     }
 
     /// The module kind (`soft`, `pkcs11`), without opening it.

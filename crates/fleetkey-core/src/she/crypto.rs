@@ -19,7 +19,7 @@ pub const KEY_UPDATE_MAC_C: [u8; 16] = [
 
 pub(super) type Block = [u8; 16];
 
-fn cipher(key: &Key128) -> Aes128 {
+pub(super) fn cipher(key: &Key128) -> Aes128 {
     Aes128::new(&Array::from(*key.expose_secret()))
 }
 
@@ -46,6 +46,55 @@ pub fn kdf(key: &Key128, constant: &[u8; 16]) -> Key128 {
     out
 }
 
+/// Both keys the memory update protocol derives from one key, `KDF(K, KEY_UPDATE_ENC_C)` and
+/// `KDF(K, KEY_UPDATE_MAC_C)` (K1 and K2 of an authorising key, K3 and K4 of a new key), equal to
+/// two [`kdf`] calls: the first compression step (`E_0(K) xor K`) is the same for both, and the
+/// second encrypts both constants under the one key it yields. Made once for many keys: it
+/// keeps the cipher of the all-zero key `H0`.
+pub(super) struct KdfPair {
+    zero: Aes128,
+}
+
+impl KdfPair {
+    pub(super) fn new() -> Self {
+        KdfPair {
+            zero: Aes128::new(&Array::from([0u8; 16])),
+        }
+    }
+
+    /// (`KDF(key, KEY_UPDATE_ENC_C)`, `KDF(key, KEY_UPDATE_MAC_C)`).
+    pub(super) fn derive(&self, key: &Key128) -> (Key128, Key128) {
+        let k = key.expose_secret();
+        let mut h = Array::from(*k);
+        self.zero.encrypt_block(&mut h);
+        let mut h1 = [0u8; 16];
+        for ((o, e), x) in h1.iter_mut().zip(h.iter()).zip(k.iter()) {
+            *o = e ^ x;
+        }
+        let step = Aes128::new(&Array::from(h1));
+        let mut blocks = [Array::from(KEY_UPDATE_ENC_C), Array::from(KEY_UPDATE_MAC_C)];
+        step.encrypt_blocks(&mut blocks);
+        let finish = |e: &Array<u8, _>, c: &[u8; 16]| {
+            let mut out = [0u8; 16];
+            for (((o, e), h), c) in out.iter_mut().zip(e.iter()).zip(h1.iter()).zip(c.iter()) {
+                *o = e ^ h ^ c;
+            }
+            let key = Key128::from_bytes(out);
+            out.zeroize();
+            key
+        };
+        let [enc, mac] = &blocks;
+        let pair = (
+            finish(enc, &KEY_UPDATE_ENC_C),
+            finish(mac, &KEY_UPDATE_MAC_C),
+        );
+        h.zeroize();
+        h1.zeroize();
+        blocks.zeroize();
+        pair
+    }
+}
+
 /// AES-128-CMAC (RFC 4493) of `message` under `key`.
 pub fn cmac(key: &Key128, message: &[u8]) -> [u8; 16] {
     cmac_parts(key, &[message])
@@ -53,7 +102,17 @@ pub fn cmac(key: &Key128, message: &[u8]) -> [u8; 16] {
 
 /// AES-128-CMAC of the concatenation of `parts`, without building the concatenation.
 pub(super) fn cmac_parts(key: &Key128, parts: &[&[u8]]) -> [u8; 16] {
-    let mut mac = <Cmac<Aes128> as KeyInit>::new(&Array::from(*key.expose_secret()));
+    cmac_with(&cmac_of(key), parts)
+}
+
+/// The CMAC state of `key`, to clone for each message under it (the key schedule is done once).
+pub(super) fn cmac_of(key: &Key128) -> Cmac<Aes128> {
+    <Cmac<Aes128> as KeyInit>::new(&Array::from(*key.expose_secret()))
+}
+
+/// AES-128-CMAC of the concatenation of `parts` under a state from [`cmac_of`].
+pub(super) fn cmac_with(mac: &Cmac<Aes128>, parts: &[&[u8]]) -> [u8; 16] {
+    let mut mac = mac.clone();
     for part in parts {
         mac.update(part);
     }
@@ -75,8 +134,13 @@ pub(super) fn ecb_decrypt(key: &Key128, block: &Block) -> Block {
 }
 
 /// AES-128-CBC encryption of two blocks with a zero IV.
+#[cfg(test)]
 pub(super) fn cbc_encrypt_2(key: &Key128, first: &Block, second: &Block) -> (Block, Block) {
-    let aes = cipher(key);
+    cbc_encrypt_2_with(&cipher(key), first, second)
+}
+
+/// [`cbc_encrypt_2`] under a cipher already keyed.
+pub(super) fn cbc_encrypt_2_with(aes: &Aes128, first: &Block, second: &Block) -> (Block, Block) {
     let mut c1 = Array::from(*first);
     aes.encrypt_block(&mut c1);
     let mut c2 = Array::from(xor(second, &c1.into()));

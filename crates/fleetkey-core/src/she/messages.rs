@@ -4,8 +4,8 @@ use subtle::{Choice, ConstantTimeEq};
 use zeroize::Zeroizing;
 
 use super::crypto::{
-    Block, KEY_UPDATE_ENC_C, KEY_UPDATE_MAC_C, cbc_decrypt_2, cbc_encrypt_2, cmac_parts,
-    ecb_decrypt, ecb_encrypt, kdf,
+    Block, KEY_UPDATE_ENC_C, KEY_UPDATE_MAC_C, KdfPair, cbc_decrypt_2, cbc_encrypt_2_with, cipher,
+    cmac_of, cmac_parts, cmac_with, ecb_decrypt, ecb_encrypt, kdf,
 };
 use super::types::{Counter, KeyFlags, SheError, SlotId, Uid};
 use crate::keys::Key128;
@@ -346,8 +346,12 @@ fn m4_counter_block(counter: Counter) -> Block {
 
 /// M4 and M5 for `m1`'s header, proving that `new_key` sits in the slot with `counter`.
 pub(super) fn proof(m1: &M1, new_key: &Key128, counter: Counter) -> (M4, M5) {
-    let k3 = kdf(new_key, &KEY_UPDATE_ENC_C);
-    let k4 = kdf(new_key, &KEY_UPDATE_MAC_C);
+    proof_with(&KdfPair::new(), m1, new_key, counter)
+}
+
+/// [`proof`], with K3 and K4 derived by `pair`.
+fn proof_with(pair: &KdfPair, m1: &M1, new_key: &Key128, counter: Counter) -> (M4, M5) {
+    let (k3, k4) = pair.derive(new_key);
     let m4 = M4 {
         m1: *m1,
         encrypted_counter: ecb_encrypt(&k3, &m4_counter_block(counter)),
@@ -404,8 +408,12 @@ pub fn build(auth_key: &Key128, new_key: &Key128, request: &UpdateRequest) -> Up
 /// derived once for several updates under the same key: [`Authorisation::build`] is [`build`]
 /// without the two key derivations. Zeroized on drop; Debug shows no key.
 pub struct Authorisation {
-    k1: Key128,
-    k2: Key128,
+    /// Derives the new key's K3 and K4 (and made K1, K2).
+    pair: KdfPair,
+    /// AES under K1, for M2.
+    k1: aes::Aes128,
+    /// CMAC under K2, for M3.
+    k2: cmac::Cmac<aes::Aes128>,
 }
 
 impl core::fmt::Debug for Authorisation {
@@ -415,11 +423,14 @@ impl core::fmt::Debug for Authorisation {
 }
 
 impl Authorisation {
-    /// K1 and K2 of `auth_key`.
+    /// K1 and K2 of `auth_key`, keyed once (the ciphers zeroize their key schedules on drop).
     pub fn new(auth_key: &Key128) -> Self {
+        let pair = KdfPair::new();
+        let (k1, k2) = pair.derive(auth_key);
         Authorisation {
-            k1: kdf(auth_key, &KEY_UPDATE_ENC_C),
-            k2: kdf(auth_key, &KEY_UPDATE_MAC_C),
+            k1: cipher(&k1),
+            k2: cmac_of(&k2),
+            pair,
         }
     }
 
@@ -427,14 +438,14 @@ impl Authorisation {
     pub fn build(&self, new_key: &Key128, request: &UpdateRequest) -> UpdateMessages {
         let m1 = request.m1();
         let first = m2_first_block(request.counter, request.flags);
-        let (c1, c2) = cbc_encrypt_2(&self.k1, &first, new_key.expose_secret());
+        let (c1, c2) = cbc_encrypt_2_with(&self.k1, &first, new_key.expose_secret());
         let mut m2 = [0u8; 32];
         let (a, b) = m2.split_at_mut(16);
         a.copy_from_slice(&c1);
         b.copy_from_slice(&c2);
         let m2 = M2(m2);
-        let m3 = expected_m3(&self.k2, &m1, &m2);
-        let (m4, m5) = proof(&m1, new_key, request.counter);
+        let m3 = M3(cmac_with(&self.k2, &[&m1.to_bytes(), &m2.0]));
+        let (m4, m5) = proof_with(&self.pair, &m1, new_key, request.counter);
         UpdateMessages { m1, m2, m3, m4, m5 }
     }
 }

@@ -798,6 +798,15 @@ fn she_holding(uid: Uid, auth_id: SlotId, auth: &Key128) -> SoftShe {
 
 proptest! {
     #[test]
+    fn kdf_pair_is_the_two_kdfs(key in any::<[u8; 16]>()) {
+        let key = Key128::from_bytes(key);
+        let (enc, mac) = super::crypto::KdfPair::new().derive(&key);
+        let (k1, k2) = (kdf(&key, &KEY_UPDATE_ENC_C), kdf(&key, &KEY_UPDATE_MAC_C));
+        prop_assert_eq!(enc.expose_secret(), k1.expose_secret());
+        prop_assert_eq!(mac.expose_secret(), k2.expose_secret());
+    }
+
+    #[test]
     fn build_then_load_round_trips((r, auth, new) in arb_case()) {
         let mut she = she_holding(r.uid(), r.auth_id(), &auth);
         // When a slot updates itself, its counter (0 from set-up) must still go up.

@@ -10,15 +10,14 @@
 //! identical to the first.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::Path;
 
-use fleetkey_core::derive::{DeviceKeyInputs, Generation, Revision, Usage};
 use serde::Serialize;
 
 use super::delivery::{self, Delivery, DeliveryKind, DeliveryReport, Output};
-use super::devices::{key_update, transition, validate_labels};
-use super::scheme::KeySource;
+use super::devices::{transition, validate_labels};
+use super::lines::LineMaker;
+use super::pipeline;
 use super::{Fleet, fleet_info};
 use crate::error::{Error, StoreError};
 use crate::lifecycle::State;
@@ -300,42 +299,6 @@ fn csv_problem(e: &csv::Error) -> String {
     }
 }
 
-/// One provisioning line, `{"serial":..,"generation":..,"revision":..,"keys":{"auth":..,
-/// "key_update":..,"roll_seed":..}}`, hex written straight into the (zeroized later) buffer.
-fn push_line(
-    buf: &mut Vec<u8>,
-    r: &DeviceRecord,
-    keys: &super::material::DeviceKeys,
-) -> Result<(), Error> {
-    fn push_hex(buf: &mut Vec<u8>, bytes: &[u8]) {
-        let mut text = zeroize::Zeroizing::new([0u8; 64]);
-        if let Some(t) = text.get_mut(..2 * bytes.len())
-            && hex::encode_to_slice(bytes, t).is_ok()
-        {
-            buf.extend_from_slice(t);
-        }
-    }
-    buf.extend_from_slice(b"{\"serial\":");
-    serde_json::to_writer(&mut *buf, &r.serial)
-        .map_err(|e| Error::invalid("provisioning output", e))?;
-    write!(
-        buf,
-        ",\"generation\":{},\"revision\":{},\"keys\":{{\"auth\":\"",
-        r.generation, r.revision
-    )
-    .map_err(|source| Error::Io {
-        path: "provisioning output".into(),
-        source,
-    })?;
-    push_hex(buf, keys.auth.expose_secret());
-    buf.extend_from_slice(b"\",\"key_update\":\"");
-    push_hex(buf, keys.key_update.expose_secret());
-    buf.extend_from_slice(b"\",\"roll_seed\":\"");
-    push_hex(buf, keys.roll_seed.expose_secret());
-    buf.extend_from_slice(b"\"}}\n");
-    Ok(())
-}
-
 /// What a bulk provisioning or refresh did.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct BulkReport {
@@ -551,27 +514,7 @@ impl Fleet {
         records: &[DeviceRecord],
         buf: &mut Vec<u8>,
     ) -> Result<(), Error> {
-        let mut derivers: Vec<(u32, Box<dyn crate::module::BulkDeriver + '_>)> = Vec::new();
-        for r in records {
-            let keys = if let KeySource::Root(_) = KeySource::of(r) {
-                super::material::DeviceKeys::derive(self.module()?, r, r.generation, r.revision)?
-            } else {
-                if !derivers.iter().any(|(g, _)| *g == r.generation) {
-                    derivers.push((
-                        r.generation,
-                        self.module()?.bulk_deriver(Generation(r.generation))?,
-                    ));
-                }
-                let deriver = derivers
-                    .iter_mut()
-                    .find(|(g, _)| *g == r.generation)
-                    .map(|(_, d)| d)
-                    .ok_or_else(|| Error::invalid("generation", "no deriver"))?;
-                bulk_keys(deriver.as_mut(), r)?
-            };
-            push_line(buf, r, &keys)?;
-        }
-        Ok(())
+        LineMaker::new(self.module()?).provisioning(records, buf)
     }
 
     /// Provisions every device matching `filter` that is still pre-active: marks a batch active
@@ -675,22 +618,33 @@ impl Fleet {
         filter.state = Some(State::Active);
         let total = read_tx(self.store.as_mut(), |tx| Ok(tx.count_devices(&filter)?))?;
         progress.start("refreshing", total);
-        let mut after: Option<DeviceSerial> = None;
-        let mut done = 0;
         let stored = self.config.scheme == Scheme::Stored;
-        loop {
-            let batch = self.batch;
-            let change = self.change(reason);
-            let mut draft = self.draft("device.refresh", None, vec![], serde_json::json!({}));
-            let module = self.module.get()?;
+        let module = self.module.shared()?;
+        let mut run = Run {
+            fleet: self,
+            delivery,
+            filter,
+            after: None,
+            done: 0,
+            stop: None,
+        };
+        // Stage 1, this thread: a batch's refreshes and its journal entry commit together.
+        let produce = |run: &mut Run<'_, '_>| {
+            let batch = run.fleet.batch;
+            let change = run.fleet.change(reason);
+            let mut draft = run
+                .fleet
+                .draft("device.refresh", None, vec![], serde_json::json!({}));
+            let module = run.fleet.module.get()?;
             // One pass per batch: the page is read and refreshed in the same transaction; in the
             // derived schemes by one conditional update (only devices still active change), in
             // the stored scheme row by row (each device gets a new root).
-            let taken = delivery.taken();
-            let step = transact(self.store.as_mut(), |tx| {
+            let taken = run.delivery.taken();
+            let (filter, after) = (&run.filter, run.after.as_ref());
+            let step = transact(run.fleet.store.as_mut(), |tx| {
                 delivery::delete_taken(tx, &taken)?;
                 let fleet = fleet_info(tx)?;
-                let page = tx.devices(&filter, after.as_ref(), batch)?;
+                let page = tx.devices(filter, after, batch)?;
                 let Some(last) = page.last() else {
                     return Ok(None);
                 };
@@ -713,8 +667,7 @@ impl Fleet {
                     refreshed.push(new);
                 }
                 if !stored {
-                    let changed =
-                        tx.update_devices(&filter, after.as_ref(), &last.serial, &update)?;
+                    let changed = tx.update_devices(filter, after, &last.serial, &update)?;
                     same_rows(changed, page.len())?;
                 }
                 draft.subjects = refreshed.iter().map(|d| d.serial.clone()).collect();
@@ -725,33 +678,68 @@ impl Fleet {
                 let id = tx.insert_delivery(DeliveryKind::KeyUpdate.name(), &journal, change.at)?;
                 Ok(Some((page, refreshed, id)))
             })?;
-            delivery.deleted(taken.len());
-            let Some((page, refreshed, id)) = step else {
-                break;
-            };
-            after = page.last().map(|d| d.serial.clone());
-            // The SHE updates are computed after the commit, outside the write lock, from the
-            // same records as the journal entry (a re-send rebuilds them byte for byte).
-            let mut lines = Vec::with_capacity(refreshed.len() * 1_200);
-            for (old, new) in page.iter().zip(refreshed) {
-                let update = key_update(module, old, new)?;
-                delivery::push_update_line(&mut lines, &update)?;
+            run.delivery.deleted(taken.len());
+            if let Some((page, _, _)) = &step {
+                run.after = page.last().map(|d| d.serial.clone());
             }
-            delivery.send(id, &lines)?;
-            done += page.len() as u64;
-            progress.advance(page.len() as u64);
-            if let Err(stop) = between(self, done) {
-                // The batches delivered so far are not owed again.
-                delivery.delete_taken_now(self)?;
-                return Err(stop);
+            Ok(step)
+        };
+        // Stage 2, the workers: the SHE updates, from the same records as the journal entry (a
+        // re-send rebuilds them byte for byte), outside the store's write lock.
+        let work = |(page, refreshed, id): (Vec<DeviceRecord>, Vec<DeviceRecord>, u64)| {
+            let mut lines = Vec::with_capacity(refreshed.len() * 1_600);
+            LineMaker::new(module.as_ref()).key_updates(&page, refreshed, &mut lines)?;
+            Ok((id, page.len() as u64, lines))
+        };
+        // Stage 3, this thread, in commit order: the lines delivered.
+        // An error of `between` stops the run after that batch: no batch is read after it, and
+        // those committed by then are still delivered.
+        let consume = |run: &mut Run<'_, '_>, (id, n, lines): (u64, u64, Vec<u8>)| {
+            run.delivery.send(id, &lines)?;
+            run.done += n;
+            progress.advance(n);
+            if run.stop.is_none()
+                && let Err(e) = between(run.fleet, run.done)
+            {
+                run.stop = Some(e);
             }
+            Ok(())
+        };
+        let produce = move |run: &mut Run<'_, '_>| match run.stop {
+            Some(_) => Ok(None),
+            None => produce(run),
+        };
+        pipeline::in_order(&mut run, pipeline::workers(), 2, produce, work, consume)?;
+        let Run {
+            fleet,
+            delivery,
+            done,
+            stop,
+            ..
+        } = run;
+        if let Some(stop) = stop {
+            // The batches delivered so far are not owed again.
+            let mut delivery = delivery;
+            delivery.delete_taken_now(fleet)?;
+            return Err(stop);
         }
         progress.finish();
         Ok(BulkReport {
             devices: done,
-            delivery: delivery.finish(self)?,
+            delivery: delivery.finish(fleet)?,
         })
     }
+}
+
+/// The state a pipelined bulk run's two stages on the calling thread share.
+struct Run<'f, 'o> {
+    fleet: &'f mut Fleet,
+    delivery: Delivery<'o>,
+    filter: DeviceFilter,
+    after: Option<DeviceSerial>,
+    done: u64,
+    /// What stopped the run between two batches.
+    stop: Option<Error>,
 }
 
 /// Checks that a conditional bulk update changed exactly the page read before it in the same
@@ -766,28 +754,4 @@ fn same_rows(changed: u64, read: usize) -> Result<(), Error> {
         detail: format!("changed {changed} of the {read} devices read in the same transaction"),
     }
     .into())
-}
-
-fn bulk_keys(
-    deriver: &mut dyn crate::module::BulkDeriver,
-    r: &DeviceRecord,
-) -> Result<super::material::DeviceKeys, Error> {
-    let revision = Revision::new(r.revision).map_err(|e| Error::invalid("revision", e))?;
-    let inputs = |usage| DeviceKeyInputs {
-        usage,
-        generation: Generation(r.generation),
-        revision,
-        serial: r.serial.as_core(),
-    };
-    let mut auth = zeroize::Zeroizing::new([0u8; 16]);
-    let mut key_update = zeroize::Zeroizing::new([0u8; 16]);
-    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
-    deriver.derive_into(&inputs(Usage::Auth), auth.as_mut_slice())?;
-    deriver.derive_into(&inputs(Usage::KeyUpdate), key_update.as_mut_slice())?;
-    deriver.derive_into(&inputs(Usage::RollSeed), seed.as_mut_slice())?;
-    Ok(super::material::DeviceKeys {
-        auth: fleetkey_core::Key128::from_bytes(*auth),
-        key_update: fleetkey_core::Key128::from_bytes(*key_update),
-        roll_seed: fleetkey_core::RollSeed::from_bytes(*seed),
-    })
 }
