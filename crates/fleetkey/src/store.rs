@@ -52,6 +52,33 @@ pub struct AuditIndex {
     pub subjects: Vec<(i64, i64, Vec<u8>)>,
 }
 
+/// How bulk work looks up a page of devices ([`Tx::devices_by`], [`Tx::update_devices`]).
+/// SQLite plans without statistics, and picks the state index for any state filter; PostgreSQL's
+/// planner decides from its own statistics and ignores this.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scan {
+    /// By the index that fits the filter (a page of the few devices in a rare state: one seek
+    /// each).
+    #[default]
+    Indexed,
+    /// Along the primary key in serial order, testing each device against the filter: a page is
+    /// one range of the table, not a seek per device. For bulk work over most of the fleet.
+    Sweep,
+}
+
+impl Scan {
+    /// The scan for bulk work over `matching` of `all` devices: a sweep once a quarter or more
+    /// match (measured: a refresh of 1,000,000 active devices read and updated its pages in
+    /// about half the time by sweeping; a page of 10 among 1,000,000 sweeps the whole table).
+    pub fn for_share(matching: u64, all: u64) -> Scan {
+        if matching.saturating_mul(4) >= all {
+            Scan::Sweep
+        } else {
+            Scan::Indexed
+        }
+    }
+}
+
 /// What [`Tx::update_devices`] does to every device of a range, alike: no per-device value and
 /// no key material, so a store can run it as one set-based statement.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,12 +152,13 @@ pub trait Tx {
         after: Option<&DeviceSerial>,
         through: &DeviceSerial,
         update: &DeviceUpdate,
+        scan: Scan,
     ) -> Result<u64, StoreError> {
         const PAGE: usize = 1024;
         let mut after = after.cloned();
         let mut changed = 0;
         loop {
-            let page = self.devices(filter, after.as_ref(), PAGE)?;
+            let page = self.devices_by(filter, after.as_ref(), PAGE, scan)?;
             let full = page.len() == PAGE;
             for record in &page {
                 if record.serial.as_bytes() > through.as_bytes() {
@@ -163,6 +191,17 @@ pub trait Tx {
         after: Option<&DeviceSerial>,
         limit: usize,
     ) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// [`Tx::devices`] for bulk work, looked up as `scan` says.
+    fn devices_by(
+        &mut self,
+        filter: &DeviceFilter,
+        after: Option<&DeviceSerial>,
+        limit: usize,
+        scan: Scan,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        let _ = scan;
+        self.devices(filter, after, limit)
+    }
     /// How many devices match a filter.
     fn count_devices(&mut self, filter: &DeviceFilter) -> Result<u64, StoreError>;
     /// How many devices are in each state that has any, in [`State::ALL`] order: one pass over

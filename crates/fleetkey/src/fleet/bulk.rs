@@ -22,7 +22,7 @@ use super::{Fleet, fleet_info};
 use crate::error::{Error, StoreError};
 use crate::lifecycle::State;
 use crate::model::{DeviceFilter, DeviceRecord, DeviceSerial, Scheme, SheUid};
-use crate::store::{DeviceUpdate, read_tx, transact};
+use crate::store::{DeviceUpdate, Scan, read_tx, transact};
 
 /// A 128-bit digest of a serial (truncated SHA-256): duplicates in a file are found by digest,
 /// without keeping a million serials in memory. Distinct serials collide with probability about
@@ -360,7 +360,7 @@ impl Fleet {
             d.resend_pending(self, progress)?;
         }
         // Pass 2: register in batches.
-        let mut report = ImportReport {
+        let report = ImportReport {
             rows,
             ..Default::default()
         };
@@ -372,27 +372,56 @@ impl Fleet {
             },
             rows,
         );
-        let mut batch: Vec<ImportRow> = Vec::with_capacity(batch_size);
         let mut parsed = parse_csv(std::io::BufReader::with_capacity(1 << 20, open()?));
-        loop {
-            batch.clear();
-            for row in parsed.by_ref().take(batch_size) {
-                batch.push(row?);
-            }
-            if batch.is_empty() {
-                break;
-            }
-            let (added, present) = self.import_batch(&batch, registered > 0, delivery.as_mut())?;
-            report.added += added;
-            report.already_present += present;
-            if delivery.is_some() {
-                report.provisioned += added;
-            }
-            progress.advance(batch.len() as u64);
-        }
+        let check_existing = registered > 0;
+        let module = match delivery {
+            Some(_) => Some(self.module.shared()?),
+            None => None,
+        };
+        let mut run = (self, delivery, report);
+        // This thread: a batch parsed and registered (with its journal entry) in one transaction.
+        let produce =
+            |(fleet, delivery, report): &mut (&mut Fleet, Option<Delivery<'_>>, ImportReport)| {
+                let mut batch: Vec<ImportRow> = Vec::with_capacity(batch_size);
+                for row in parsed.by_ref().take(batch_size) {
+                    batch.push(row?);
+                }
+                if batch.is_empty() {
+                    return Ok(None);
+                }
+                let (added, present, journaled) =
+                    fleet.import_batch(&batch, check_existing, delivery.as_mut())?;
+                report.added += added;
+                report.already_present += present;
+                if delivery.is_some() {
+                    report.provisioned += added;
+                }
+                Ok(Some((batch.len() as u64, journaled)))
+            };
+        // The workers: the key material of the batch's devices.
+        let work = |(n, journaled): (u64, Option<Journaled>)| {
+            let (Some((id, records)), Some(module)) = (journaled, module.as_ref()) else {
+                return Ok((n, None));
+            };
+            let mut lines = zeroize::Zeroizing::new(Vec::with_capacity(records.len() * 220));
+            LineMaker::new(module.as_ref()).provisioning(&records, &mut lines)?;
+            Ok((n, Some((id, lines))))
+        };
+        // This thread, in commit order: the lines delivered.
+        let consume =
+            |(_, delivery, _): &mut (&mut Fleet, Option<Delivery<'_>>, ImportReport),
+             (n, lines): (u64, Option<Lines>)| {
+                if let (Some(d), Some((id, lines))) = (delivery.as_mut(), lines) {
+                    d.send(id, &lines)?;
+                }
+                progress.advance(n);
+                Ok(())
+            };
+        pipeline::in_order(&mut run, pipeline::workers(), 2, produce, work, consume)?;
+        let (fleet, delivery, mut report) = run;
         progress.finish();
         if let Some(d) = delivery {
-            report.delivery = d.finish(self)?;
+            report.delivery = d.finish(fleet)?;
         }
         Ok(report)
     }
@@ -402,7 +431,7 @@ impl Fleet {
         batch: &[ImportRow],
         check_existing: bool,
         delivery: Option<&mut Delivery<'_>>,
-    ) -> Result<(u64, u64), Error> {
+    ) -> Result<(u64, u64, Option<Journaled>), Error> {
         let provision = delivery.is_some();
         let (state, reason) = if provision {
             (State::Active, "imported and provisioned")
@@ -471,7 +500,7 @@ impl Fleet {
         }
         let added = records.len() as u64;
         if records.is_empty() {
-            return Ok((0, present));
+            return Ok((0, present, None));
         }
         draft.generation = current;
         draft.subjects = records.iter().map(|r| r.serial.clone()).collect();
@@ -499,13 +528,8 @@ impl Fleet {
         })?;
         if let Some(d) = delivery {
             d.deleted(taken.len());
-            if let Some(id) = entry {
-                let mut lines = zeroize::Zeroizing::new(Vec::with_capacity(records.len() * 220));
-                self.material_lines(&records, &mut lines)?;
-                d.send(id, &lines)?;
-            }
         }
-        Ok((added, present))
+        Ok((added, present, entry.map(|id| (id, records))))
     }
 
     /// Appends the provisioning lines of devices (their keys at their generation and revision).
@@ -530,26 +554,38 @@ impl Fleet {
         delivery.resend_pending(self, progress)?;
         let mut filter = filter.clone();
         filter.state = Some(State::PreActive);
-        let total = read_tx(self.store.as_mut(), |tx| Ok(tx.count_devices(&filter)?))?;
+        let (total, scan) = bulk_scan(self, &filter)?;
         progress.start("provisioning", total);
-        let mut done = 0;
-        let mut after: Option<DeviceSerial> = None;
-        loop {
-            let batch = self.batch;
-            let change = self.change("provisioned");
-            let mut draft = self.draft("device.provision", None, vec![], serde_json::json!({}));
+        let module = self.module.shared()?;
+        let mut run = Run {
+            fleet: self,
+            delivery,
+            filter,
+            after: None,
+            scan,
+            done: 0,
+            stop: None,
+        };
+        // This thread: one pass per batch, the page read and activated in the same transaction
+        // by one conditional update (only devices still pre-active change), with its journal
+        // entry.
+        let produce = |run: &mut Run<'_, '_>| {
+            let batch = run.fleet.batch;
+            let change = run.fleet.change("provisioned");
+            let mut draft =
+                run.fleet
+                    .draft("device.provision", None, vec![], serde_json::json!({}));
             let update = DeviceUpdate {
                 state: Some(State::Active),
                 bump_revision: false,
                 generation: None,
                 changed: change.clone(),
             };
-            // One pass per batch: the page is read and activated in the same transaction, by one
-            // conditional update (only devices still pre-active change).
-            let taken = delivery.taken();
-            let step = transact(self.store.as_mut(), |tx| {
+            let taken = run.delivery.taken();
+            let (filter, after, scan) = (&run.filter, run.after.as_ref(), run.scan);
+            let step = transact(run.fleet.store.as_mut(), |tx| {
                 delivery::delete_taken(tx, &taken)?;
-                let page = tx.devices(&filter, after.as_ref(), batch)?;
+                let page = tx.devices_by(filter, after, batch, scan)?;
                 let Some(last) = page.last() else {
                     return Ok(None);
                 };
@@ -560,7 +596,7 @@ impl Fleet {
                         Ok(update.apply(d)?)
                     })
                     .collect::<Result<Vec<_>, Error>>()?;
-                let changed = tx.update_devices(&filter, after.as_ref(), &last.serial, &update)?;
+                let changed = tx.update_devices(filter, after, &last.serial, &update, scan)?;
                 same_rows(changed, page.len())?;
                 draft.subjects = page.iter().map(|d| d.serial.clone()).collect();
                 draft.details = serde_json::json!({"count": page.len(), "state": "active"});
@@ -571,19 +607,31 @@ impl Fleet {
                     tx.insert_delivery(DeliveryKind::Provisioning.name(), &journal, change.at)?;
                 Ok(Some((page, id)))
             })?;
-            delivery.deleted(taken.len());
-            let Some((page, id)) = step else { break };
-            after = page.last().map(|d| d.serial.clone());
+            run.delivery.deleted(taken.len());
+            if let Some((page, _)) = &step {
+                run.after = page.last().map(|d| d.serial.clone());
+            }
+            Ok(step)
+        };
+        // The workers: the key material of the batch's devices.
+        let work = |(page, id): (Vec<DeviceRecord>, u64)| {
             let mut lines = zeroize::Zeroizing::new(Vec::with_capacity(page.len() * 220));
-            self.material_lines(&page, &mut lines)?;
-            delivery.send(id, &lines)?;
-            done += page.len() as u64;
-            progress.advance(page.len() as u64);
-        }
+            LineMaker::new(module.as_ref()).provisioning(&page, &mut lines)?;
+            Ok((id, page.len() as u64, lines))
+        };
+        // This thread, in commit order: the lines delivered.
+        let consume =
+            |run: &mut Run<'_, '_>, (id, n, lines): (u64, u64, zeroize::Zeroizing<Vec<u8>>)| {
+                run.delivery.send(id, &lines)?;
+                run.done += n;
+                progress.advance(n);
+                Ok(())
+            };
+        pipeline::in_order(&mut run, pipeline::workers(), 2, produce, work, consume)?;
         progress.finish();
         Ok(BulkReport {
-            devices: done,
-            delivery: delivery.finish(self)?,
+            devices: run.done,
+            delivery: run.delivery.finish(run.fleet)?,
         })
     }
 
@@ -616,7 +664,7 @@ impl Fleet {
         delivery.resend_pending(self, progress)?;
         let mut filter = filter.clone();
         filter.state = Some(State::Active);
-        let total = read_tx(self.store.as_mut(), |tx| Ok(tx.count_devices(&filter)?))?;
+        let (total, scan) = bulk_scan(self, &filter)?;
         progress.start("refreshing", total);
         let stored = self.config.scheme == Scheme::Stored;
         let module = self.module.shared()?;
@@ -625,6 +673,7 @@ impl Fleet {
             delivery,
             filter,
             after: None,
+            scan,
             done: 0,
             stop: None,
         };
@@ -640,11 +689,11 @@ impl Fleet {
             // derived schemes by one conditional update (only devices still active change), in
             // the stored scheme row by row (each device gets a new root).
             let taken = run.delivery.taken();
-            let (filter, after) = (&run.filter, run.after.as_ref());
+            let (filter, after, scan) = (&run.filter, run.after.as_ref(), run.scan);
             let step = transact(run.fleet.store.as_mut(), |tx| {
                 delivery::delete_taken(tx, &taken)?;
                 let fleet = fleet_info(tx)?;
-                let page = tx.devices(filter, after, batch)?;
+                let page = tx.devices_by(filter, after, batch, scan)?;
                 let Some(last) = page.last() else {
                     return Ok(None);
                 };
@@ -667,7 +716,7 @@ impl Fleet {
                     refreshed.push(new);
                 }
                 if !stored {
-                    let changed = tx.update_devices(filter, after, &last.serial, &update)?;
+                    let changed = tx.update_devices(filter, after, &last.serial, &update, scan)?;
                     same_rows(changed, page.len())?;
                 }
                 draft.subjects = refreshed.iter().map(|d| d.serial.clone()).collect();
@@ -731,15 +780,32 @@ impl Fleet {
     }
 }
 
+/// A batch's journal entry and the records its lines are made from.
+type Journaled = (u64, Vec<DeviceRecord>);
+
+/// A journal entry and the lines it owes (key material: zeroized when dropped).
+type Lines = (u64, zeroize::Zeroizing<Vec<u8>>);
+
 /// The state a pipelined bulk run's two stages on the calling thread share.
 struct Run<'f, 'o> {
     fleet: &'f mut Fleet,
     delivery: Delivery<'o>,
     filter: DeviceFilter,
     after: Option<DeviceSerial>,
+    /// How the pages are looked up.
+    scan: Scan,
     done: u64,
     /// What stopped the run between two batches.
     stop: Option<Error>,
+}
+
+/// How many devices a bulk run over `filter` covers, and how its pages are best looked up.
+fn bulk_scan(fleet: &mut Fleet, filter: &DeviceFilter) -> Result<(u64, Scan), Error> {
+    read_tx(fleet.store.as_mut(), |tx| {
+        let matching = tx.count_devices(filter)?;
+        let all = tx.count_devices(&DeviceFilter::default())?;
+        Ok((matching, Scan::for_share(matching, all)))
+    })
 }
 
 /// Checks that a conditional bulk update changed exactly the page read before it in the same

@@ -692,6 +692,11 @@ impl Dialect for Postgres {
         vec![format!("labels @> {n}::text[]")]
     }
 
+    fn unindexed(column: &str) -> String {
+        // The planner chooses from its statistics (text has no unary plus here).
+        column.to_owned()
+    }
+
     fn blob_contains(column: &str, needle: &str) -> String {
         format!("position({needle}::bytea IN {column}) > 0")
     }

@@ -10,7 +10,7 @@ use crate::error::StoreError;
 use crate::model::{
     DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, UnixMillis,
 };
-use crate::store::{AuditIndex, DeviceUpdate, PendingDelivery, Tx};
+use crate::store::{AuditIndex, DeviceUpdate, PendingDelivery, Scan, Tx};
 
 /// A read-only view of a transaction.
 pub(crate) struct ReadOnlyTx<'t>(pub(crate) &'t mut dyn Tx);
@@ -55,6 +55,7 @@ impl Tx for ReadOnlyTx<'_> {
         _after: Option<&DeviceSerial>,
         _through: &DeviceSerial,
         _update: &DeviceUpdate,
+        _scan: Scan,
     ) -> Result<u64, StoreError> {
         refused("update devices")
     }
@@ -68,6 +69,15 @@ impl Tx for ReadOnlyTx<'_> {
         limit: usize,
     ) -> Result<Vec<DeviceRecord>, StoreError> {
         self.0.devices(filter, after, limit)
+    }
+    fn devices_by(
+        &mut self,
+        filter: &DeviceFilter,
+        after: Option<&DeviceSerial>,
+        limit: usize,
+        scan: Scan,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.0.devices_by(filter, after, limit, scan)
     }
     fn count_devices(&mut self, filter: &DeviceFilter) -> Result<u64, StoreError> {
         self.0.count_devices(filter)

@@ -5,7 +5,7 @@
 use crate::audit::AuditFilter;
 use crate::model::{DeviceFilter, DeviceSerial};
 use crate::store::codec::Value;
-use crate::store::{AUDIT_INDEXED_SUBJECTS, DeviceUpdate};
+use crate::store::{AUDIT_INDEXED_SUBJECTS, DeviceUpdate, Scan};
 
 /// What differs between the stores' SQL.
 pub(crate) trait Dialect {
@@ -23,6 +23,9 @@ pub(crate) trait Dialect {
 
     /// The condition that blob column `column` contains the bytes of the parameter `needle`.
     fn blob_contains(column: &str, needle: &str) -> String;
+
+    /// `column` in a condition that must not pick an index on it (SQLite: `+column`).
+    fn unindexed(column: &str) -> String;
 
     /// The condition that text column `column` starts with `{action}.` (bound here).
     fn below_action(params: &mut Params<'_>, column: &str, action: &str) -> String;
@@ -197,11 +200,17 @@ pub(crate) fn upsert_fleet<D: Dialect>() -> String {
 pub(crate) fn device_where<'a, D: Dialect>(
     filter: &'a DeviceFilter,
     after: Option<&'a DeviceSerial>,
+    scan: Scan,
 ) -> (String, Params<'a>) {
     let mut p = Params::new::<D>();
     let mut conds: Vec<String> = Vec::new();
     if let Some(state) = filter.state {
-        conds.push(format!("state = {}", p.bind(Value::text(state.name()))));
+        let column = match scan {
+            Scan::Indexed => "state".to_owned(),
+            // The state index is the only index a filter could pick besides the primary key.
+            Scan::Sweep => D::unindexed("state"),
+        };
+        conds.push(format!("{column} = {}", p.bind(Value::text(state.name()))));
     }
     if let Some(generation) = filter.generation {
         let n = p.bind(Value::int(i64::from(generation)));
@@ -241,8 +250,9 @@ pub(crate) fn update_devices<'a, D: Dialect>(
     after: Option<&'a DeviceSerial>,
     through: &'a DeviceSerial,
     update: &'a DeviceUpdate,
+    scan: Scan,
 ) -> (String, Params<'a>) {
-    let (clause, mut p) = device_where::<D>(filter, after);
+    let (clause, mut p) = device_where::<D>(filter, after, scan);
     let upper = p.bind(Value::blob(through.as_bytes()));
     let mut set = Vec::new();
     if let Some(state) = update.state {
@@ -339,6 +349,9 @@ mod tests {
                 params.bind(Value::TextList(labels))
             )]
         }
+        fn unindexed(column: &str) -> String {
+            format!("+{column}")
+        }
         fn blob_contains(column: &str, needle: &str) -> String {
             format!("position({needle} IN {column}) > 0")
         }
@@ -371,7 +384,7 @@ mod tests {
             serial_prefix: Some(b"A".to_vec()),
             ..DeviceFilter::default()
         };
-        let (clause, p) = device_where::<Numbered>(&filter, None);
+        let (clause, p) = device_where::<Numbered>(&filter, None, Scan::Indexed);
         assert_eq!(
             clause,
             " WHERE generation = $1 AND serial >= $2 AND serial < $3"
@@ -397,15 +410,25 @@ mod tests {
                 reason: "r".into(),
             },
         };
-        let (sql, p) = update_devices::<Numbered>(&filter, Some(&after), &through, &update);
+        let (sql, p) =
+            update_devices::<Numbered>(&filter, Some(&after), &through, &update, Scan::Indexed);
         assert_eq!(
             sql,
             "UPDATE devices SET revision = revision + 1, generation = $4, changed_at = $5, \
              changed_actor = $6, changed_reason = $7 WHERE state = $1 AND serial > $2 AND serial <= $3"
         );
         assert_eq!(p.values().len(), 7);
+        // A sweep keeps the planner off the state index (the dialect's unindexed column).
         let (sql, _) =
-            update_devices::<Numbered>(&DeviceFilter::default(), None, &through, &update);
+            update_devices::<Numbered>(&filter, Some(&after), &through, &update, Scan::Sweep);
+        assert!(sql.contains(" WHERE +state = $1 AND serial > $2"), "{sql}");
+        let (sql, _) = update_devices::<Numbered>(
+            &DeviceFilter::default(),
+            None,
+            &through,
+            &update,
+            Scan::Indexed,
+        );
         assert!(sql.ends_with(" WHERE serial <= $1"), "{sql}");
     }
 

@@ -406,6 +406,10 @@ impl Dialect for Sqlite {
             .collect()
     }
 
+    fn unindexed(column: &str) -> String {
+        format!("+{column}")
+    }
+
     fn blob_contains(column: &str, needle: &str) -> String {
         format!("instr({column}, {needle}) > 0")
     }
@@ -671,6 +675,67 @@ fn backend(operation: &'static str, e: rusqlite::Error) -> StoreError {
         StoreError::Backend {
             operation,
             detail: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::State;
+    use crate::model::{DeviceFilter, DeviceSerial};
+    use crate::store::{DeviceUpdate, Scan};
+
+    /// The plan SQLite makes for `sql` (its parameters unbound: without statistics the plan does
+    /// not depend on them).
+    fn plan(store: &SqliteStore, sql: &str) -> String {
+        let mut statement = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("prepare");
+        let mut rows = statement.raw_query();
+        let mut plan = Vec::new();
+        while let Some(row) = rows.next().expect("step") {
+            plan.push(row.get::<_, String>(3).expect("detail"));
+        }
+        plan.join("; ")
+    }
+
+    /// SQLite plans without statistics and takes the state index for any state filter: one seek
+    /// per device of a page. A sweep (bulk work over most of the fleet) walks the primary key.
+    #[test]
+    fn a_sweep_walks_the_primary_key_and_an_indexed_page_the_state_index() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(dir.path().join("store.db")).expect("open");
+        let filter = DeviceFilter {
+            state: Some(State::Active),
+            ..DeviceFilter::default()
+        };
+        let after = DeviceSerial::new(b"A".to_vec()).expect("serial");
+        let update = DeviceUpdate {
+            state: None,
+            bump_revision: true,
+            generation: None,
+            changed: crate::model::Change {
+                at: 1,
+                actor: "a".into(),
+                reason: "r".into(),
+            },
+        };
+        for (scan, want) in [
+            (Scan::Indexed, "INDEX devices_by_state"),
+            (Scan::Sweep, "USING PRIMARY KEY"),
+        ] {
+            let (clause, _) = sql::device_where::<Sqlite>(&filter, Some(&after), scan);
+            let page = plan(
+                &store,
+                &format!("SELECT serial FROM devices{clause} ORDER BY serial LIMIT 10"),
+            );
+            assert!(page.contains(want), "{scan:?} page: {page}");
+            let (update, _) =
+                sql::update_devices::<Sqlite>(&filter, Some(&after), &after, &update, scan);
+            let update = plan(&store, &update);
+            assert!(update.contains(want), "{scan:?} update: {update}");
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::error::StoreError;
 use crate::model::{
     DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, UnixMillis,
 };
-use crate::store::{AuditIndex, DeviceUpdate, PendingDelivery, Tx};
+use crate::store::{AuditIndex, DeviceUpdate, PendingDelivery, Scan, Tx};
 
 /// An idempotency record's key: principal and key.
 type ClaimKey = (String, String);
@@ -247,6 +247,7 @@ impl Tx for StagedTx<'_> {
         _after: Option<&DeviceSerial>,
         _through: &DeviceSerial,
         _update: &DeviceUpdate,
+        _scan: Scan,
     ) -> Result<u64, StoreError> {
         self.not_staged("update devices")
     }

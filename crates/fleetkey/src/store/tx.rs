@@ -13,7 +13,7 @@ use crate::model::{
 };
 use crate::store::codec::{self, Columns, Fields, Value, corrupt, saturating_i64};
 use crate::store::sql::{self, DEVICE_COLUMNS, Dialect, GENERATION_COLUMNS, TOKEN_COLUMNS};
-use crate::store::{AuditIndex, DeviceUpdate, PendingDelivery, Tx};
+use crate::store::{AuditIndex, DeviceUpdate, PendingDelivery, Scan, Tx};
 
 /// `Tx::meta` keys are stored under this prefix, apart from the store's own.
 pub(crate) const APP_META_PREFIX: &str = "app.";
@@ -426,13 +426,14 @@ impl<B: Backend> Tx for B {
         after: Option<&DeviceSerial>,
         through: &DeviceSerial,
         update: &DeviceUpdate,
+        scan: Scan,
     ) -> Result<u64, StoreError> {
         check_change::<B>(&update.changed)?;
         filter
             .labels
             .iter()
             .try_for_each(|l| B::check_text("device label", l))?;
-        let (sql, params) = sql::update_devices::<B::Dialect>(filter, after, through, update);
+        let (sql, params) = sql::update_devices::<B::Dialect>(filter, after, through, update, scan);
         execute(self, "update devices", &sql, params.values())
     }
 
@@ -469,10 +470,20 @@ impl<B: Backend> Tx for B {
         after: Option<&DeviceSerial>,
         limit: usize,
     ) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.devices_by(filter, after, limit, Scan::Indexed)
+    }
+
+    fn devices_by(
+        &mut self,
+        filter: &DeviceFilter,
+        after: Option<&DeviceSerial>,
+        limit: usize,
+        scan: Scan,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let (clause, mut params) = sql::device_where::<B::Dialect>(filter, after);
+        let (clause, mut params) = sql::device_where::<B::Dialect>(filter, after, scan);
         let n = params.bind(Value::int(saturating_i64(limit)));
         let sql = format!(
             "SELECT {} FROM devices{clause} ORDER BY serial LIMIT {n}",
@@ -487,7 +498,7 @@ impl<B: Backend> Tx for B {
     }
 
     fn count_devices(&mut self, filter: &DeviceFilter) -> Result<u64, StoreError> {
-        let (clause, params) = sql::device_where::<B::Dialect>(filter, None);
+        let (clause, params) = sql::device_where::<B::Dialect>(filter, None, Scan::Indexed);
         let sql = format!("SELECT count(*) FROM devices{clause}");
         let op = "count devices";
         let count = one(self, op, &sql, params.values(), first_int(op))?

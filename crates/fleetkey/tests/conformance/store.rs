@@ -29,7 +29,7 @@ use fleetkey::model::{
     Change, DeviceFilter, DeviceRecord, DeviceSerial, FleetInfo, GenerationRecord, Scheme,
     WrappedKey,
 };
-use fleetkey::store::{DeviceUpdate, Store, Tx, read_tx, transact};
+use fleetkey::store::{DeviceUpdate, Scan, Store, Tx, read_tx, transact};
 use serde_json::json;
 
 /// Makes the stores a check runs against. One factory per test: its database starts empty.
@@ -1598,6 +1598,22 @@ pub(crate) fn bulk_update_changes_exactly_the_matching_range(f: &dyn StoreFactor
             changed: change(1_800_000_000_000 + round),
         };
         let mut expected = 0;
+        let scan = if rng.chance(50) {
+            Scan::Sweep
+        } else {
+            Scan::Indexed
+        };
+        // Both scans read the same page as the filter's reference semantics.
+        let page: Vec<DeviceRecord> = reference
+            .values()
+            .filter(|d| after.as_ref().is_none_or(|a| d.serial > *a) && filter.matches(d))
+            .take(7)
+            .cloned()
+            .collect();
+        let read = tx(store, |tx| {
+            Ok(tx.devices_by(&filter, after.as_ref(), 7, scan)?)
+        });
+        assert_eq!(read, page, "round {round}: {filter:?} {scan:?}");
         for d in reference.values_mut() {
             let in_range = after.as_ref().is_none_or(|a| d.serial > *a) && d.serial <= through;
             if in_range && filter.matches(d) {
@@ -1606,9 +1622,12 @@ pub(crate) fn bulk_update_changes_exactly_the_matching_range(f: &dyn StoreFactor
             }
         }
         let changed = tx(store, |tx| {
-            Ok(tx.update_devices(&filter, after.as_ref(), &through, &update)?)
+            Ok(tx.update_devices(&filter, after.as_ref(), &through, &update, scan)?)
         });
-        assert_eq!(changed, expected, "round {round}: {filter:?} {update:?}");
+        assert_eq!(
+            changed, expected,
+            "round {round}: {filter:?} {update:?} {scan:?}"
+        );
         let stored = list_all(store, &DeviceFilter::default(), 1000);
         let want: Vec<DeviceRecord> = reference.values().cloned().collect();
         assert_eq!(stored, want, "round {round}: {filter:?} {update:?}");
@@ -1620,7 +1639,13 @@ pub(crate) fn bulk_update_changes_exactly_the_matching_range(f: &dyn StoreFactor
 /// not changed; revisions stay.
 pub(crate) fn bulk_update_activates_a_page_and_skips_other_states(f: &dyn StoreFactory) {
     let mut store = f.fresh();
-    let store = &mut *store;
+    // Each scan on devices of its own (serials starting with its own byte).
+    for (scan, first) in [(Scan::Indexed, b'D'), (Scan::Sweep, b'E')] {
+        bulk_update_activates_a_page(&mut *store, scan, first);
+    }
+}
+
+fn bulk_update_activates_a_page(store: &mut dyn Store, scan: Scan, first: u8) {
     let states = [
         State::PreActive,
         State::Active,
@@ -1629,7 +1654,7 @@ pub(crate) fn bulk_update_activates_a_page_and_skips_other_states(f: &dyn StoreF
     ];
     let all: Vec<DeviceRecord> = (0..40u8)
         .map(|i| {
-            let mut d = device(&[b'D', b'0' + i / 10, b'0' + i % 10]);
+            let mut d = device(&[first, b'0' + i / 10, b'0' + i % 10]);
             d.state = states[usize::from(i) % states.len()];
             d.revision = u32::from(i % 3);
             d
@@ -1638,6 +1663,11 @@ pub(crate) fn bulk_update_activates_a_page_and_skips_other_states(f: &dyn StoreF
     tx(store, |tx| Ok(tx.insert_devices(&all)?));
     let filter = DeviceFilter {
         state: Some(State::PreActive),
+        serial_prefix: Some(vec![first]),
+        ..DeviceFilter::default()
+    };
+    let own = DeviceFilter {
+        serial_prefix: Some(vec![first]),
         ..DeviceFilter::default()
     };
     let update = DeviceUpdate {
@@ -1648,9 +1678,9 @@ pub(crate) fn bulk_update_activates_a_page_and_skips_other_states(f: &dyn StoreF
     };
     let after = all[4].serial.clone();
     let page = tx(store, |tx| {
-        let page = tx.devices(&filter, Some(&after), 5)?;
+        let page = tx.devices_by(&filter, Some(&after), 5, scan)?;
         let last = page.last().expect("a page").serial.clone();
-        let changed = tx.update_devices(&filter, Some(&after), &last, &update)?;
+        let changed = tx.update_devices(&filter, Some(&after), &last, &update, scan)?;
         assert_eq!(changed, page.len() as u64);
         Ok(page)
     });
@@ -1658,7 +1688,7 @@ pub(crate) fn bulk_update_activates_a_page_and_skips_other_states(f: &dyn StoreF
     let paged: Vec<&DeviceSerial> = page.iter().map(|d| &d.serial).collect();
     for (before, now) in all
         .iter()
-        .zip(list_all(store, &DeviceFilter::default(), 1000))
+        .zip(list_all(store, &own, 1000))
     {
         assert_eq!(before.serial, now.serial);
         assert_eq!(before.revision, now.revision, "{}", now.serial);
@@ -1677,13 +1707,14 @@ pub(crate) fn bulk_update_activates_a_page_and_skips_other_states(f: &dyn StoreF
             &filter,
             Some(&after),
             &last,
-            &update
+            &update,
+            scan
         )?)),
         0
     );
     // A read-only transaction refuses it.
     let refused = read_tx(store, |tx| {
-        Ok(tx.update_devices(&filter, None, &last, &update))
+        Ok(tx.update_devices(&filter, None, &last, &update, scan))
     });
     assert!(
         matches!(refused, Ok(Err(StoreError::ReadOnly(_)))),
