@@ -195,17 +195,17 @@ pub struct DeviceRecord {
     pub created_at: UnixMillis,
 }
 
-mod option_hex15 {
+pub(crate) mod option_hex15 {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(v: &Option<[u8; 15]>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &Option<[u8; 15]>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(uid) => s.serialize_some(&hex::encode(uid)),
             None => s.serialize_none(),
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<[u8; 15]>, D::Error> {
         let text: Option<String> = Option::deserialize(d)?;

@@ -408,15 +408,14 @@ impl Fleet {
             Ok((n, Some((id, lines))))
         };
         // This thread, in commit order: the lines delivered.
-        let consume =
-            |(_, delivery, _): &mut (&mut Fleet, Option<Delivery<'_>>, ImportReport),
-             (n, lines): (u64, Option<Lines>)| {
-                if let (Some(d), Some((id, lines))) = (delivery.as_mut(), lines) {
-                    d.send(id, &lines)?;
-                }
-                progress.advance(n);
-                Ok(())
-            };
+        let consume = |(_, delivery, _): &mut (&mut Fleet, Option<Delivery<'_>>, ImportReport),
+                       (n, lines): (u64, Option<Lines>)| {
+            if let (Some(d), Some((id, lines))) = (delivery.as_mut(), lines) {
+                d.send(id, &lines)?;
+            }
+            progress.advance(n);
+            Ok(())
+        };
         pipeline::in_order(&mut run, pipeline::workers(), 2, produce, work, consume)?;
         let (fleet, delivery, mut report) = run;
         progress.finish();
@@ -723,7 +722,7 @@ impl Fleet {
                 draft.generation = fleet.current_generation;
                 draft.details = serde_json::json!({"count": refreshed.len(), "reason": reason});
                 tx.append_audit(draft.clone())?;
-                let journal = delivery::refresh_payload(&page, &refreshed)?;
+                let journal = delivery::refresh_payload(&page, &refreshed, &update)?;
                 let id = tx.insert_delivery(DeliveryKind::KeyUpdate.name(), &journal, change.at)?;
                 Ok(Some((page, refreshed, id)))
             })?;

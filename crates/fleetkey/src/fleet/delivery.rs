@@ -33,8 +33,8 @@ use super::lines::{LineMaker, push_update_line};
 use super::{Fleet, bulk::Progress};
 use crate::error::{Error, StoreError};
 use crate::lifecycle::State;
-use crate::model::{DeviceRecord, DeviceSerial, WrappedKey};
-use crate::store::{Tx, read_tx, transact};
+use crate::model::{Change, DeviceRecord, DeviceSerial, SheUid, UnixMillis, WrappedKey};
+use crate::store::{DeviceUpdate, Tx, read_tx, transact};
 
 /// What kind of lines a journal entry owes. Bulk commands of one kind re-send each other's lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,11 +206,39 @@ enum Owed {
     /// Key material at the device's current generation and revision.
     Provision { serial: DeviceSerial },
     /// The update that brought the device to `device` from `from` (with `from_root`, the stored
-    /// scheme's root before, wrapped).
+    /// scheme's root before, wrapped). Written before batches of refreshes were journaled as
+    /// [`Owed::Refreshed`]; still read.
     Update {
         device: DeviceRecord,
         from: (u32, u32),
         from_root: Option<WrappedKey>,
+    },
+    /// A device of a batch of refreshes, in short: its record before, less what the batch's
+    /// update ([`Payload::refresh`]) sets in every device alike. The record after is that update
+    /// applied to it, with `root` (the stored scheme's new root, wrapped).
+    #[serde(rename = "r")]
+    Refreshed {
+        #[serde(rename = "s")]
+        serial: DeviceSerial,
+        #[serde(
+            rename = "u",
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "crate::model::option_hex15"
+        )]
+        she_uid: Option<SheUid>,
+        #[serde(rename = "l", default, skip_serializing_if = "Vec::is_empty")]
+        labels: Vec<String>,
+        #[serde(rename = "st")]
+        state: State,
+        #[serde(rename = "c")]
+        created_at: UnixMillis,
+        #[serde(rename = "f")]
+        from: (u32, u32),
+        #[serde(rename = "fr", default, skip_serializing_if = "Option::is_none")]
+        from_root: Option<WrappedKey>,
+        #[serde(rename = "nr", default, skip_serializing_if = "Option::is_none")]
+        root: Option<WrappedKey>,
     },
 }
 
@@ -218,6 +246,102 @@ enum Owed {
 #[derive(Serialize, Deserialize)]
 struct Payload {
     owed: Vec<Owed>,
+    /// What a batch of refreshes changed in every device alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh: Option<BatchRefresh>,
+}
+
+/// The update a batch of refreshes applied to every device ([`DeviceUpdate`] with its revision
+/// bumped).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct BatchRefresh {
+    generation: Option<u32>,
+    changed: Change,
+}
+
+impl BatchRefresh {
+    fn update(&self) -> DeviceUpdate {
+        DeviceUpdate {
+            state: None,
+            bump_revision: true,
+            generation: self.generation,
+            changed: self.changed.clone(),
+        }
+    }
+}
+
+/// A line a journal entry owes, as records.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// Key material of the device.
+    Provision(DeviceSerial),
+    /// The update from the first record to the second.
+    Update(Box<(DeviceRecord, DeviceRecord)>),
+}
+
+impl Line {
+    fn serial(&self) -> &DeviceSerial {
+        match self {
+            Line::Provision(serial) => serial,
+            Line::Update(pair) => &pair.1.serial,
+        }
+    }
+}
+
+impl Payload {
+    /// The lines owed, in order.
+    fn lines(self) -> Result<Vec<Line>, Error> {
+        let refresh = self.refresh.as_ref().map(BatchRefresh::update);
+        self.owed
+            .into_iter()
+            .map(|owed| match owed {
+                Owed::Provision { serial } => Ok(Line::Provision(serial)),
+                Owed::Update {
+                    device,
+                    from,
+                    from_root,
+                } => {
+                    let mut old = device.clone();
+                    (old.generation, old.revision) = from;
+                    if from_root.is_some() {
+                        old.wrapped_root = from_root;
+                    }
+                    Ok(Line::Update(Box::new((old, device))))
+                }
+                Owed::Refreshed {
+                    serial,
+                    she_uid,
+                    labels,
+                    state,
+                    created_at,
+                    from,
+                    from_root,
+                    root,
+                } => {
+                    let update = refresh.as_ref().ok_or_else(|| {
+                        StoreError::Corrupt(
+                            "delivery journal: a refreshed device without its batch's update"
+                                .into(),
+                        )
+                    })?;
+                    let old = DeviceRecord {
+                        serial,
+                        she_uid,
+                        labels,
+                        generation: from.0,
+                        revision: from.1,
+                        state,
+                        changed: update.changed.clone(),
+                        wrapped_root: from_root,
+                        created_at,
+                    };
+                    let mut new = update.apply(&old)?;
+                    new.wrapped_root = root;
+                    Ok(Line::Update(Box::new((old, new))))
+                }
+            })
+            .collect()
+    }
 }
 
 /// What a run of a bulk command did about delivery, for its report.
@@ -406,25 +530,38 @@ pub(super) fn provisioning_payload(records: &[DeviceRecord]) -> Result<Vec<u8>, 
                 serial: r.serial.clone(),
             })
             .collect(),
+        refresh: None,
     })
 }
 
-/// The journal payload of a batch of refreshes: each device after (`new`), and where it came
-/// from (`old`: its generation and revision, and the stored scheme's root, wrapped).
+/// The journal payload of a batch of refreshes: each device before (`old`), `update` (which
+/// every device got; its revision bumped) and, in the stored scheme, each device's new root. The
+/// records after are `update` applied to `old`, with their roots (as the batch computed them:
+/// `new`); what the devices share is written once.
 pub(super) fn refresh_payload(
     old: &[DeviceRecord],
     new: &[DeviceRecord],
+    update: &DeviceUpdate,
 ) -> Result<Vec<u8>, Error> {
     encode(Payload {
         owed: old
             .iter()
             .zip(new)
-            .map(|(old, new)| Owed::Update {
-                device: new.clone(),
+            .map(|(old, new)| Owed::Refreshed {
+                serial: old.serial.clone(),
+                she_uid: old.she_uid,
+                labels: old.labels.clone(),
+                state: old.state,
+                created_at: old.created_at,
                 from: (old.generation, old.revision),
                 from_root: old.wrapped_root.clone(),
+                root: new.wrapped_root.clone(),
             })
             .collect(),
+        refresh: Some(BatchRefresh {
+            generation: update.generation,
+            changed: update.changed.clone(),
+        }),
     })
 }
 
@@ -443,14 +580,8 @@ impl Fleet {
     /// The lines a journal entry owes, rebuilt; with the serials sent and how many were dropped
     /// (the device is no longer active).
     fn rebuild_lines(&mut self, kind: DeliveryKind, payload: Payload) -> Result<Rebuilt, Error> {
-        let serials: Vec<DeviceSerial> = payload
-            .owed
-            .iter()
-            .map(|o| match o {
-                Owed::Provision { serial } => serial.clone(),
-                Owed::Update { device, .. } => device.serial.clone(),
-            })
-            .collect();
+        let owed = payload.lines()?;
+        let serials: Vec<DeviceSerial> = owed.iter().map(|l| l.serial().clone()).collect();
         let current = read_tx(self.store.as_mut(), |tx| {
             serials
                 .iter()
@@ -461,31 +592,20 @@ impl Fleet {
         let mut sent = Vec::new();
         let mut dropped = 0;
         let mut provision = Vec::new();
-        for (owed, now) in payload.owed.into_iter().zip(current) {
+        for (owed, now) in owed.into_iter().zip(current) {
             let Some(now) = now.filter(|d| d.state == State::Active) else {
                 dropped += 1;
                 continue;
             };
             match (kind, owed) {
-                (DeliveryKind::Provisioning, Owed::Provision { .. }) => {
+                (DeliveryKind::Provisioning, Line::Provision(_)) => {
                     sent.push(now.serial.clone());
                     provision.push(now);
                 }
-                (
-                    DeliveryKind::KeyUpdate,
-                    Owed::Update {
-                        device,
-                        from,
-                        from_root,
-                    },
-                ) => {
-                    let mut old = device.clone();
-                    (old.generation, old.revision) = from;
-                    if from_root.is_some() {
-                        old.wrapped_root = from_root;
-                    }
-                    sent.push(device.serial.clone());
-                    let update = LineMaker::new(self.module.get()?).key_update(&old, device)?;
+                (DeliveryKind::KeyUpdate, Line::Update(pair)) => {
+                    let (old, new) = *pair;
+                    sent.push(new.serial.clone());
+                    let update = LineMaker::new(self.module.get()?).key_update(&old, new)?;
                     push_update_line(&mut lines, &update)?;
                 }
                 _ => {
@@ -516,4 +636,132 @@ struct Rebuilt {
     sent: Vec<DeviceSerial>,
     /// Devices owed a line that is not sent again (no longer active).
     dropped: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(serial: &str, root: Option<u8>) -> DeviceRecord {
+        DeviceRecord {
+            serial: DeviceSerial::parse(serial).expect("serial"),
+            she_uid: serial.ends_with('1').then_some([7; 15]),
+            labels: if serial.ends_with('2') {
+                Vec::new()
+            } else {
+                vec!["line=1".into(), "model=T7".into()]
+            },
+            generation: 1,
+            revision: 4,
+            state: State::Active,
+            changed: Change {
+                at: 1_700_000_000_000,
+                actor: "station".into(),
+                reason: "provisioned".into(),
+            },
+            wrapped_root: root.map(|b| WrappedKey(vec![b; 40])),
+            created_at: 1_690_000_000_000,
+        }
+    }
+
+    fn update() -> DeviceUpdate {
+        DeviceUpdate {
+            state: None,
+            bump_revision: true,
+            generation: Some(2),
+            changed: Change {
+                at: 1_800_000_000_000,
+                actor: "scheduler".into(),
+                reason: "rotation to generation 2".into(),
+            },
+        }
+    }
+
+    fn read(payload: &[u8]) -> Vec<Line> {
+        let payload: Payload = serde_json::from_slice(payload).expect("decode");
+        payload.lines().expect("lines")
+    }
+
+    #[test]
+    fn a_batch_of_refreshes_reads_back_as_the_records_it_computed() {
+        // The derived schemes (no roots) and the stored scheme (a new root per device).
+        for stored in [false, true] {
+            let old: Vec<DeviceRecord> = ["A0", "A1", "A2"]
+                .iter()
+                .map(|s| device(s, stored.then_some(1)))
+                .collect();
+            let new: Vec<DeviceRecord> = old
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let mut n = update().apply(d).expect("apply");
+                    n.wrapped_root = stored.then(|| WrappedKey(vec![10 + i as u8; 40]));
+                    n
+                })
+                .collect();
+            let payload = refresh_payload(&old, &new, &update()).expect("encode");
+            // The record before comes back without its last change (a line names only the
+            // generation and revision it came from).
+            let want: Vec<Line> = old
+                .into_iter()
+                .zip(new)
+                .map(|(mut old, new)| {
+                    old.changed = new.changed.clone();
+                    Line::Update(Box::new((old, new)))
+                })
+                .collect();
+            assert_eq!(read(&payload), want, "stored: {stored}");
+        }
+    }
+
+    #[test]
+    fn the_short_form_is_less_than_half_the_full_records() {
+        let old: Vec<DeviceRecord> = (0..100)
+            .map(|i| device(&format!("VIN{i:014}-ECU03"), None))
+            .collect();
+        let new: Vec<DeviceRecord> = old
+            .iter()
+            .map(|d| update().apply(d).expect("apply"))
+            .collect();
+        let short = refresh_payload(&old, &new, &update())
+            .expect("encode")
+            .len();
+        let full = encode(Payload {
+            owed: old
+                .iter()
+                .zip(&new)
+                .map(|(old, new)| Owed::Update {
+                    device: new.clone(),
+                    from: (old.generation, old.revision),
+                    from_root: old.wrapped_root.clone(),
+                })
+                .collect(),
+            refresh: None,
+        })
+        .expect("encode")
+        .len();
+        assert!(short * 2 < full, "{short} bytes, the full records {full}");
+    }
+
+    #[test]
+    fn an_entry_of_full_records_still_reads() {
+        // As journaled before the short form: each device after, whole.
+        let old = device("B1", Some(1));
+        let mut new = update().apply(&old).expect("apply");
+        new.wrapped_root = Some(WrappedKey(vec![9; 40]));
+        let full = serde_json::json!({"owed": [{
+            "t": "update",
+            "device": serde_json::to_value(&new).expect("record"),
+            "from": [old.generation, old.revision],
+            "from_root": serde_json::to_value(&old.wrapped_root).expect("root"),
+        }]});
+        let lines = read(full.to_string().as_bytes());
+        let mut before = old;
+        before.changed = new.changed.clone();
+        assert_eq!(lines, vec![Line::Update(Box::new((before, new)))]);
+        // A refreshed device needs its batch's update.
+        let orphan = serde_json::json!({"owed": [{"t": "r", "s": "B1", "st": "active", "c": 1, "f": [1, 0]}]});
+        let payload: Payload = serde_json::from_str(&orphan.to_string()).expect("decode");
+        assert!(payload.lines().is_err());
+    }
 }

@@ -1686,10 +1686,7 @@ fn bulk_update_activates_a_page(store: &mut dyn Store, scan: Scan, first: u8) {
     });
     assert_eq!(page.len(), 5);
     let paged: Vec<&DeviceSerial> = page.iter().map(|d| &d.serial).collect();
-    for (before, now) in all
-        .iter()
-        .zip(list_all(store, &own, 1000))
-    {
+    for (before, now) in all.iter().zip(list_all(store, &own, 1000)) {
         assert_eq!(before.serial, now.serial);
         assert_eq!(before.revision, now.revision, "{}", now.serial);
         if paged.contains(&&before.serial) {
