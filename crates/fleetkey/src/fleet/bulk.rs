@@ -372,32 +372,34 @@ impl Fleet {
             },
             rows,
         );
-        let mut parsed = parse_csv(std::io::BufReader::with_capacity(1 << 20, open()?));
+        let file = open()?;
         let check_existing = registered > 0;
         let module = match delivery {
             Some(_) => Some(self.module.shared()?),
             None => None,
         };
-        let mut run = (self, delivery, report);
-        // This thread: a batch parsed and registered (with its journal entry) in one transaction.
-        let produce =
-            |(fleet, delivery, report): &mut (&mut Fleet, Option<Delivery<'_>>, ImportReport)| {
-                let mut batch: Vec<ImportRow> = Vec::with_capacity(batch_size);
-                for row in parsed.by_ref().take(batch_size) {
-                    batch.push(row?);
-                }
-                if batch.is_empty() {
-                    return Ok(None);
-                }
-                let (added, present, journaled) =
-                    fleet.import_batch(&batch, check_existing, delivery.as_mut())?;
-                report.added += added;
-                report.already_present += present;
-                if delivery.is_some() {
-                    report.provisioned += added;
-                }
-                Ok(Some((batch.len() as u64, journaled)))
+        let mut run: ImportRun<'_, '_> = (self, delivery, report);
+        // A reader thread parses the file again, a batch at a time and a batch ahead.
+        let (parsed, batches) = std::sync::mpsc::sync_channel::<Result<Vec<ImportRow>, Error>>(1);
+        // This thread: a batch registered (with its journal entry) in one transaction. Dropped
+        // with the pipeline, it closes the channel: a reader still parsing stops.
+        let produce = move |(fleet, delivery, report): &mut ImportRun<'_, '_>| {
+            let batch = match batches.recv() {
+                Ok(batch) => batch?,
+                Err(_) => return Err(Error::invalid("import", "its reader thread stopped")),
             };
+            if batch.is_empty() {
+                return Ok(None);
+            }
+            let (added, present, journaled) =
+                fleet.import_batch(&batch, check_existing, delivery.as_mut())?;
+            report.added += added;
+            report.already_present += present;
+            if delivery.is_some() {
+                report.provisioned += added;
+            }
+            Ok(Some((batch.len() as u64, journaled)))
+        };
         // The workers: the key material of the batch's devices.
         let work = |(n, journaled): (u64, Option<Journaled>)| {
             let (Some((id, records)), Some(module)) = (journaled, module.as_ref()) else {
@@ -408,7 +410,7 @@ impl Fleet {
             Ok((n, Some((id, lines))))
         };
         // This thread, in commit order: the lines delivered.
-        let consume = |(_, delivery, _): &mut (&mut Fleet, Option<Delivery<'_>>, ImportReport),
+        let consume = |(_, delivery, _): &mut ImportRun<'_, '_>,
                        (n, lines): (u64, Option<Lines>)| {
             if let (Some(d), Some((id, lines))) = (delivery.as_mut(), lines) {
                 d.send(id, &lines)?;
@@ -416,7 +418,21 @@ impl Fleet {
             progress.advance(n);
             Ok(())
         };
-        pipeline::in_order(&mut run, pipeline::workers(), 2, produce, work, consume)?;
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut rows = parse_csv(std::io::BufReader::with_capacity(1 << 20, file));
+                loop {
+                    let batch: Result<Vec<ImportRow>, Error> =
+                        rows.by_ref().take(batch_size).collect();
+                    let last = batch.as_ref().map_or(true, Vec::is_empty);
+                    // A closed channel: the import stopped.
+                    if parsed.send(batch).is_err() || last {
+                        return;
+                    }
+                }
+            });
+            pipeline::in_order(&mut run, pipeline::workers(), 2, produce, work, consume)
+        })?;
         let (fleet, delivery, mut report) = run;
         progress.finish();
         if let Some(d) = delivery {
@@ -784,6 +800,9 @@ type Journaled = (u64, Vec<DeviceRecord>);
 
 /// A journal entry and the lines it owes (key material: zeroized when dropped).
 type Lines = (u64, zeroize::Zeroizing<Vec<u8>>);
+
+/// What an import's registration pass shares between its stages on the calling thread.
+type ImportRun<'f, 'o> = (&'f mut Fleet, Option<Delivery<'o>>, ImportReport);
 
 /// The state a pipelined bulk run's two stages on the calling thread share.
 struct Run<'f, 'o> {
