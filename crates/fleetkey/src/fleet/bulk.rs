@@ -752,7 +752,7 @@ impl Fleet {
         // re-send rebuilds them byte for byte), outside the store's write lock.
         let work = |(page, refreshed, id): (Vec<DeviceRecord>, Vec<DeviceRecord>, u64)| {
             let mut lines = Vec::with_capacity(refreshed.len() * 1_600);
-            LineMaker::new(module.as_ref()).key_updates(&page, refreshed, &mut lines)?;
+            LineMaker::new(module.as_ref()).key_updates(&page, &refreshed, &mut lines)?;
             Ok((id, page.len() as u64, lines))
         };
         // Stage 3, this thread, in commit order: the lines delivered.

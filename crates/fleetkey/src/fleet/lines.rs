@@ -10,8 +10,13 @@ use std::io::Write;
 use fleetkey_core::derive::{DeviceKeyInputs, Generation, Revision, Usage};
 use fleetkey_core::{Key128, RollSeed};
 
+#[cfg(test)]
 use super::devices::KeyUpdate;
-use super::material::{Authoriser, DeviceKeys, she_uid, she_updates};
+#[cfg(test)]
+use super::material::SheUpdate;
+use super::material::{
+    Authoriser, DeviceKeys, MESSAGE_LENGTHS, SheMessages, she_messages, she_uid,
+};
 use super::scheme::KeySource;
 use crate::error::Error;
 use crate::model::DeviceRecord;
@@ -135,42 +140,106 @@ impl<'m> LineMaker<'m> {
         Ok(())
     }
 
-    /// The update that brings a device from `old` to `new`: the SHE updates carrying `new`'s
-    /// keys, authorised by `old`'s KEY_UPDATE key.
-    pub(super) fn key_update(
-        &mut self,
-        old: &DeviceRecord,
-        new: DeviceRecord,
-    ) -> Result<KeyUpdate, Error> {
+    /// The SHE updates that bring a device from `old` to `new`: `new`'s keys, authorised by
+    /// `old`'s KEY_UPDATE key.
+    fn she(&mut self, old: &DeviceRecord, new: &DeviceRecord) -> Result<Vec<SheMessages>, Error> {
         let current = self.key_update_key(old, old.generation, old.revision)?;
-        let new_keys = self.keys(&new, new.generation, new.revision)?;
-        let she = she_updates(
+        let new_keys = self.keys(new, new.generation, new.revision)?;
+        she_messages(
             &new.serial,
-            she_uid(&new),
+            she_uid(new),
             Authoriser::Current(&current),
             &new_keys,
             new.revision,
-        )?;
+        )
+    }
+
+    /// The update that brings a device from `old` to `new`.
+    #[cfg(test)]
+    fn key_update(&mut self, old: &DeviceRecord, new: DeviceRecord) -> Result<KeyUpdate, Error> {
+        let she = self.she(old, &new)?;
         Ok(KeyUpdate {
             from: (old.generation, old.revision),
             device: new,
-            she,
+            she: she.iter().map(SheUpdate::from).collect(),
         })
+    }
+
+    /// Appends the key update line of a device refreshed from `old` to `new`: the JSON of its
+    /// [`KeyUpdate`](super::devices::KeyUpdate), byte for byte, with the messages' hex written straight into the line.
+    pub(super) fn key_update_line(
+        &mut self,
+        old: &DeviceRecord,
+        new: &DeviceRecord,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let she = self.she(old, new)?;
+        push_key_update_line(buf, old, new, &she)
     }
 
     /// Appends the key update lines of devices refreshed from `old` to `new`.
     pub(super) fn key_updates(
         &mut self,
         old: &[DeviceRecord],
-        new: Vec<DeviceRecord>,
+        new: &[DeviceRecord],
         buf: &mut Vec<u8>,
     ) -> Result<(), Error> {
         for (old, new) in old.iter().zip(new) {
-            let update = self.key_update(old, new)?;
-            push_update_line(buf, &update)?;
+            self.key_update_line(old, new, buf)?;
         }
         Ok(())
     }
+}
+
+/// The JSON line of a [`KeyUpdate`](super::devices::KeyUpdate) (`{"device":..,"from":[g,r],"she":[{"slot":..,
+/// "auth_slot":..,"counter":..,"m1":..,..,"m5":..},..]}`), as serde writes it: the record
+/// through serde, the messages as hex written into the line without a `String` each.
+fn push_key_update_line(
+    buf: &mut Vec<u8>,
+    old: &DeviceRecord,
+    new: &DeviceRecord,
+    she: &[SheMessages],
+) -> Result<(), Error> {
+    let io = |source| Error::Io {
+        path: "key update line".into(),
+        source,
+    };
+    buf.extend_from_slice(b"{\"device\":");
+    serde_json::to_writer(&mut *buf, new).map_err(|e| Error::invalid("key update line", e))?;
+    write!(
+        buf,
+        ",\"from\":[{},{}],\"she\":[",
+        old.generation, old.revision
+    )
+    .map_err(io)?;
+    for (i, u) in she.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        write!(
+            buf,
+            "{{\"slot\":\"{}\",\"auth_slot\":\"{}\",\"counter\":{}",
+            u.slot.name(),
+            u.auth_slot.name(),
+            u.counter.get()
+        )
+        .map_err(io)?;
+        let mut hex = [0u8; 224];
+        hex::encode_to_slice(u.bytes(), &mut hex)
+            .map_err(|e| Error::invalid("key update line", e))?;
+        let mut at = 0;
+        for (name, len) in ["m1", "m2", "m3", "m4", "m5"].iter().zip(MESSAGE_LENGTHS) {
+            buf.extend_from_slice(b",\"");
+            buf.extend_from_slice(name.as_bytes());
+            buf.extend_from_slice(b"\":\"");
+            buf.extend_from_slice(hex.get(at..at + 2 * len).unwrap_or_default());
+            buf.push(b'"');
+            at += 2 * len;
+        }
+        buf.push(b'}');
+    }
+    buf.extend_from_slice(b"]}\n");
+    Ok(())
 }
 
 /// One provisioning line, `{"serial":..,"generation":..,"revision":..,"keys":{"auth":..,
@@ -209,9 +278,82 @@ fn push_provisioning_line(
     Ok(())
 }
 
-/// One key update as a JSON line.
-pub(super) fn push_update_line(buf: &mut Vec<u8>, update: &KeyUpdate) -> Result<(), Error> {
+/// One key update as a JSON line, through serde (what [`push_key_update_line`] is held to).
+#[cfg(test)]
+fn push_update_line(buf: &mut Vec<u8>, update: &KeyUpdate) -> Result<(), Error> {
     serde_json::to_writer(&mut *buf, update).map_err(|e| Error::invalid("key update line", e))?;
     buf.push(b'\n');
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::State;
+    use crate::model::{Change, DeviceSerial, WrappedKey};
+    use crate::module::soft::{SoftModule, WorkFactor};
+
+    fn device(serial: &str, uid: bool, labels: &[&str], root: Option<WrappedKey>) -> DeviceRecord {
+        DeviceRecord {
+            serial: DeviceSerial::parse(serial).expect("serial"),
+            she_uid: uid.then_some([0x5a; 15]),
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+            generation: 1,
+            revision: 6,
+            state: State::Active,
+            changed: Change {
+                at: 1_700_000_000_123,
+                actor: "op \"quoted\" \u{e9}".into(),
+                reason: "tab\there".into(),
+            },
+            wrapped_root: root,
+            created_at: 1_690_000_000_000,
+        }
+    }
+
+    /// The line written straight is serde's JSON of the same [`KeyUpdate`](super::devices::KeyUpdate), byte for byte: for
+    /// both schemes, with and without a SHE UID, labels or characters JSON escapes.
+    #[test]
+    fn a_key_update_line_is_the_json_of_its_key_update() {
+        let dir = tempfile::tempdir().expect("dir");
+        let module =
+            SoftModule::create_with(dir.path().join("keys.age"), "pw", WorkFactor::Log2(1))
+                .expect("module");
+        module.ensure_kek().expect("kek");
+        module.create_master(Generation(1)).expect("master 1");
+        module.create_master(Generation(2)).expect("master 2");
+        let root = module.new_wrapped_root().expect("root");
+        let cases = [
+            device(
+                "VIN00000000000001-ECU01",
+                true,
+                &["line=1", "model=T7"],
+                None,
+            ),
+            device("hex:00ff7f", false, &[], None),
+            device("A", true, &["x"], Some(root.clone())),
+        ];
+        for old in cases {
+            let mut new = old.clone();
+            new.revision += 1;
+            if old.wrapped_root.is_none() {
+                new.generation = 2;
+            } else {
+                new.wrapped_root = Some(module.new_wrapped_root().expect("root"));
+            }
+            new.changed.reason = "refresh \\ now".into();
+            let mut maker = LineMaker::new(&module);
+            let mut straight = Vec::new();
+            maker
+                .key_update_line(&old, &new, &mut straight)
+                .expect("line");
+            let mut serde = Vec::new();
+            push_update_line(&mut serde, &maker.key_update(&old, new).expect("update"))
+                .expect("serde");
+            assert_eq!(
+                String::from_utf8(straight).expect("utf-8"),
+                String::from_utf8(serde).expect("utf-8")
+            );
+        }
+    }
 }

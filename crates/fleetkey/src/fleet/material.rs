@@ -156,6 +156,59 @@ pub struct SheUpdate {
     pub m5: String,
 }
 
+/// One SHE memory update as messages: [`SheUpdate`] before its hex.
+pub(super) struct SheMessages {
+    /// The slot written.
+    pub(super) slot: SlotId,
+    /// The slot whose key authorises the write.
+    pub(super) auth_slot: SlotId,
+    /// The new counter.
+    pub(super) counter: Counter,
+    /// M1-M5.
+    pub(super) m: she::UpdateMessages,
+}
+
+impl SheMessages {
+    /// M1 | M2 | M3 | M4 | M5 (112 bytes), in the order [`SheUpdate`] names them.
+    pub(super) fn bytes(&self) -> [u8; 112] {
+        let mut out = [0u8; 112];
+        let parts: [&[u8]; 5] = [
+            &self.m.m1.to_bytes(),
+            &self.m.m2.to_bytes(),
+            &self.m.m3.to_bytes(),
+            &self.m.m4.to_bytes(),
+            &self.m.m5.to_bytes(),
+        ];
+        let mut at = 0;
+        for part in parts {
+            if let Some(slot) = out.get_mut(at..at + part.len()) {
+                slot.copy_from_slice(part);
+            }
+            at += part.len();
+        }
+        out
+    }
+}
+
+/// The lengths of M1..M5 in bytes.
+pub(super) const MESSAGE_LENGTHS: [usize; 5] = [16, 32, 16, 32, 16];
+
+impl From<&SheMessages> for SheUpdate {
+    fn from(u: &SheMessages) -> Self {
+        let m = &u.m;
+        SheUpdate {
+            slot: u.slot.name(),
+            auth_slot: u.auth_slot.name(),
+            counter: u.counter.get(),
+            m1: hex_text(&m.m1.to_bytes()),
+            m2: hex_text(&m.m2.to_bytes()),
+            m3: hex_text(&m.m3.to_bytes()),
+            m4: hex_text(&m.m4.to_bytes()),
+            m5: hex_text(&m.m5.to_bytes()),
+        }
+    }
+}
+
 fn update(
     uid: Uid,
     slot: SlotId,
@@ -163,19 +216,14 @@ fn update(
     new_key: &Key128,
     counter: Counter,
     flags: KeyFlags,
-) -> Result<SheUpdate, Error> {
+) -> Result<SheMessages, Error> {
     let request = UpdateRequest::new(uid, slot, auth.0, counter, flags)
         .map_err(|e| Error::invalid("she", e))?;
-    let m = auth.1.build(new_key, &request);
-    Ok(SheUpdate {
-        slot: slot.name(),
-        auth_slot: auth.0.name(),
-        counter: counter.get(),
-        m1: hex_text(&m.m1.to_bytes()),
-        m2: hex_text(&m.m2.to_bytes()),
-        m3: hex_text(&m.m3.to_bytes()),
-        m4: hex_text(&m.m4.to_bytes()),
-        m5: hex_text(&m.m5.to_bytes()),
+    Ok(SheMessages {
+        slot,
+        auth_slot: auth.0,
+        counter,
+        m: auth.1.build(new_key, &request),
     })
 }
 
@@ -225,6 +273,20 @@ pub fn she_updates(
     new: &DeviceKeys,
     revision: u32,
 ) -> Result<Vec<SheUpdate>, Error> {
+    Ok(she_messages(serial, uid, authoriser, new, revision)?
+        .iter()
+        .map(SheUpdate::from)
+        .collect())
+}
+
+/// [`she_updates`] as messages, before their hex.
+pub(super) fn she_messages(
+    serial: &DeviceSerial,
+    uid: Uid,
+    authoriser: Authoriser<'_>,
+    new: &DeviceKeys,
+    revision: u32,
+) -> Result<Vec<SheMessages>, Error> {
     let counter =
         Counter::new(revision).map_err(|e| Error::invalid(format!("{serial}: revision"), e))?;
     let (seed_a, seed_b) = new.roll_seed_halves();
