@@ -98,19 +98,28 @@ impl DeviceUpdate {
     /// `record` after the update.
     pub fn apply(&self, record: &DeviceRecord) -> Result<DeviceRecord, StoreError> {
         let mut out = record.clone();
-        if let Some(state) = self.state {
-            out.state = state;
-        }
-        if self.bump_revision {
-            out.revision = record.revision.checked_add(1).ok_or_else(|| {
+        self.apply_to(&mut out)?;
+        Ok(out)
+    }
+
+    /// [`DeviceUpdate::apply`] in place; on an error the record is unchanged.
+    pub fn apply_to(&self, record: &mut DeviceRecord) -> Result<(), StoreError> {
+        let revision = if self.bump_revision {
+            record.revision.checked_add(1).ok_or_else(|| {
                 StoreError::Corrupt(format!("device {}: revision overflows", record.serial))
-            })?;
+            })?
+        } else {
+            record.revision
+        };
+        record.revision = revision;
+        if let Some(state) = self.state {
+            record.state = state;
         }
         if let Some(generation) = self.generation {
-            out.generation = generation;
+            record.generation = generation;
         }
-        out.changed = self.changed.clone();
-        Ok(out)
+        record.changed = self.changed.clone();
+        Ok(())
     }
 }
 

@@ -600,18 +600,15 @@ impl Fleet {
             let (filter, after, scan) = (&run.filter, run.after.as_ref(), run.scan);
             let step = transact(run.fleet.store.as_mut(), |tx| {
                 delivery::delete_taken(tx, &taken)?;
-                let page = tx.devices_by(filter, after, batch, scan)?;
-                let Some(last) = page.last() else {
+                let mut page = tx.devices_by(filter, after, batch, scan)?;
+                let Some(last) = page.last().map(|d| d.serial.clone()) else {
                     return Ok(None);
                 };
-                let page = page
-                    .iter()
-                    .map(|d| {
-                        transition(d, State::Active)?;
-                        Ok(update.apply(d)?)
-                    })
-                    .collect::<Result<Vec<_>, Error>>()?;
-                let changed = tx.update_devices(filter, after, &last.serial, &update, scan)?;
+                for d in &mut page {
+                    transition(d, State::Active)?;
+                    update.apply_to(d)?;
+                }
+                let changed = tx.update_devices(filter, after, &last, &update, scan)?;
                 same_rows(changed, page.len())?;
                 draft.subjects = page.iter().map(|d| d.serial.clone()).collect();
                 draft.details = serde_json::json!({"count": page.len(), "state": "active"});
