@@ -565,22 +565,14 @@ impl Fleet {
         out: &mut dyn Output,
         progress: &dyn Progress,
     ) -> Result<BulkReport, Error> {
-        let mut delivery = Delivery::new(DeliveryKind::Provisioning, out);
-        delivery.resend_pending(self, progress)?;
-        let mut filter = filter.clone();
-        filter.state = Some(State::PreActive);
-        let (total, scan) = bulk_scan(self, &filter)?;
-        progress.start("provisioning", total);
         let module = self.module.shared()?;
-        let mut run = Run {
-            fleet: self,
-            delivery,
-            filter,
-            after: None,
-            scan,
-            done: 0,
-            stop: None,
-        };
+        let mut run = Run::start(
+            self,
+            (DeliveryKind::Provisioning, out),
+            (filter, State::PreActive),
+            "provisioning",
+            progress,
+        )?;
         // This thread: one pass per batch, the page read and activated in the same transaction
         // by one conditional update (only devices still pre-active change), with its journal
         // entry.
@@ -672,23 +664,15 @@ impl Fleet {
         progress: &dyn Progress,
         between: &mut dyn FnMut(&mut Fleet, u64) -> Result<(), Error>,
     ) -> Result<BulkReport, Error> {
-        let mut delivery = Delivery::new(DeliveryKind::KeyUpdate, out);
-        delivery.resend_pending(self, progress)?;
-        let mut filter = filter.clone();
-        filter.state = Some(State::Active);
-        let (total, scan) = bulk_scan(self, &filter)?;
-        progress.start("refreshing", total);
         let stored = self.config.scheme == Scheme::Stored;
         let module = self.module.shared()?;
-        let mut run = Run {
-            fleet: self,
-            delivery,
-            filter,
-            after: None,
-            scan,
-            done: 0,
-            stop: None,
-        };
+        let mut run = Run::start(
+            self,
+            (DeliveryKind::KeyUpdate, out),
+            (filter, State::Active),
+            "refreshing",
+            progress,
+        )?;
         // Stage 1, this thread: a batch's refreshes and its journal entry commit together.
         let produce = |run: &mut Run<'_, '_>| {
             let batch = run.fleet.batch;
@@ -814,13 +798,37 @@ struct Run<'f, 'o> {
     stop: Option<Error>,
 }
 
-/// How many devices a bulk run over `filter` covers, and how its pages are best looked up.
-fn bulk_scan(fleet: &mut Fleet, filter: &DeviceFilter) -> Result<(u64, Scan), Error> {
-    read_tx(fleet.store.as_mut(), |tx| {
-        let matching = tx.count_devices(filter)?;
-        let all = tx.count_devices(&DeviceFilter::default())?;
-        Ok((matching, Scan::for_share(matching, all)))
-    })
+impl<'f, 'o> Run<'f, 'o> {
+    /// A bulk run over the devices of `filter` in `state`, its lines of `kind` to `out`: the
+    /// lines interrupted runs of its kind owe are sent first, then the devices are counted (the
+    /// progress `phase` starts) and how to look up their pages is chosen.
+    fn start(
+        fleet: &'f mut Fleet,
+        (kind, out): (DeliveryKind, &'o mut dyn Output),
+        (filter, state): (&DeviceFilter, State),
+        phase: &str,
+        progress: &dyn Progress,
+    ) -> Result<Self, Error> {
+        let mut delivery = Delivery::new(kind, out);
+        delivery.resend_pending(fleet, progress)?;
+        let mut filter = filter.clone();
+        filter.state = Some(state);
+        let (total, scan) = read_tx(fleet.store.as_mut(), |tx| {
+            let matching = tx.count_devices(&filter)?;
+            let all = tx.count_devices(&DeviceFilter::default())?;
+            Ok((matching, Scan::for_share(matching, all)))
+        })?;
+        progress.start(phase, total);
+        Ok(Run {
+            fleet,
+            delivery,
+            filter,
+            after: None,
+            scan,
+            done: 0,
+            stop: None,
+        })
+    }
 }
 
 /// Checks that a conditional bulk update changed exactly the page read before it in the same
