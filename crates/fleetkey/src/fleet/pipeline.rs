@@ -20,7 +20,7 @@ pub(super) fn workers() -> usize {
 }
 
 /// Runs `produce` on the calling thread until it returns `None`, `work` on each job it produced
-/// in `workers` threads (at most `depth` jobs produced and not yet consumed), and `consume` on
+/// in `workers` threads, at most `depth` (at most `depth` jobs produced and not yet consumed), and `consume` on
 /// the calling thread on each result in the order the jobs were produced. `produce` and
 /// `consume` share `state`. The first error stops the run: no job is produced after it, the
 /// results of jobs produced before it are still consumed unless the error was `consume`'s own,
@@ -42,7 +42,8 @@ where
         let (jobs, queue) = mpsc::channel::<(u64, J)>();
         let queue = Arc::new(Mutex::new(queue));
         let (results, done) = mpsc::channel::<(u64, Result<R, Error>)>();
-        for _ in 0..workers.max(1) {
+        // No more threads than jobs can be in flight.
+        for _ in 0..workers.clamp(1, depth) {
             let queue = Arc::clone(&queue);
             let results = results.clone();
             let work = &work;
