@@ -365,11 +365,26 @@ fn import_checks_the_whole_file_first_and_names_the_line() {
         (vec!["A-1,00,"], "csv line 2: she_uid"),
         (vec!["A-1,,", ",,"], "csv line 3: serial"),
         (vec!["A-1,,,extra"], "csv line 2"),
+        // The first problem in the file is the one named, within a batch and across batches.
+        (vec!["A-1,,", "A-1,,", "A-2,zz,"], "csv line 3: serial"),
+        (vec!["A-1,,", "A-2,zz,", "A-1,,"], "csv line 3: she_uid"),
+        (
+            vec!["A-1,,", "A-2,,", "A-3,,", "A-1,,", "A-4,zz,"],
+            "csv line 5: serial",
+        ),
+        (
+            vec!["A-1,,", "A-2,,", "A-3,,", "A-4,zz,", "A-1,,"],
+            "csv line 5: she_uid",
+        ),
     ];
-    for (rows, field) in cases {
-        let path = write_csv(dir.path(), &rows);
+    for ((rows, field), batch) in cases.iter().flat_map(|c| [(c, 10_000), (c, 2)]) {
+        fleet.set_batch_size(batch);
+        let path = write_csv(dir.path(), rows);
         let err = fleet.import_csv(&path, None, &()).unwrap_err();
-        assert!(err.to_string().starts_with(field), "{rows:?}: {err}");
+        assert!(
+            err.to_string().starts_with(field),
+            "{rows:?} in batches of {batch}: {err}"
+        );
         assert_eq!(
             fleet
                 .devices(&DeviceFilter::default(), None, 10)

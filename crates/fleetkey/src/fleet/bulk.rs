@@ -336,24 +336,36 @@ impl Fleet {
             Ok(tx.count_devices(&DeviceFilter::default())?)
         })?;
         let batch_size = self.batch;
-        // Pass 1: check everything before writing anything.
-        let mut seen: HashSet<u128, DigestHasher> = HashSet::default();
+        // Pass 1: check everything before writing anything (parsed by a reader thread, the
+        // duplicates found here).
         let mut rows = 0u64;
         progress.start("checking", 0);
-        for row in parse_csv(std::io::BufReader::with_capacity(1 << 20, open()?)) {
-            let row = row?;
-            if !seen.insert(serial_digest(&row.device.serial)) {
-                return Err(Error::invalid(
-                    format!("csv line {}: serial", row.line),
-                    format_args!("{} appears twice in the file", row.device.serial),
-                ));
+        let file = open()?;
+        std::thread::scope(|scope| {
+            let parsed = read_ahead(scope, file, batch_size);
+            let mut seen: HashSet<u128, DigestHasher> = HashSet::default();
+            loop {
+                let Ok(Parsed { rows: batch, error }) = parsed.recv() else {
+                    return Err(Error::invalid("import", "its reader thread stopped"));
+                };
+                if batch.is_empty() && error.is_none() {
+                    return Ok(());
+                }
+                for row in &batch {
+                    if !seen.insert(serial_digest(&row.device.serial)) {
+                        return Err(Error::invalid(
+                            format!("csv line {}: serial", row.line),
+                            format_args!("{} appears twice in the file", row.device.serial),
+                        ));
+                    }
+                }
+                rows += batch.len() as u64;
+                progress.advance(batch.len() as u64);
+                if let Some(e) = error {
+                    return Err(e);
+                }
             }
-            rows += 1;
-            if rows.is_multiple_of(batch_size as u64) {
-                progress.advance(batch_size as u64);
-            }
-        }
-        drop(seen);
+        })?;
         progress.finish();
         let mut delivery = provision_out.map(|out| Delivery::new(DeliveryKind::Provisioning, out));
         if let Some(d) = delivery.as_mut() {
@@ -379,15 +391,16 @@ impl Fleet {
             None => None,
         };
         let mut run: ImportRun<'_, '_> = (self, delivery, report);
-        // A reader thread parses the file again, a batch at a time and a batch ahead.
-        let (parsed, batches) = std::sync::mpsc::sync_channel::<Result<Vec<ImportRow>, Error>>(1);
-        // This thread: a batch registered (with its journal entry) in one transaction. Dropped
-        // with the pipeline, it closes the channel: a reader still parsing stops.
-        let produce = move |(fleet, delivery, report): &mut ImportRun<'_, '_>| {
-            let batch = match batches.recv() {
-                Ok(batch) => batch?,
-                Err(_) => return Err(Error::invalid("import", "its reader thread stopped")),
+        // This thread: a batch registered (with its journal entry) in one transaction, from
+        // the batches a reader thread parses (again) a batch ahead.
+        let produce = |batches: &std::sync::mpsc::Receiver<Parsed>,
+                       (fleet, delivery, report): &mut ImportRun<'_, '_>| {
+            let Ok(Parsed { rows: batch, error }) = batches.recv() else {
+                return Err(Error::invalid("import", "its reader thread stopped"));
             };
+            if let Some(e) = error {
+                return Err(e);
+            }
             if batch.is_empty() {
                 return Ok(None);
             }
@@ -419,18 +432,9 @@ impl Fleet {
             Ok(())
         };
         std::thread::scope(|scope| {
-            scope.spawn(move || {
-                let mut rows = parse_csv(std::io::BufReader::with_capacity(1 << 20, file));
-                loop {
-                    let batch: Result<Vec<ImportRow>, Error> =
-                        rows.by_ref().take(batch_size).collect();
-                    let last = batch.as_ref().map_or(true, Vec::is_empty);
-                    // A closed channel: the import stopped.
-                    if parsed.send(batch).is_err() || last {
-                        return;
-                    }
-                }
-            });
+            // Dropped with the pipeline, the receiver stops a reader still parsing.
+            let batches = read_ahead(scope, file, batch_size);
+            let produce = move |run: &mut ImportRun<'_, '_>| produce(&batches, run);
             pipeline::in_order(&mut run, pipeline::workers(), 2, produce, work, consume)
         })?;
         let (fleet, delivery, mut report) = run;
@@ -781,6 +785,47 @@ type Journaled = (u64, Vec<DeviceRecord>);
 
 /// A journal entry and the lines it owes (key material: zeroized when dropped).
 type Lines = (u64, zeroize::Zeroizing<Vec<u8>>);
+
+/// A batch of rows parsed by [`read_ahead`], and the error that ended it: a batch with neither
+/// ends the file.
+struct Parsed {
+    rows: Vec<ImportRow>,
+    error: Option<Error>,
+}
+
+/// Parses a device CSV in a thread of `scope`, `batch` rows at a time and one batch ahead of
+/// the receiver. A batch stops at the first bad row, whose error it carries; the reader stops
+/// there, at the end of the file, or when the receiver is dropped.
+fn read_ahead<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    file: std::fs::File,
+    batch: usize,
+) -> std::sync::mpsc::Receiver<Parsed> {
+    let (parsed, batches) = std::sync::mpsc::sync_channel(1);
+    scope.spawn(move || {
+        let mut rows = parse_csv(std::io::BufReader::with_capacity(1 << 20, file));
+        loop {
+            let mut next = Parsed {
+                rows: Vec::with_capacity(batch),
+                error: None,
+            };
+            for row in rows.by_ref().take(batch) {
+                match row {
+                    Ok(row) => next.rows.push(row),
+                    Err(e) => {
+                        next.error = Some(e);
+                        break;
+                    }
+                }
+            }
+            let last = next.rows.is_empty() || next.error.is_some();
+            if parsed.send(next).is_err() || last {
+                return;
+            }
+        }
+    });
+    batches
+}
 
 /// What an import's registration pass shares between its stages on the calling thread.
 type ImportRun<'f, 'o> = (&'f mut Fleet, Option<Delivery<'o>>, ImportReport);
