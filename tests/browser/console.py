@@ -32,7 +32,7 @@ from pathlib import Path
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +49,23 @@ ROLES = {
     "technician": (["Grants"], None),
     "station": ([], None),
 }
+
+
+def left_page(element):
+    """A wait condition: `element` is no longer in the document (the next page replaced it).
+    Chromium reports such a node as stale, or, while the new document is still loading, with an
+    inspector error saying the node "does not belong to the document"."""
+    def gone(_driver):
+        try:
+            element.is_enabled()
+            return False
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e):
+                return True
+            raise
+    return gone
 
 
 def fail(message):
@@ -115,7 +132,7 @@ class Browser:
         self.d.find_element(By.ID, "token").send_keys(token)
         button = self.d.find_element(By.CSS_SELECTOR, "form button[type=submit]")
         button.click()
-        WebDriverWait(self.d, 10).until(EC.staleness_of(button))
+        WebDriverWait(self.d, 10).until(left_page(button))
 
     def click(self, text, navigates=True):
         """Clicks the link or button with `text` and waits for the next page."""
@@ -123,7 +140,7 @@ class Browser:
             if el.text.strip() == text:
                 el.click()
                 if navigates:
-                    WebDriverWait(self.d, 10).until(EC.staleness_of(el))
+                    WebDriverWait(self.d, 10).until(left_page(el))
                 return
         fail(f"no button {text!r} on {self.d.current_url}: {self.text()[:400]}")
 
@@ -312,7 +329,7 @@ def main():
         browser.d.get(f"http://localhost:{attacker.server_address[1]}/forge.html")
         go = browser.d.find_element(By.ID, "go")
         go.click()
-        WebDriverWait(browser.d, 10).until(EC.staleness_of(go))
+        WebDriverWait(browser.d, 10).until(left_page(go))
         check("nothing was changed" in browser.text(), f"the forged post is refused: {browser.text()}")
         shots.append(browser.shot("forged-post-refused"))
         attacker.shutdown()
@@ -349,7 +366,7 @@ def main():
         browser.get("/ui/audit")
         verify_button = browser.d.find_element(By.ID, "verify")
         verify_button.click()
-        WebDriverWait(browser.d, 10).until(EC.staleness_of(verify_button))
+        WebDriverWait(browser.d, 10).until(left_page(verify_button))
         text = browser.text()
         check("Chain broken" in text and "event 7 was changed" in text, f"broken chain shown: {text[:500]}")
         shots.append(browser.shot("audit-broken"))
