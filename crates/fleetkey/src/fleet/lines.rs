@@ -14,9 +14,7 @@ use fleetkey_core::{Key128, RollSeed};
 use super::devices::KeyUpdate;
 #[cfg(test)]
 use super::material::SheUpdate;
-use super::material::{
-    Authoriser, DeviceKeys, MESSAGE_LENGTHS, SheMessages, she_messages, she_uid,
-};
+use super::material::{Authoriser, DeviceKeys, SheMessages, she_messages, she_uid};
 use super::scheme::KeySource;
 use crate::error::Error;
 use crate::model::DeviceRecord;
@@ -224,17 +222,24 @@ fn push_key_update_line(
             u.counter.get()
         )
         .map_err(io)?;
-        let mut hex = [0u8; 224];
-        hex::encode_to_slice(u.bytes(), &mut hex)
-            .map_err(|e| Error::invalid("key update line", e))?;
-        let mut at = 0;
-        for (name, len) in ["m1", "m2", "m3", "m4", "m5"].iter().zip(MESSAGE_LENGTHS) {
+        let m = &u.m;
+        for (name, bytes) in [
+            ("m1", &m.m1.to_bytes()[..]),
+            ("m2", &m.m2.to_bytes()[..]),
+            ("m3", &m.m3.to_bytes()[..]),
+            ("m4", &m.m4.to_bytes()[..]),
+            ("m5", &m.m5.to_bytes()[..]),
+        ] {
+            let mut hex = [0u8; 64];
+            let hex = hex
+                .get_mut(..2 * bytes.len())
+                .ok_or_else(|| Error::invalid("key update line", "a message over 32 bytes"))?;
+            hex::encode_to_slice(bytes, hex).map_err(|e| Error::invalid("key update line", e))?;
             buf.extend_from_slice(b",\"");
             buf.extend_from_slice(name.as_bytes());
             buf.extend_from_slice(b"\":\"");
-            buf.extend_from_slice(hex.get(at..at + 2 * len).unwrap_or_default());
+            buf.extend_from_slice(hex);
             buf.push(b'"');
-            at += 2 * len;
         }
         buf.push(b'}');
     }

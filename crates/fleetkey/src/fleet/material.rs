@@ -168,31 +168,6 @@ pub(super) struct SheMessages {
     pub(super) m: she::UpdateMessages,
 }
 
-impl SheMessages {
-    /// M1 | M2 | M3 | M4 | M5 (112 bytes), in the order [`SheUpdate`] names them.
-    pub(super) fn bytes(&self) -> [u8; 112] {
-        let mut out = [0u8; 112];
-        let parts: [&[u8]; 5] = [
-            &self.m.m1.to_bytes(),
-            &self.m.m2.to_bytes(),
-            &self.m.m3.to_bytes(),
-            &self.m.m4.to_bytes(),
-            &self.m.m5.to_bytes(),
-        ];
-        let mut at = 0;
-        for part in parts {
-            if let Some(slot) = out.get_mut(at..at + part.len()) {
-                slot.copy_from_slice(part);
-            }
-            at += part.len();
-        }
-        out
-    }
-}
-
-/// The lengths of M1..M5 in bytes.
-pub(super) const MESSAGE_LENGTHS: [usize; 5] = [16, 32, 16, 32, 16];
-
 impl From<&SheMessages> for SheUpdate {
     fn from(u: &SheMessages) -> Self {
         let m = &u.m;
