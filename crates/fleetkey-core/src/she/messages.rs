@@ -362,7 +362,12 @@ fn proof_with(pair: &KdfPair, m1: &M1, new_key: &Key128, counter: Counter) -> (M
 
 /// The CMAC M3 should carry for `m1`, `m2` under the authorising key's K2.
 pub(super) fn expected_m3(k2: &Key128, m1: &M1, m2: &M2) -> M3 {
-    M3(cmac_parts(k2, &[&m1.to_bytes(), &m2.0]))
+    m3_with(&cmac_of(k2), m1, m2)
+}
+
+/// [`expected_m3`] under K2's CMAC state, already keyed.
+fn m3_with(k2: &cmac::Cmac<aes::Aes128>, m1: &M1, m2: &M2) -> M3 {
+    M3(cmac_with(k2, &[&m1.to_bytes(), &m2.0]))
 }
 
 /// The plaintext of M2, once M3 has been checked.
@@ -444,7 +449,7 @@ impl Authorisation {
         a.copy_from_slice(&c1);
         b.copy_from_slice(&c2);
         let m2 = M2(m2);
-        let m3 = M3(cmac_with(&self.k2, &[&m1.to_bytes(), &m2.0]));
+        let m3 = m3_with(&self.k2, &m1, &m2);
         let (m4, m5) = proof_with(&self.pair, &m1, new_key, request.counter);
         UpdateMessages { m1, m2, m3, m4, m5 }
     }
