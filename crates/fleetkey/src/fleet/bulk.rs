@@ -684,7 +684,6 @@ impl Fleet {
             let mut draft = run
                 .fleet
                 .draft("device.refresh", None, vec![], serde_json::json!({}));
-            let module = run.fleet.module.get()?;
             // One pass per batch: the page is read and refreshed in the same transaction; in the
             // derived schemes by one conditional update (only devices still active change), in
             // the stored scheme row by row (each device gets a new root).

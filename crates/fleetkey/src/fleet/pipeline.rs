@@ -19,9 +19,10 @@ pub(super) fn workers() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
-/// Runs `produce` on the calling thread until it returns `None`, `work` on each job it produced
-/// in `workers` threads, at most `depth` (at most `depth` jobs produced and not yet consumed), and `consume` on
-/// the calling thread on each result in the order the jobs were produced. `produce` and
+/// Runs `produce` on the calling thread until it returns `None` (at most `depth` jobs produced
+/// and not yet consumed), `work` on each job it produced in `workers` threads (at most `depth`
+/// of them), and `consume` on the calling thread on each result in the order the jobs were
+/// produced. `produce` and
 /// `consume` share `state`. The first error stops the run: no job is produced after it, the
 /// results of jobs produced before it are still consumed unless the error was `consume`'s own,
 /// and it is returned.
